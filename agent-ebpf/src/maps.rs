@@ -1,0 +1,92 @@
+//! The maps shared by the programs, with their sizes and why.
+//!
+//! All of them are pinned by name, so that a restarted agent adopts the state (and the live
+//! spliced sockets) of the one before it instead of starting a second copy.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+};
+use weft_ebpf_common::{Endpoint, OrigDst, PodEntry, Settings, SockKey, counter};
+
+/// One entry: the node-wide settings.
+#[map(name = "WEFT_SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// Enrolled pods on this node by IPv4 address. A node runs at most a few hundred pods (the
+/// kubelet's default limit is 110); 4096 leaves room for churn of pod IPs.
+#[map(name = "WEFT_PODS")]
+pub static PODS: HashMap<u32, PodEntry> = HashMap::pinned(4096, 0);
+
+/// Destination ports never captured (host-order port as u32). Configuration lists a handful.
+#[map(name = "WEFT_EXCL_PORTS")]
+pub static EXCL_PORTS: HashMap<u32, u8> = HashMap::pinned(256, 0);
+
+/// Destination CIDRs never captured. LPM tries need BPF_F_NO_PREALLOC (1).
+#[map(name = "WEFT_EXCL_CIDRS")]
+pub static EXCL_CIDRS: LpmTrie<u32, u8> = LpmTrie::pinned(256, 1);
+
+/// Original destinations between connect() and establishment, by socket cookie. Entries live
+/// for one handshake, so this bounds concurrent handshakes on the node; LRU drops the entries
+/// of handshakes that never completed.
+#[map(name = "WEFT_ORIG_CK")]
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65536, 0);
+
+/// Original destinations of established captured connections, by the client's address and
+/// port, until the agent accepts and consumes them. LRU, so a stalled agent cannot fill it.
+#[map(name = "WEFT_ORIG_TUPLE")]
+pub static ORIG_BY_TUPLE: LruHashMap<Endpoint, OrigDst> = LruHashMap::pinned(65536, 0);
+
+/// Sockets whose two ends are on this node. Two per connection; 65536 covers 32768 live
+/// local connections. A full map only means new sockets take the plain TCP path.
+#[map(name = "WEFT_SOCKS")]
+pub static SOCKS: SockHash<SockKey> = SockHash::pinned(65536, 0);
+
+/// Sockets that have sent bytes through TCP because their peer was not spliceable then. They
+/// must never switch to splicing, or their later bytes would overtake the earlier ones.
+#[map(name = "WEFT_NOSPLICE")]
+pub static NO_SPLICE: LruHashMap<SockKey, u8> = LruHashMap::pinned(65536, 0);
+
+/// Inbound mode per pod veth, by ifindex; same bound as `PODS`.
+#[map(name = "WEFT_TC_MODE")]
+pub static TC_MODE: HashMap<u32, u32> = HashMap::pinned(4096, 0);
+
+/// Event counters, per CPU so that counting never contends.
+#[map(name = "WEFT_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count(index: u32, by: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += by };
+    }
+}
+
+#[inline(always)]
+pub fn settings() -> Option<&'static Settings> {
+    SETTINGS.get(0)
+}
+
+/// Whether `ip` (network order) is an enrolled pod on this node.
+#[inline(always)]
+pub fn pod_flags(ip: u32) -> Option<u32> {
+    // SAFETY: the agent writes whole entries with one map update; a racing update can at worst
+    // show the previous flags.
+    unsafe { PODS.get(&ip) }.map(|p| p.flags)
+}
+
+/// Whether `ip` is one end a same-node splice may join: an enrolled pod, or the agent.
+#[inline(always)]
+pub fn node_local(ip: u32, settings: &Settings) -> bool {
+    ip == settings.agent_ip || pod_flags(ip).is_some()
+}
+
+/// An IPv6 address that carries IPv4 (`::ffff:a.b.c.d`), as the IPv4 address in network order.
+/// Dual-stack servers listen on `[::]`, and their accepted IPv4 sockets look like this.
+#[inline(always)]
+pub fn v4_mapped(ip6: [u32; 4]) -> Option<u32> {
+    // Each word is in network order; on a little-endian host 0x0000ffff in network order
+    // reads as 0xffff0000.
+    (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffff_0000u32).then_some(ip6[3])
+}

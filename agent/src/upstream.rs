@@ -1,0 +1,58 @@
+//! The seam between capture and transport: how the agent reaches a connection's destination.
+//!
+//! Today the destination is dialled directly in plain TCP. The HBONE tunnel (mutual TLS,
+//! HTTP/2 CONNECT to the destination node's agent) will be a second implementation of
+//! `Upstream`; nothing in `outbound` changes when it arrives.
+
+use std::{
+    future::Future,
+    io,
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpSocket, TcpStream},
+};
+
+/// Opens byte streams to destinations.
+pub trait Upstream: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Opens a stream to `target` on behalf of the pod at `source`.
+    fn connect(
+        &self,
+        source: SocketAddr,
+        target: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Plain TCP straight to the destination, as the first version of the agent does.
+#[derive(Debug, Clone)]
+pub struct DirectTcp {
+    pub connect_timeout: Duration,
+    /// The source address: the agent's pod-facing address, which every pod can route back
+    /// to (a node's underlay address may not be). The destination pod sees the connection
+    /// come from the client's node agent.
+    pub source_ip: Ipv4Addr,
+}
+
+impl Upstream for DirectTcp {
+    type Stream = TcpStream;
+
+    async fn connect(&self, _source: SocketAddr, target: SocketAddr) -> io::Result<TcpStream> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((self.source_ip, 0)))?;
+        let stream = tokio::time::timeout(self.connect_timeout, socket.connect(target))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {target} timed out"),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}

@@ -1,0 +1,204 @@
+//! `labtool`: raw TCP traffic for the lab. Servers print `{"listen":"IP:PORT"}` once bound
+//! and run until killed; clients print one JSON result and exit 0 only on success.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use weft_lab_apps::integrity::{self, SendConfig};
+use weft_lab_apps::latency::{self, RrConfig};
+use weft_lab_apps::throughput::{self, TputConfig};
+use weft_lab_apps::{net, print_json};
+
+#[derive(Parser)]
+#[command(
+    name = "labtool",
+    about = "TCP integrity, latency and throughput tools for the lab"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer each connection with the SHA-256 (hex line) of all it sent before EOF.
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Send N seeded pseudo-random bytes to a sink, half-close, and check its digest.
+    Send {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 65536, value_parser = positive)]
+        write_size: usize,
+        /// Limit in seconds on the exchange after connecting.
+        #[arg(long, default_value_t = 120.0, value_parser = seconds)]
+        timeout: f64,
+    },
+    /// Echo each connection back to itself until EOF.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Request/response latency over one TCP_NODELAY connection against `echo`.
+    Rr {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 10000, value_parser = positive)]
+        count: usize,
+        #[arg(long, default_value_t = 1000)]
+        warmup: usize,
+        #[arg(long, default_value_t = 1, value_parser = positive)]
+        size: usize,
+        /// Limit in seconds on all round trips together.
+        #[arg(long, default_value_t = 60.0, value_parser = seconds)]
+        timeout: f64,
+    },
+    /// Count the bytes of each connection until EOF, answer the count as a big-endian u64.
+    Discard {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Bulk throughput against `discard` over K parallel connections.
+    Tput {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 3.0, value_parser = seconds)]
+        seconds: f64,
+        #[arg(long, default_value_t = 131072, value_parser = positive)]
+        write_size: usize,
+        #[arg(long, default_value_t = 1, value_parser = positive)]
+        streams: usize,
+        /// Seconds allowed after the run for the last writes and the counts.
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+        grace: f64,
+    },
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(v)
+    } else {
+        Err("must be a positive number of seconds".into())
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse().command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("labtool: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Sink { listen } => {
+            let listener = bind("sink", listen)?;
+            integrity::sink(listener).await;
+        }
+        Command::Echo { listen } => {
+            let listener = bind("echo", listen)?;
+            latency::echo(listener).await;
+        }
+        Command::Discard { listen } => {
+            let listener = bind("discard", listen)?;
+            throughput::discard(listener).await;
+        }
+        Command::Send {
+            connect,
+            bytes,
+            seed,
+            write_size,
+            timeout,
+        } => {
+            let cfg = SendConfig {
+                addr: connect,
+                bytes,
+                seed,
+                write_size,
+                timeout: Duration::from_secs_f64(timeout),
+            };
+            let report = integrity::send(&cfg)
+                .await
+                .with_context(|| format!("send {bytes} bytes to {connect}"))?;
+            print_json(&report.to_json())?;
+            if !report.ok {
+                eprintln!(
+                    "labtool send: digest mismatch: sent {} received {:?}",
+                    report.sent_sha256, report.received_sha256
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Rr {
+            connect,
+            count,
+            warmup,
+            size,
+            timeout,
+        } => {
+            let cfg = RrConfig {
+                addr: connect,
+                count,
+                warmup,
+                size,
+                timeout: Duration::from_secs_f64(timeout),
+            };
+            let summary = latency::rr(&cfg)
+                .await
+                .with_context(|| format!("rr against {connect}"))?;
+            print_json(&summary.to_json())?;
+        }
+        Command::Tput {
+            connect,
+            seconds,
+            write_size,
+            streams,
+            grace,
+        } => {
+            let cfg = TputConfig {
+                addr: connect,
+                duration: Duration::from_secs_f64(seconds),
+                write_size,
+                streams,
+                grace: Duration::from_secs_f64(grace),
+            };
+            let report = throughput::tput(&cfg)
+                .await
+                .with_context(|| format!("tput against {connect}"))?;
+            print_json(&report.to_json())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Binds, and announces the bound address on stdout for the harness.
+fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener> {
+    let listener = net::listen(addr).with_context(|| format!("{name}: listen"))?;
+    print_json(&net::listen_report(&listener)?)?;
+    eprintln!("labtool {name}: listening on {}", listener.local_addr()?);
+    Ok(listener)
+}

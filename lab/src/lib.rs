@@ -1,0 +1,549 @@
+//! The lab: a Kubernetes-shaped cluster on one machine, for Weft's tests, demo and benchmarks.
+//!
+//! Each node is a network namespace with its own weft-agent; the nodes share an underlay (a
+//! bridge in a namespace of its own). Each pod is a network namespace with a veth into its
+//! node, plus a cgroup v2 directory named the way the kubelet names pod cgroups; the pod's
+//! processes run in both. The lab writes the Namespace, Pod and Service YAML that describes
+//! it, and the agents read that YAML as they would on a real cluster. No route leads out of
+//! the lab's namespaces, and nothing is sent to the host's own interfaces.
+
+mod manifests;
+mod net;
+mod process;
+mod spec;
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+pub use process::{Guarded, bin_dir};
+pub use spec::{LabSpec, NamespaceSpec, PodSpec, ServicePort, ServiceSpec};
+
+/// Where the lab keeps its cgroups, below the machine's cgroup v2 mount.
+pub const CGROUP_BASE: &str = "weft-lab";
+/// Every lab's name starts with this, so that `down_all` can find leftovers of crashed runs.
+pub const NAME_PREFIX: &str = "wl-";
+
+/// The machine's cgroup v2 mount: WEFT_CGROUP2, else the first cgroup2 in /proc/mounts.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WEFT_CGROUP2") {
+        return Ok(PathBuf::from(path));
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).map(PathBuf::from))
+        .context("no cgroup v2 mount on this machine (the lab needs one: mount -t cgroup2 none /sys/fs/cgroup/unified)")
+}
+
+/// A running lab. Dropping it tears it down.
+pub struct Lab {
+    pub spec: LabSpec,
+    pub dir: PathBuf,
+    cgroup: PathBuf,
+    pub pods: BTreeMap<String, Pod>,
+    agents: Vec<Option<Guarded>>,
+    agent_args: Vec<Vec<String>>,
+    torn_down: bool,
+}
+
+/// A pod of the lab.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub node: usize,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    pub cgroup: PathBuf,
+}
+
+impl Lab {
+    /// Builds the lab's namespaces, links, cgroups and YAML. Agents are started with
+    /// `start_agents`, so a test can first arrange things.
+    pub fn up(spec: LabSpec) -> Result<Lab> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the lab needs root: it makes network namespaces, veths and cgroups");
+        }
+        if !spec.name.starts_with(NAME_PREFIX) {
+            bail!("lab names start with {NAME_PREFIX}");
+        }
+        down_named(&spec.name);
+        let dir = std::env::temp_dir().join("weft-lab").join(&spec.name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("manifests"))?;
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let cgroup = cgroup2_mount()?.join(CGROUP_BASE).join(&spec.name);
+        let mut lab = Lab {
+            agents: (0..spec.nodes).map(|_| None).collect(),
+            agent_args: vec![Vec::new(); spec.nodes],
+            spec,
+            dir,
+            cgroup,
+            pods: BTreeMap::new(),
+            torn_down: false,
+        };
+        lab.build()
+            .with_context(|| format!("building lab {}", lab.spec.name))?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        net::build_underlay(&self.spec)?;
+        for node in 1..=self.spec.nodes {
+            net::build_node(&self.spec, node)?;
+            std::fs::create_dir_all(self.node_cgroup(node).join("system"))?;
+        }
+        let mut per_node: BTreeMap<usize, u8> = BTreeMap::new();
+        for pod in self.spec.pods.clone() {
+            let index = per_node.entry(pod.node).or_insert(0);
+            *index += 1;
+            let ip = spec::pod_ip(pod.node, *index);
+            let uid = uuid::Uuid::new_v4().to_string();
+            let netns = format!("{}-{}", self.spec.name, pod.name);
+            net::build_pod(&self.spec, pod.node, *index, &netns, ip)?;
+            let cgroup = self
+                .node_cgroup(pod.node)
+                .join("kubepods")
+                .join("besteffort")
+                .join(format!("pod{uid}"));
+            std::fs::create_dir_all(&cgroup)
+                .with_context(|| format!("creating {}", cgroup.display()))?;
+            self.pods.insert(
+                pod.name.clone(),
+                Pod {
+                    name: pod.name,
+                    namespace: pod.namespace,
+                    uid,
+                    node: pod.node,
+                    ip,
+                    netns,
+                    cgroup,
+                },
+            );
+        }
+        self.write_manifests()
+    }
+
+    /// The cgroup root the kubelet of `node` would use: the agent's --cgroup-root.
+    pub fn node_cgroup(&self, node: usize) -> PathBuf {
+        self.cgroup.join(format!("n{node}"))
+    }
+
+    pub fn node_netns(&self, node: usize) -> String {
+        spec::node_netns(&self.spec.name, node)
+    }
+
+    pub fn agent_ip(&self, node: usize) -> Ipv4Addr {
+        spec::agent_ip(node)
+    }
+
+    pub fn bpffs_dir(&self, node: usize) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/weft/{}-n{node}", self.spec.name))
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .get(name)
+            .unwrap_or_else(|| panic!("the lab has no pod {name}"))
+    }
+
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
+    /// Rewrites the YAML that describes the lab (after a change to `spec`).
+    pub fn write_manifests(&self) -> Result<()> {
+        let yaml = manifests::render(&self.spec, &self.pods)?;
+        write_atomic(&self.manifests_dir().join("lab.yaml"), &yaml)
+    }
+
+    /// Writes an extra manifest file into the directory the agents watch.
+    pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
+        write_atomic(&self.manifests_dir().join(file), yaml)
+    }
+
+    /// Extra flags for the agent of `node`, used from its next start.
+    pub fn set_agent_args(&mut self, node: usize, args: &[&str]) {
+        self.agent_args[node - 1] = args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Starts the agent of every node and waits until each has enrolled its pods.
+    pub fn start_agents(&mut self) -> Result<()> {
+        for node in 1..=self.spec.nodes {
+            self.start_agent(node)?;
+        }
+        for node in 1..=self.spec.nodes {
+            let want = self.expected_enrolled(node);
+            self.wait_enrolled(node, want, Duration::from_secs(20))?;
+        }
+        Ok(())
+    }
+
+    /// How many pods the agent of `node` should enrol, by the spec.
+    pub fn expected_enrolled(&self, node: usize) -> usize {
+        self.pods
+            .values()
+            .filter(|p| p.node == node)
+            .filter(|p| self.spec.namespace(&p.namespace).is_some_and(|n| n.ambient))
+            .count()
+    }
+
+    pub fn start_agent(&mut self, node: usize) -> Result<()> {
+        if self.agents[node - 1].is_some() {
+            bail!("the agent of node {node} is running already");
+        }
+        let log = self.dir.join("logs").join(format!("agent-n{node}.log"));
+        let mut args = vec![
+            "run".to_string(),
+            "--node-name".into(),
+            spec::node_name(node),
+            "--config-dir".into(),
+            self.manifests_dir().display().to_string(),
+            "--cgroup-root".into(),
+            self.node_cgroup(node).display().to_string(),
+            "--bpffs-dir".into(),
+            self.bpffs_dir(node).display().to_string(),
+            "--agent-ip".into(),
+            self.agent_ip(node).to_string(),
+        ];
+        args.extend(self.agent_args[node - 1].iter().cloned());
+        let agent = process::spawn(
+            &bin_dir()?.join("weft-agent"),
+            &args,
+            &self.node_netns(node),
+            &self.node_cgroup(node).join("system"),
+            &[("RUST_LOG", "info")],
+            Some(&log),
+        )?;
+        self.agents[node - 1] = Some(agent);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = self.agent_get(node, 15000, "/healthz") {
+                return Ok(());
+            }
+            if let Some(agent) = self.agents[node - 1].as_mut()
+                && let Some(status) = agent.try_wait()?
+            {
+                self.agents[node - 1] = None;
+                bail!("the agent of node {node} exited ({status}): {}", tail(&log));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent of node {node} did not become healthy: {}",
+                    tail(&log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the agent of `node` with SIGTERM and waits for it; returns its exit status.
+    pub fn stop_agent(&mut self, node: usize) -> Result<std::process::ExitStatus> {
+        let agent = self.agents[node - 1]
+            .take()
+            .with_context(|| format!("no agent runs on node {node}"))?;
+        agent.terminate(Duration::from_secs(10))
+    }
+
+    /// Kills the agent of `node` with SIGKILL, as a crash would.
+    pub fn kill_agent(&mut self, node: usize) -> Result<()> {
+        if let Some(agent) = self.agents[node - 1].take() {
+            agent.kill();
+        }
+        Ok(())
+    }
+
+    pub fn agent_log(&self, node: usize) -> String {
+        std::fs::read_to_string(self.dir.join("logs").join(format!("agent-n{node}.log")))
+            .unwrap_or_default()
+    }
+
+    /// An HTTP GET to 127.0.0.1:`port` inside the node's namespace: (status, body).
+    pub fn agent_get(&self, node: usize, port: u16, path: &str) -> Result<(u16, String)> {
+        net::http_get(&self.node_netns(node), port, path)
+    }
+
+    /// The agent's /config_dump, parsed.
+    pub fn config_dump(&self, node: usize) -> Result<serde_json::Value> {
+        let (status, body) = self.agent_get(node, 15000, "/config_dump")?;
+        if status != 200 {
+            bail!("/config_dump answered {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits until the agent of `node` shows exactly `count` enrolled pods.
+    pub fn wait_enrolled(
+        &self,
+        node: usize,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let dump = self.config_dump(node);
+            if let Ok(dump) = &dump {
+                let enrolled = enrolled_pods(dump).len();
+                if enrolled == count {
+                    return Ok(dump.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("node {node}: expected {count} enrolled pods; last /config_dump: {dump:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts a server in a pod and waits for its readiness line (`{"listen":...}` on stdout,
+    /// as the lab programs print once bound). Killed when the guard drops.
+    pub fn serve(&self, pod: &str, program: &str, args: &[&str]) -> Result<Guarded> {
+        let log = self.log_path(pod, program, args);
+        let _ = std::fs::remove_file(&log);
+        let mut server = self.spawn(pod, program, args)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"listen\"")) {
+                return Ok(server);
+            }
+            if let Some(status) = server.try_wait()? {
+                bail!("{program} in pod {pod} exited ({status}): {}", tail(&log));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{program} in pod {pod} did not start listening: {}",
+                    tail(&log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_path(&self, pod: &str, program: &str, args: &[&str]) -> PathBuf {
+        let role = args
+            .first()
+            .copied()
+            .unwrap_or("main")
+            .replace(['/', '-'], "");
+        self.dir
+            .join("logs")
+            .join(format!("{pod}-{}-{role}.log", program.replace('/', "_")))
+    }
+
+    /// Starts a long-running program in a pod (killed when the guard drops).
+    pub fn spawn(&self, pod: &str, program: &str, args: &[&str]) -> Result<Guarded> {
+        let log = self.log_path(pod, program, args);
+        let pod = self.pod(pod);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        process::spawn(
+            &program_path(program)?,
+            &args,
+            &pod.netns,
+            &pod.cgroup,
+            &[
+                ("POD_NAME", pod.name.as_str()),
+                ("POD_NAMESPACE", pod.namespace.as_str()),
+            ],
+            Some(&log),
+        )
+    }
+
+    /// Runs a program in a pod to completion (killed after `timeout`) and returns its output.
+    pub fn run(
+        &self,
+        pod: &str,
+        program: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<std::process::Output> {
+        let pod = self.pod(pod);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        process::run(
+            &program_path(program)?,
+            &args,
+            &pod.netns,
+            &pod.cgroup,
+            &[
+                ("POD_NAME", pod.name.as_str()),
+                ("POD_NAMESPACE", pod.namespace.as_str()),
+            ],
+            timeout,
+        )
+    }
+
+    /// Runs a program in a pod and parses the JSON object it prints; fails if it fails.
+    pub fn run_json(
+        &self,
+        pod: &str,
+        program: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let out = self.run(pod, program, args, timeout)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "{program} {args:?} in pod {pod} failed ({}): {}{}",
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_str(stdout.trim())
+            .with_context(|| format!("{program} printed no JSON: {stdout}"))
+    }
+
+    /// Stops the agents (SIGTERM, so they clean up), kills the pods' processes, and removes
+    /// the namespaces, cgroups, pins and files.
+    pub fn down(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        let mut first_error = None;
+        for node in 1..=self.spec.nodes {
+            if self.agents[node - 1].is_some()
+                && let Err(err) = self.stop_agent(node)
+            {
+                first_error.get_or_insert(err);
+            }
+        }
+        down_named(&self.spec.name);
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(err) = self.teardown() {
+            eprintln!("lab {}: teardown: {err:#}", self.spec.name);
+        }
+    }
+}
+
+/// The pods a /config_dump shows as enrolled, as "namespace/name".
+pub fn enrolled_pods(dump: &serde_json::Value) -> Vec<String> {
+    dump["pods"]
+        .as_array()
+        .map(|pods| {
+            pods.iter()
+                .filter(|p| p["state"] == "enrolled")
+                .map(|p| {
+                    format!(
+                        "{}/{}",
+                        p["namespace"].as_str().unwrap_or(""),
+                        p["name"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes everything a lab of this name left: processes, namespaces, cgroups, pins, files.
+/// Safe to call on a lab that does not exist.
+pub fn down_named(name: &str) {
+    let cgroup = cgroup2_mount().map(|m| m.join(CGROUP_BASE).join(name)).ok();
+    if let Some(cgroup) = &cgroup {
+        // Agents first, with SIGTERM, so that they remove their own eBPF state.
+        for agent_cg in node_dirs(cgroup).into_iter().map(|n| n.join("system")) {
+            process::signal_cgroup(&agent_cg, nix::sys::signal::Signal::SIGTERM);
+        }
+        process::wait_cgroup_empty(cgroup, Duration::from_secs(5));
+        process::kill_cgroup_tree(cgroup);
+    }
+    net::delete_namespaces(name);
+    if let Some(cgroup) = &cgroup {
+        remove_cgroup_tree(cgroup);
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/weft") {
+        for entry in entries.filter_map(Result::ok) {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with(&format!("{name}-n")) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    // WEFT_LAB_KEEP=1 keeps the logs and manifests for a post-mortem.
+    if std::env::var_os("WEFT_LAB_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join("weft-lab").join(name));
+    }
+}
+
+/// Removes every lab on this machine, including those of crashed runs.
+pub fn down_all() {
+    let mut names: Vec<String> = net::lab_names();
+    if let Ok(base) = cgroup2_mount().map(|m| m.join(CGROUP_BASE))
+        && let Ok(entries) = std::fs::read_dir(base)
+    {
+        names.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    names.sort();
+    names.dedup();
+    for name in names {
+        down_named(&name);
+    }
+}
+
+fn node_dirs(cgroup: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(cgroup)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// cgroup directories are removed leaves first (rmdir; their files are not real files).
+fn remove_cgroup_tree(dir: &Path) {
+    for child in node_dirs(dir) {
+        remove_cgroup_tree(&child);
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn write_atomic(path: &Path, contents: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// A lab program by name from the build's bin directory, or a system program from PATH.
+fn program_path(program: &str) -> Result<PathBuf> {
+    let local = bin_dir()?.join(program);
+    if local.exists() {
+        Ok(local)
+    } else {
+        Ok(PathBuf::from(program))
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}

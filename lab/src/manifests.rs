@@ -1,0 +1,77 @@
+//! The Kubernetes YAML that describes a lab: what `kubectl get -o yaml` would show of it.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde_json::{Map, Value, json};
+
+use crate::{
+    Pod,
+    spec::{self, LabSpec},
+};
+
+fn labels(pairs: &[(String, String)]) -> Value {
+    Value::Object(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+pub fn render(spec: &LabSpec, pods: &BTreeMap<String, Pod>) -> Result<String> {
+    let mut docs: Vec<Value> = Vec::new();
+    for ns in &spec.namespaces {
+        let mut meta = json!({ "name": ns.name });
+        if ns.ambient {
+            meta["labels"] = json!({ "weft.dev/dataplane-mode": "ambient" });
+        }
+        docs.push(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": meta }));
+    }
+    for pod_spec in &spec.pods {
+        let Some(pod) = pods.get(&pod_spec.name) else {
+            continue;
+        };
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "uid": pod.uid,
+                "labels": labels(&pod_spec.labels),
+            },
+            "spec": {
+                "nodeName": spec::node_name(pod.node),
+                "serviceAccountName": pod_spec.service_account,
+                "containers": [{ "name": "app", "image": "weft-lab" }],
+            },
+            "status": { "phase": "Running", "podIP": pod.ip.to_string(), "podIPs": [{ "ip": pod.ip.to_string() }] },
+        }));
+    }
+    for svc in &spec.services {
+        let ports: Vec<Value> = svc
+            .ports
+            .iter()
+            .map(|p| {
+                let mut port = json!({ "name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": "TCP" });
+                if let Some(app) = &p.app_protocol {
+                    port["appProtocol"] = json!(app);
+                }
+                port
+            })
+            .collect();
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": { "name": svc.name, "namespace": svc.namespace },
+            "spec": { "clusterIP": svc.cluster_ip.to_string(), "selector": labels(&svc.selector), "ports": ports },
+        }));
+    }
+    let mut out = String::from("# Written by the Weft lab: the cluster as Kubernetes objects.\n");
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&doc)?);
+    }
+    Ok(out)
+}

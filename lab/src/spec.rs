@@ -1,0 +1,127 @@
+//! What a lab is made of, and its addressing plan.
+//!
+//! Node i (from 1) is 10.99.0.i on the underlay, owns pods 10.200.i.0/24, and its agent is
+//! 10.200.i.1, the pods' gateway. Pod j of node i is 10.200.i.(10+j). Services are 10.96.0.x.
+
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Starts with `wl-`; names the namespaces, cgroups and pins.
+    pub name: String,
+    pub nodes: usize,
+    pub namespaces: Vec<NamespaceSpec>,
+    pub pods: Vec<PodSpec>,
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NamespaceSpec {
+    pub name: String,
+    /// Labelled `weft.dev/dataplane-mode=ambient`.
+    pub ambient: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: String,
+    pub namespace: String,
+    pub node: usize,
+    pub labels: Vec<(String, String)>,
+    pub service_account: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub namespace: String,
+    pub cluster_ip: Ipv4Addr,
+    pub selector: Vec<(String, String)>,
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    pub target_port: u16,
+    pub app_protocol: Option<String>,
+}
+
+impl LabSpec {
+    pub fn new(name: &str, nodes: usize) -> Self {
+        LabSpec {
+            name: name.to_string(),
+            nodes,
+            namespaces: Vec::new(),
+            pods: Vec::new(),
+            services: Vec::new(),
+        }
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceSpec> {
+        self.namespaces.iter().find(|n| n.name == name)
+    }
+
+    pub fn with_namespace(mut self, name: &str, ambient: bool) -> Self {
+        self.namespaces.push(NamespaceSpec {
+            name: name.to_string(),
+            ambient,
+        });
+        self
+    }
+
+    pub fn with_pod(
+        mut self,
+        name: &str,
+        namespace: &str,
+        node: usize,
+        labels: &[(&str, &str)],
+    ) -> Self {
+        assert!(
+            (1..=self.nodes).contains(&node),
+            "pod {name} on node {node} of {}",
+            self.nodes
+        );
+        self.pods.push(PodSpec {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            node,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            service_account: "default".to_string(),
+        });
+        self
+    }
+
+    pub fn with_service(mut self, service: ServiceSpec) -> Self {
+        self.services.push(service);
+        self
+    }
+}
+
+pub fn node_name(node: usize) -> String {
+    format!("node-{node}")
+}
+
+pub fn node_netns(lab: &str, node: usize) -> String {
+    format!("{lab}-n{node}")
+}
+
+pub fn underlay_netns(lab: &str) -> String {
+    format!("{lab}-ul")
+}
+
+pub fn node_ip(node: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 99, 0, node as u8)
+}
+
+pub fn agent_ip(node: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, node as u8, 1)
+}
+
+pub fn pod_ip(node: usize, index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, node as u8, 10 + index)
+}

@@ -1,0 +1,103 @@
+//! The small HTTP/1.1 server behind the admin (:15000), metrics (:15020) and readiness
+//! (:15021) ports of both the agent and the waypoint. Each port gets a handler that maps a
+//! path to a response; there is no routing framework because there are five paths.
+
+use std::{convert::Infallible, future::Future, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// What a handler answers for one GET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    pub fn json(value: &impl serde::Serialize) -> Self {
+        match serde_json::to_string_pretty(value) {
+            Ok(body) => Reply {
+                status: 200,
+                content_type: "application/json",
+                body,
+            },
+            Err(err) => Reply::text(500, format!("cannot encode: {err}\n")),
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Reply::text(404, "not found\n")
+    }
+}
+
+/// Maps a request path (without the query) to a reply.
+pub type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+
+/// Serves `handler` on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, handler: Handler, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::warn!(%err, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let reply = handler(req.uri().path());
+                async move { Ok::<_, Infallible>(to_response(reply)) }
+            });
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%err, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn to_response(reply: Reply) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(reply.content_type),
+    );
+    response
+}
+
+/// Encodes a prometheus-client registry in the text exposition format.
+pub fn metrics_reply(registry: &prometheus_client::registry::Registry) -> Reply {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => Reply {
+            status: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        },
+        Err(err) => Reply::text(500, format!("cannot encode metrics: {err}\n")),
+    }
+}

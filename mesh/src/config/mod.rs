@@ -1,0 +1,51 @@
+//! The configuration both processes act on: the Kubernetes objects that decide who is in
+//! the mesh and how their traffic is handled, reduced to one typed [`Model`].
+//!
+//! Two sources feed the model: a directory of manifests ([`DirSource`], [`watch_dir`]) for
+//! the lab and the tests, and later the Kubernetes API. Both hand each object to
+//! [`parse_value`] (or, for objects that arrive already typed, [`namespace_info`],
+//! [`pod_info`] and [`service_info`]), so a manifest means the same thing whichever way it
+//! arrives, and an invalid one is rejected with the same message.
+//!
+//! Files:
+//! - `model.rs`: the typed model and the questions the agent asks of it;
+//! - `protocol.rs`: Istio's port naming convention for gRPC and HTTP/2;
+//! - `parse.rs`: one Kubernetes object in, one model entry (or a clear error) out;
+//! - `error.rs`: how a rejection names the file, document, object and field;
+//! - `dir.rs`: the directory source, with last-good-per-file semantics;
+//! - `watch.rs`: inotify plus a periodic resync, publishing on a watch channel.
+//!
+//! [`Model`]: crate::config::Model
+//! [`DirSource`]: crate::config::DirSource
+//! [`watch_dir`]: crate::config::watch_dir
+//! [`parse_value`]: crate::config::parse_value
+//! [`namespace_info`]: crate::config::namespace_info
+//! [`pod_info`]: crate::config::pod_info
+//! [`service_info`]: crate::config::service_info
+
+mod dir;
+mod error;
+mod model;
+mod parse;
+mod protocol;
+mod watch;
+
+pub use dir::DirSource;
+pub use error::{ConfigError, InvalidObject};
+pub use model::{Model, NamespaceInfo, Object, ObjectKey, PodInfo, ServiceInfo, ServicePortInfo};
+pub use parse::{namespace_info, parse_value, pod_info, service_info};
+pub use protocol::{AppProtocol, detect_protocol};
+pub use watch::{ErrorsReceiver, ModelReceiver, RESYNC_INTERVAL, watch_dir};
+
+/// Namespace label that enrols the namespace's pods in the mesh, with the value
+/// [`AMBIENT`]. On a pod, the value [`NONE`] opts that pod out.
+pub const AMBIENT_LABEL: &str = "weft.dev/dataplane-mode";
+/// Istio's name for [`AMBIENT_LABEL`], accepted so that existing manifests work unchanged.
+pub const ISTIO_AMBIENT_LABEL: &str = "istio.io/dataplane-mode";
+/// Names the waypoint that handles L7 for a namespace, service or service account.
+pub const USE_WAYPOINT_LABEL: &str = "weft.dev/use-waypoint";
+
+/// Value of the dataplane-mode labels that enrols a namespace.
+pub const AMBIENT: &str = "ambient";
+/// Value of the dataplane-mode labels that keeps a pod out of an enrolled namespace.
+pub const NONE: &str = "none";

@@ -1,0 +1,335 @@
+//! The typed model: what the agent and the waypoint need of each object, and nothing of
+//! the wire format. Sources build it; the data path only reads it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use super::protocol::AppProtocol;
+use super::{AMBIENT, AMBIENT_LABEL, ISTIO_AMBIENT_LABEL, NONE};
+
+/// A namespace and its labels, which decide enrolment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NamespaceInfo {
+    /// Whether the namespace is in the mesh: either dataplane-mode label is `ambient`.
+    pub fn ambient(&self) -> bool {
+        [AMBIENT_LABEL, ISTIO_AMBIENT_LABEL]
+            .iter()
+            .any(|label| self.labels.get(*label).is_some_and(|v| v == AMBIENT))
+    }
+}
+
+/// A pod that may carry mesh traffic.
+///
+/// Host-network pods and pods that have finished (phase Succeeded or Failed) never reach
+/// the model: their address belongs to the node, or may already belong to another pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    /// Empty when the manifest has none. The agent finds the pod's cgroup by its uid, so a
+    /// pod without one is kept (it can still be a Service backend) but never enrolled.
+    pub uid: String,
+    pub node_name: Option<String>,
+    /// `status.podIP`, or the first of `status.podIPs` when only that is set.
+    pub ip: Option<IpAddr>,
+    /// `spec.serviceAccountName`, `default` when unset, as the API server defaults it.
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl PodInfo {
+    /// Whether the pod opted out of its ambient namespace: a dataplane-mode label is `none`.
+    pub fn opted_out(&self) -> bool {
+        [AMBIENT_LABEL, ISTIO_AMBIENT_LABEL]
+            .iter()
+            .any(|label| self.labels.get(*label).is_some_and(|v| v == NONE))
+    }
+}
+
+/// One TCP port of a Service. UDP and SCTP ports are left out: the mesh carries TCP only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePortInfo {
+    pub name: Option<String>,
+    pub port: u16,
+    /// The pod port. An absent `targetPort` means `port`, as the API server defaults it.
+    /// `None` means a named target port, to be resolved against the pod's container ports.
+    pub target_port: Option<u16>,
+    pub protocol: AppProtocol,
+}
+
+/// A Service: the name clients dial and the pods behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInfo {
+    pub namespace: String,
+    pub name: String,
+    /// `None` for headless (`clusterIP: None`) and ExternalName services.
+    pub cluster_ip: Option<IpAddr>,
+    /// Empty for a Service without a selector, which then selects no pod.
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePortInfo>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One parsed object, as a source hands it to the model.
+///
+/// A new kind is a new variant here, a field in [`Model`] and an entry in the parse table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Namespace(NamespaceInfo),
+    Pod(PodInfo),
+    Service(ServiceInfo),
+}
+
+/// What identifies an object: two objects with the same key are the same object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: &'static str,
+    /// `None` for cluster-scoped kinds.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    /// `Service default/foo`, or `Namespace foo` for a cluster-scoped kind.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{} {}/{}", self.kind, namespace, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Namespace(ns) => ObjectKey {
+                kind: "Namespace",
+                namespace: None,
+                name: ns.name.clone(),
+            },
+            Object::Pod(pod) => ObjectKey {
+                kind: "Pod",
+                namespace: Some(pod.namespace.clone()),
+                name: pod.name.clone(),
+            },
+            Object::Service(svc) => ObjectKey {
+                kind: "Service",
+                namespace: Some(svc.namespace.clone()),
+                name: svc.name.clone(),
+            },
+        }
+    }
+}
+
+/// The whole configuration one process sees. Keyed by (namespace, name), or by name for
+/// cluster-scoped kinds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Model {
+    pub namespaces: BTreeMap<String, NamespaceInfo>,
+    pub pods: BTreeMap<(String, String), PodInfo>,
+    pub services: BTreeMap<(String, String), ServiceInfo>,
+}
+
+impl Model {
+    /// Adds or replaces an object. Returns whether an object with the same key was replaced.
+    pub fn insert(&mut self, object: Object) -> bool {
+        match object {
+            Object::Namespace(ns) => self.namespaces.insert(ns.name.clone(), ns).is_some(),
+            Object::Pod(pod) => {
+                let key = (pod.namespace.clone(), pod.name.clone());
+                self.pods.insert(key, pod).is_some()
+            }
+            Object::Service(svc) => {
+                let key = (svc.namespace.clone(), svc.name.clone());
+                self.services.insert(key, svc).is_some()
+            }
+        }
+    }
+
+    /// Removes an object. Returns whether it was there.
+    pub fn remove(&mut self, key: &ObjectKey) -> bool {
+        let namespaced = || (key.namespace.clone().unwrap_or_default(), key.name.clone());
+        match key.kind {
+            "Namespace" => self.namespaces.remove(&key.name).is_some(),
+            "Pod" => self.pods.remove(&namespaced()).is_some(),
+            "Service" => self.services.remove(&namespaced()).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Pods on `node` that the agent must capture: their namespace is ambient, they did not
+    /// opt out, and they have a uid (the agent finds their cgroup by it).
+    pub fn enrolled_pods<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods.values().filter(move |pod| {
+            pod.node_name.as_deref() == Some(node)
+                && !pod.uid.is_empty()
+                && !pod.opted_out()
+                && self
+                    .namespaces
+                    .get(&pod.namespace)
+                    .is_some_and(NamespaceInfo::ambient)
+        })
+    }
+
+    /// The pod that owns `ip`. A linear scan: the directory source's models are small, and
+    /// an index belongs with the API source, where they are not.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
+        self.pods.values().find(|pod| pod.ip == Some(ip))
+    }
+
+    /// Services in the pod's namespace whose selector matches the pod's labels. A Service
+    /// with an empty selector selects nothing, as in Kubernetes.
+    pub fn services_selecting<'a>(
+        &'a self,
+        pod: &'a PodInfo,
+    ) -> impl Iterator<Item = &'a ServiceInfo> + 'a {
+        self.services.values().filter(move |svc| {
+            svc.namespace == pod.namespace
+                && !svc.selector.is_empty()
+                && svc
+                    .selector
+                    .iter()
+                    .all(|(k, v)| pod.labels.get(k).is_some_and(|have| have == v))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn namespace(name: &str, l: &[(&str, &str)]) -> Object {
+        Object::Namespace(NamespaceInfo {
+            name: name.into(),
+            labels: labels(l),
+        })
+    }
+
+    fn pod(ns: &str, name: &str, node: &str, ip: &str, l: &[(&str, &str)]) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            node_name: Some(node.into()),
+            ip: Some(ip.parse().unwrap()),
+            service_account: "default".into(),
+            labels: labels(l),
+        }
+    }
+
+    #[test]
+    fn ambient_by_either_label() {
+        let ns = |l: &[(&str, &str)]| NamespaceInfo {
+            name: "a".into(),
+            labels: labels(l),
+        };
+        assert!(ns(&[(AMBIENT_LABEL, "ambient")]).ambient());
+        assert!(ns(&[(ISTIO_AMBIENT_LABEL, "ambient")]).ambient());
+        assert!(!ns(&[(AMBIENT_LABEL, "none")]).ambient());
+        assert!(!ns(&[("other", "ambient")]).ambient());
+        assert!(!ns(&[]).ambient());
+    }
+
+    #[test]
+    fn pod_opt_out_by_either_label() {
+        let p = |l: &[(&str, &str)]| pod("a", "p", "n1", "10.0.0.1", l);
+        assert!(p(&[(AMBIENT_LABEL, "none")]).opted_out());
+        assert!(p(&[(ISTIO_AMBIENT_LABEL, "none")]).opted_out());
+        assert!(!p(&[(AMBIENT_LABEL, "ambient")]).opted_out());
+        assert!(!p(&[]).opted_out());
+    }
+
+    #[test]
+    fn enrolment_needs_node_namespace_uid_and_no_opt_out() {
+        let mut m = Model::default();
+        m.insert(namespace("mesh", &[(ISTIO_AMBIENT_LABEL, "ambient")]));
+        m.insert(namespace("plain", &[]));
+        m.insert(Object::Pod(pod("mesh", "in", "n1", "10.0.0.1", &[])));
+        m.insert(Object::Pod(pod(
+            "mesh",
+            "other-node",
+            "n2",
+            "10.0.0.2",
+            &[],
+        )));
+        m.insert(Object::Pod(pod(
+            "plain",
+            "not-ambient",
+            "n1",
+            "10.0.0.3",
+            &[],
+        )));
+        m.insert(Object::Pod(pod(
+            "absent",
+            "no-namespace",
+            "n1",
+            "10.0.0.4",
+            &[],
+        )));
+        m.insert(Object::Pod(pod(
+            "mesh",
+            "out",
+            "n1",
+            "10.0.0.5",
+            &[(AMBIENT_LABEL, "none")],
+        )));
+        let mut no_uid = pod("mesh", "no-uid", "n1", "10.0.0.6", &[]);
+        no_uid.uid.clear();
+        m.insert(Object::Pod(no_uid));
+
+        let names: Vec<_> = m.enrolled_pods("n1").map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["in"]);
+        assert_eq!(
+            m.pod_by_ip("10.0.0.6".parse().unwrap()).unwrap().name,
+            "no-uid"
+        );
+        assert!(m.pod_by_ip("10.9.9.9".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn services_select_by_labels_in_the_same_namespace() {
+        let mut m = Model::default();
+        let svc = |ns: &str, name: &str, sel: &[(&str, &str)]| {
+            Object::Service(ServiceInfo {
+                namespace: ns.into(),
+                name: name.into(),
+                cluster_ip: None,
+                selector: labels(sel),
+                ports: vec![],
+                labels: BTreeMap::new(),
+            })
+        };
+        m.insert(svc("a", "match", &[("app", "echo")]));
+        m.insert(svc("a", "narrower", &[("app", "echo"), ("tier", "db")]));
+        m.insert(svc("a", "no-selector", &[]));
+        m.insert(svc("b", "elsewhere", &[("app", "echo")]));
+        let p = pod("a", "p", "n1", "10.0.0.1", &[("app", "echo"), ("v", "1")]);
+        let names: Vec<_> = m.services_selecting(&p).map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["match"]);
+    }
+
+    #[test]
+    fn insert_reports_replacement_and_remove_by_key() {
+        let mut m = Model::default();
+        let p = Object::Pod(pod("a", "p", "n1", "10.0.0.1", &[]));
+        let key = p.key();
+        assert_eq!(key.to_string(), "Pod a/p");
+        assert!(!m.insert(p.clone()));
+        assert!(m.insert(p));
+        assert!(m.remove(&key));
+        assert!(m.pods.is_empty());
+    }
+}

@@ -1,0 +1,187 @@
+//! `cargo xtask bench <scenario> --json FILE`: figures from the lab, each against a direct
+//! baseline measured in the same run (these machines are noisy, so only ratios travel).
+//!
+//! `capture`: pods in a plain namespace (direct) and in an ambient one (captured, mesh), on
+//! the same node and across nodes; throughput with 128 KiB and 1 KiB writes, and 1-byte
+//! request/response latency. Each figure is the median of several interleaved runs.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use serde_json::{Map, Value};
+use weft_lab::{Lab, LabSpec};
+
+use crate::{setup, workspace};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Scenario {
+    /// eBPF capture and the same-node splice (issue: foundation).
+    Capture,
+}
+
+const ROUNDS: usize = 3;
+const SECONDS: &str = "3";
+
+pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("benchmarks run in the lab and need root");
+    }
+    setup::run()?;
+    workspace::build()?;
+    let figures = match scenario {
+        Scenario::Capture => capture()?,
+    };
+    let text = serde_json::to_string_pretty(&Value::Object(figures))?;
+    println!("{text}");
+    if let Some(path) = json {
+        std::fs::write(path, format!("{text}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn capture_spec() -> LabSpec {
+    LabSpec::new("wl-bench", 2)
+        .with_namespace("plain", false)
+        .with_namespace("mesh", true)
+        .with_pod("plain-a", "plain", 1, &[])
+        .with_pod("plain-b", "plain", 1, &[])
+        .with_pod("plain-c", "plain", 2, &[])
+        .with_pod("mesh-a", "mesh", 1, &[])
+        .with_pod("mesh-b", "mesh", 1, &[])
+        .with_pod("mesh-c", "mesh", 2, &[])
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn capture() -> Result<Map<String, Value>> {
+    let mut lab = Lab::up(capture_spec())?;
+    lab.start_agents()?;
+    let mut servers = Vec::new();
+    for pod in ["plain-b", "plain-c", "mesh-b", "mesh-c"] {
+        servers.push(lab.spawn(pod, "labtool", &["discard", "--listen", "0.0.0.0:5201"])?);
+        servers.push(lab.spawn(pod, "labtool", &["echo", "--listen", "0.0.0.0:5202"])?);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // (key, client pod, server pod, write size)
+    let tput_cases = [
+        ("direct_same_node_gbps", "plain-a", "plain-b", "131072"),
+        ("mesh_same_node_gbps", "mesh-a", "mesh-b", "131072"),
+        ("direct_same_node_1k_gbps", "plain-a", "plain-b", "1024"),
+        ("mesh_same_node_1k_gbps", "mesh-a", "mesh-b", "1024"),
+        ("direct_cross_node_gbps", "plain-a", "plain-c", "131072"),
+        ("mesh_cross_node_gbps", "mesh-a", "mesh-c", "131072"),
+    ];
+    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for round in 1..=ROUNDS {
+        eprintln!("==> round {round} of {ROUNDS}");
+        for (key, client, server, write_size) in tput_cases {
+            let target = format!("{}:5201", lab.pod(server).ip);
+            let out = lab.run_json(
+                client,
+                "labtool",
+                &[
+                    "tput",
+                    "--connect",
+                    &target,
+                    "--seconds",
+                    SECONDS,
+                    "--write-size",
+                    write_size,
+                ],
+                Duration::from_secs(60),
+            )?;
+            let gbps = out["gbps"].as_f64().context("tput printed no gbps")?;
+            eprintln!("    {key}: {gbps:.2}");
+            samples.entry(key).or_default().push(gbps);
+        }
+        for (prefix, client, server) in [
+            ("direct", "plain-a", "plain-b"),
+            ("mesh", "mesh-a", "mesh-b"),
+        ] {
+            let target = format!("{}:5202", lab.pod(server).ip);
+            let out = lab.run_json(
+                client,
+                "labtool",
+                &[
+                    "rr",
+                    "--connect",
+                    &target,
+                    "--count",
+                    "20000",
+                    "--warmup",
+                    "2000",
+                ],
+                Duration::from_secs(60),
+            )?;
+            for pct in ["p50", "p99"] {
+                let key: &'static str = match (prefix, pct) {
+                    ("direct", "p50") => "direct_rr_p50_us",
+                    ("direct", _) => "direct_rr_p99_us",
+                    ("mesh", "p50") => "mesh_rr_p50_us",
+                    _ => "mesh_rr_p99_us",
+                };
+                let value = out[format!("{pct}_us")]
+                    .as_f64()
+                    .context("rr printed no percentile")?;
+                eprintln!("    {key}: {value:.1}");
+                samples.entry(key).or_default().push(value);
+            }
+        }
+    }
+    let counters = lab.config_dump(1)?["ebpf_counters"].clone();
+    drop(servers);
+    lab.down()?;
+
+    let mut figures = Map::new();
+    for (key, values) in samples {
+        figures.insert(key.to_string(), Value::from(round3(median(values))));
+    }
+    let ratio = |a: &str, b: &str| -> Option<f64> {
+        Some(round3(
+            figures.get(a)?.as_f64()? / figures.get(b)?.as_f64()?,
+        ))
+    };
+    let ratios = [
+        (
+            "mesh_same_node_ratio",
+            ratio("mesh_same_node_gbps", "direct_same_node_gbps"),
+        ),
+        (
+            "mesh_same_node_1k_ratio",
+            ratio("mesh_same_node_1k_gbps", "direct_same_node_1k_gbps"),
+        ),
+        (
+            "mesh_cross_node_ratio",
+            ratio("mesh_cross_node_gbps", "direct_cross_node_gbps"),
+        ),
+        (
+            "mesh_rr_p50_ratio",
+            ratio("mesh_rr_p50_us", "direct_rr_p50_us"),
+        ),
+    ];
+    for (key, value) in ratios {
+        if let Some(value) = value {
+            figures.insert(key.to_string(), Value::from(value));
+        }
+    }
+    // Evidence that the mesh runs took the captured path: bytes the kernel spliced on node 1.
+    figures.insert(
+        "node1_spliced_bytes".into(),
+        counters["spliced_bytes"].clone(),
+    );
+    figures.insert(
+        "node1_redirected_connections".into(),
+        counters["redirected"].clone(),
+    );
+    Ok(figures)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

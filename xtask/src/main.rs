@@ -1,0 +1,77 @@
+//! Weft's developer commands. `cargo xtask <command>`; each one bootstraps what it needs.
+//!
+//! - `setup`: nightly rust-src, bpf-linker (against nightly's own libLLVM), Debian packages.
+//! - `test`: every test: unit tests, then the end-to-end tests in the lab (root).
+//! - `demo`: a two-node lab, a gRPC service with three replicas, real traffic, the results.
+//! - `bench <scenario> --json FILE`: figures against a direct baseline measured in the same run.
+//! - `lab down`: removes every lab on the machine, including those of crashed runs.
+
+mod bench;
+mod demo;
+mod setup;
+mod test;
+mod workspace;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what builds and tests need (idempotent).
+    Setup,
+    /// Build everything (the agent embeds the eBPF object).
+    Build,
+    /// Run every test: unit tests and the end-to-end lab tests.
+    Test {
+        /// Only tests whose name contains this (passed to cargo test).
+        filter: Option<String>,
+    },
+    /// Bring up a lab, run the gRPC demo, show the results, tear down.
+    Demo,
+    /// Run a benchmark scenario and write its figures as one flat JSON object.
+    Bench {
+        #[arg(value_enum)]
+        scenario: bench::Scenario,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Manage labs.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Remove every lab on this machine (idempotent).
+    Down,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => {
+            setup::run()?;
+            workspace::build()
+        }
+        Command::Test { filter } => test::run(filter.as_deref()),
+        Command::Demo => demo::run(),
+        Command::Bench { scenario, json } => bench::run(scenario, json.as_deref()),
+        Command::Lab {
+            command: LabCommand::Down,
+        } => {
+            weft_lab::down_all();
+            println!("no lab is left on this machine");
+            Ok(())
+        }
+    }
+}
