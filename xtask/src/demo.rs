@@ -119,15 +119,20 @@ fn show(lab: &mut Lab) -> Result<()> {
             Duration::from_secs(60),
         )?;
         let by_pod = reply["by_pod"].as_object().cloned().unwrap_or_default();
+        let uuids: Vec<String> = reply["by_uuid"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let pods: Vec<String> = by_pod
+            .iter()
+            .map(|(pod, n)| format!("{pod} ({n} calls)"))
+            .collect();
         println!(
-            "    connection {round}: {} calls, {} errors, answered by {}",
+            "    connection {round}: {} calls, {} errors; answered by {} with UUID {}",
             reply["calls"],
             reply["errors"],
-            by_pod
-                .iter()
-                .map(|(pod, n)| format!("{pod} ({n} calls)"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            pods.join(", "),
+            uuids.join(", ")
         );
         for (pod, n) in by_pod {
             *backends_seen.entry(pod).or_insert(0) += n.as_u64().unwrap_or(0);
