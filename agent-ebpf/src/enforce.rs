@@ -1,11 +1,44 @@
 //! Enforce: the tc program on the node side of each enrolled pod's veth, on the path into the
-//! pod. It is the inbound gate: the agent writes each pod's mode to `TC_MODE`. For now every
-//! mode lets traffic pass and is counted; STRICT mutual TLS arrives with the tunnel.
+//! pod. It is the inbound gate for PeerAuthentication: the agent writes each pod's mode to
+//! `TC_MODE`. Under STRICT, a new TCP connection may only come from the node agent (the
+//! tunnel's end, which checked the peer's certificate) or from an enrolled pod on this node;
+//! plaintext from outside the mesh never reaches the pod. Under PERMISSIVE such connections
+//! pass and are counted. Packets of established connections are not inspected further.
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use weft_ebpf_common::{TC_MODE_ALLOW_ALL, counter};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use weft_ebpf_common::{TC_MODE_ALLOW_ALL, TC_MODE_STRICT, counter};
 
-use crate::maps::{TC_MODE, count};
+use crate::maps::{TC_MODE, count, pod_flags, settings};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// The source address (network order) of a TCP SYN without ACK, the first packet of a new
+/// inbound connection; `None` for anything else.
+#[inline(always)]
+fn new_connection_source(ctx: &TcContext) -> Option<u32> {
+    let proto: u16 = ctx.load(12).ok()?;
+    if u16::from_be(proto) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let ip_proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    if ip_proto != IPPROTO_TCP {
+        return None;
+    }
+    // Read as raw bytes into a native u32: the same network-order convention as the maps.
+    let source: u32 = ctx.load(ETH_HLEN + 12).ok()?;
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    let flags: u8 = ctx.load(ETH_HLEN + ihl + 13).ok()?;
+    (flags & TCP_SYN != 0 && flags & TCP_ACK == 0).then_some(source)
+}
 
 #[classifier]
 pub fn weft_tc_pod_in(ctx: TcContext) -> i32 {
@@ -16,8 +49,17 @@ pub fn weft_tc_pod_in(ctx: TcContext) -> i32 {
         .copied()
         .unwrap_or(TC_MODE_ALLOW_ALL);
     count(counter::TC_PACKETS, 1);
-    match mode {
-        TC_MODE_ALLOW_ALL => TC_ACT_OK as i32,
-        _ => TC_ACT_OK as i32,
+    let Some(source) = new_connection_source(&ctx) else {
+        return TC_ACT_OK as i32;
+    };
+    let from_mesh = settings().is_some_and(|s| s.agent_ip == source) || pod_flags(source).is_some();
+    if from_mesh {
+        return TC_ACT_OK as i32;
     }
+    if mode == TC_MODE_STRICT {
+        count(counter::TC_DROPPED, 1);
+        return TC_ACT_SHOT as i32;
+    }
+    count(counter::TC_PLAINTEXT, 1);
+    TC_ACT_OK as i32
 }

@@ -5,11 +5,15 @@
 //! `metrics` show what it is doing. `settings` is its configuration, `preflight` its checks.
 
 mod admin;
+mod ca;
+mod inbound;
 mod metrics;
 mod outbound;
+mod policy;
 mod preflight;
 mod redirect;
 mod settings;
+mod tunnel;
 mod upstream;
 
 use std::{
@@ -39,7 +43,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Capture enrolled pods' traffic on this node.
-    Run(AgentSettings),
+    Run(Box<AgentSettings>),
+    /// The certificate authority that signs workload identities.
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,7 +70,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(settings) => runtime.block_on(run(settings)),
+        Command::Run(settings) => runtime.block_on(run(*settings)),
+        Command::Ca { command } => runtime.block_on(ca::run(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,16 +106,41 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     let outbound_listener = TcpListener::bind(outbound_addr)
         .await
         .with_context(|| format!("binding the outbound listener {outbound_addr}"))?;
-    let outbound = Arc::new(Outbound::new(
-        maps.clone(),
-        DirectTcp {
-            connect_timeout: Duration::from_secs(5),
-            source_ip: settings.agent_ip,
-        },
+    let direct = DirectTcp {
+        connect_timeout: Duration::from_secs(5),
+        source_ip: settings.agent_ip,
+    };
+    match tunnel::start(
+        &settings,
         model.clone(),
         metrics.clone(),
-    ));
-    tokio::spawn(outbound.serve(outbound_listener, stop_rx.clone()));
+        direct.clone(),
+        stop_rx.clone(),
+    )
+    .await?
+    {
+        Some(upstream) => {
+            let outbound = Arc::new(Outbound::new(
+                maps.clone(),
+                upstream,
+                model.clone(),
+                metrics.clone(),
+            ));
+            tokio::spawn(outbound.serve(outbound_listener, stop_rx.clone()));
+        }
+        None => {
+            tracing::warn!(
+                "no --ca-address: captured connections are forwarded in PLAINTEXT, without identities"
+            );
+            let outbound = Arc::new(Outbound::new(
+                maps.clone(),
+                direct,
+                model.clone(),
+                metrics.clone(),
+            ));
+            tokio::spawn(outbound.serve(outbound_listener, stop_rx.clone()));
+        }
+    }
     serve_http(
         settings.admin_port,
         admin::admin_handler(dump.clone(), maps.clone()),
@@ -120,13 +155,16 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     .await?;
     tracing::info!(node = %settings.node_name, outbound = %outbound_addr, "weft-agent running");
 
+    let policy = policy::L4Policy {
+        root_namespace: settings.tunnel.root_namespace.clone(),
+    };
     let mut model_rx = model.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     loop {
         let current = model_rx.borrow_and_update().clone();
-        datapath.reconcile(&current, &settings.node_name);
+        datapath.reconcile(&current, &settings.node_name, &policy);
         let pods = datapath.pod_statuses();
         metrics
             .enrolled_pods

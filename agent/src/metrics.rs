@@ -4,7 +4,12 @@
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+    },
     registry::Registry,
 };
 
@@ -20,9 +25,26 @@ struct DirectionLabel {
     direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// The tunnel's connection pool, once the tunnel is up.
+#[derive(Clone, Default)]
+struct PoolSlot(std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<weft_mesh::hbone::Pool>>>>);
+
+impl std::fmt::Debug for PoolSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolSlot")
+    }
+}
+
 /// Handles to the agent's metrics; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
+    denials: Family<ReasonLabel, Counter>,
+    pool: PoolSlot,
     outbound: Family<ResultLabel, Counter>,
     bytes: Family<DirectionLabel, Counter>,
     pub enrolled_pods: Gauge,
@@ -57,7 +79,27 @@ impl Metrics {
             "Configuration objects currently rejected",
             self.config_errors.clone(),
         );
+        registry.register(
+            "weft_tunnel_denials",
+            "Tunnelled connections the inbound side refused, by reason",
+            self.denials.clone(),
+        );
         registry.register_collector(Box::new(EbpfCounters(maps)));
+        registry.register_collector(Box::new(PoolGauges(self.pool.clone())));
+    }
+
+    pub fn denied(&self, reason: &str) {
+        self.denials
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn register_pool(&self, pool: std::sync::Arc<weft_mesh::hbone::Pool>) {
+        if let Ok(mut slot) = self.pool.0.lock() {
+            *slot = Some(pool);
+        }
     }
 
     pub fn outbound(&self, result: &str) {
@@ -104,5 +146,46 @@ impl Collector for EbpfCounters {
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+/// `weft_tunnel_pool_*`: the outbound tunnel's pooled connections and their streams.
+#[derive(Debug)]
+struct PoolGauges(PoolSlot);
+
+impl Collector for PoolGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stats) = self
+            .0
+            .0
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|p| p.stats()))
+        else {
+            return Ok(());
+        };
+        let gauges = [
+            (
+                "weft_tunnel_pool_connections",
+                "Pooled tunnel connections open now",
+                stats.connections as i64,
+            ),
+            (
+                "weft_tunnel_pool_streams",
+                "Tunnelled streams open now",
+                stats.streams as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(metric)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "weft_tunnel_pool_connections_opened",
+            "Tunnel connections the pool has dialled",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(stats.connections_opened as u64).encode(metric)
     }
 }

@@ -54,6 +54,44 @@ pub struct AgentSettings {
     /// direct (still spliced unless --no-splice).
     #[arg(long)]
     pub no_direct_local: bool,
+
+    #[command(flatten)]
+    pub tunnel: TunnelSettings,
+}
+
+/// The mutual-TLS tunnel (HBONE) and the identities it presents.
+#[derive(Debug, Clone, Args)]
+pub struct TunnelSettings {
+    /// The certificate authority (`weft-agent ca serve`). Without it the agent forwards
+    /// captured connections in plaintext and says so at start.
+    #[arg(long, env = "WEFT_CA_ADDRESS")]
+    pub ca_address: Option<std::net::SocketAddr>,
+
+    /// File holding this node's bootstrap token for the CA.
+    #[arg(long, env = "WEFT_CA_TOKEN_FILE")]
+    pub ca_token_file: Option<PathBuf>,
+
+    /// PEM file of the trusted root certificates.
+    #[arg(long, env = "WEFT_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+
+    /// The SPIFFE trust domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// Where the HBONE tunnel listens (this node's address that other nodes reach).
+    #[arg(long, env = "WEFT_HBONE_ADDRESS", default_value = "0.0.0.0:15008")]
+    pub hbone_address: std::net::SocketAddr,
+
+    /// The agent's own namespace and service account: its tunnel identity.
+    #[arg(long, default_value = "weft-system")]
+    pub agent_namespace: String,
+    #[arg(long, default_value = "weft-agent")]
+    pub agent_service_account: String,
+
+    /// Istio's root namespace: policies there without a selector apply mesh-wide.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
 }
 
 /// An IPv4 CIDR given on the command line.

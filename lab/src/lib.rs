@@ -51,6 +51,7 @@ pub struct Lab {
     pub pods: BTreeMap<String, Pod>,
     agents: Vec<Option<Guarded>>,
     agent_args: Vec<Vec<String>>,
+    ca: Option<Guarded>,
     torn_down: bool,
 }
 
@@ -85,6 +86,7 @@ impl Lab {
         let mut lab = Lab {
             agents: (0..spec.nodes).map(|_| None).collect(),
             agent_args: vec![Vec::new(); spec.nodes],
+            ca: None,
             spec,
             dir,
             cgroup,
@@ -97,6 +99,7 @@ impl Lab {
     }
 
     fn build(&mut self) -> Result<()> {
+        self.make_ca()?;
         net::build_underlay(&self.spec)?;
         for node in 1..=self.spec.nodes {
             net::build_node(&self.spec, node)?;
@@ -131,6 +134,75 @@ impl Lab {
             );
         }
         self.write_manifests()
+    }
+
+    /// The lab's root of trust (`weft-agent ca init`) and a bootstrap token per node.
+    fn make_ca(&self) -> Result<()> {
+        let dir = self.ca_dir();
+        let out = std::process::Command::new(bin_dir()?.join("weft-agent"))
+            .args(["ca", "init", "--trust-domain", spec::TRUST_DOMAIN, "--out"])
+            .arg(&dir)
+            .output()
+            .context("running weft-agent ca init")?;
+        if !out.status.success() {
+            bail!(
+                "weft-agent ca init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut tokens = String::from("# token node\n");
+        for node in 1..=self.spec.nodes {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            tokens.push_str(&format!("{token} {}\n", spec::node_name(node)));
+            std::fs::write(dir.join(format!("node-{node}.token")), format!("{token}\n"))?;
+        }
+        std::fs::write(dir.join("tokens"), tokens)?;
+        Ok(())
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.join("ca")
+    }
+
+    /// Starts the CA on the underlay.
+    fn start_ca(&mut self) -> Result<()> {
+        if self.ca.is_some() {
+            return Ok(());
+        }
+        let dir = self.ca_dir();
+        let cgroup = self.cgroup.join("ca");
+        std::fs::create_dir_all(&cgroup)?;
+        let args: Vec<String> = vec![
+            "ca".into(),
+            "serve".into(),
+            "--root-cert".into(),
+            dir.join("root-cert.pem").display().to_string(),
+            "--root-key".into(),
+            dir.join("root-key.pem").display().to_string(),
+            "--tokens-file".into(),
+            dir.join("tokens").display().to_string(),
+            "--config-dir".into(),
+            self.manifests_dir().display().to_string(),
+            "--listen".into(),
+            format!("{}:{}", spec::CA_IP, spec::CA_PORT),
+        ];
+        let log = self.dir.join("logs").join("ca.log");
+        let ca = process::spawn(
+            &bin_dir()?.join("weft-agent"),
+            &args,
+            &spec::underlay_netns(&self.spec.name),
+            &cgroup,
+            &[("RUST_LOG", "info")],
+            Some(&log),
+        )?;
+        self.ca = Some(ca);
+        // The agents retry the CA, but a CA that cannot start should fail here, clearly.
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(status) = self.ca.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            self.ca = None;
+            bail!("the CA exited ({status}): {}", tail(&log));
+        }
+        Ok(())
     }
 
     /// The cgroup root the kubelet of `node` would use: the agent's --cgroup-root.
@@ -201,6 +273,8 @@ impl Lab {
         if self.agents[node - 1].is_some() {
             bail!("the agent of node {node} is running already");
         }
+        self.start_ca()?;
+        let ca = self.ca_dir();
         let log = self.dir.join("logs").join(format!("agent-n{node}.log"));
         let mut args = vec![
             "run".to_string(),
@@ -214,6 +288,16 @@ impl Lab {
             self.bpffs_dir(node).display().to_string(),
             "--agent-ip".into(),
             self.agent_ip(node).to_string(),
+            "--trust-domain".into(),
+            spec::TRUST_DOMAIN.into(),
+            "--ca-address".into(),
+            format!("{}:{}", spec::CA_IP, spec::CA_PORT),
+            "--ca-token-file".into(),
+            ca.join(format!("node-{node}.token")).display().to_string(),
+            "--trust-bundle".into(),
+            ca.join("root-cert.pem").display().to_string(),
+            "--hbone-address".into(),
+            format!("{}:15008", spec::node_ip(node)),
         ];
         args.extend(self.agent_args[node - 1].iter().cloned());
         let agent = process::spawn(
@@ -221,7 +305,7 @@ impl Lab {
             &args,
             &self.node_netns(node),
             &self.node_cgroup(node).join("system"),
-            &[("RUST_LOG", "info")],
+            &[("RUST_LOG", agent_log_filter().as_str())],
             Some(&log),
         )?;
         self.agents[node - 1] = Some(agent);
@@ -421,6 +505,9 @@ impl Lab {
                 first_error.get_or_insert(err);
             }
         }
+        if let Some(ca) = self.ca.take() {
+            ca.kill();
+        }
         down_named(&self.spec.name);
         match first_error {
             Some(err) => Err(err),
@@ -435,6 +522,11 @@ impl Drop for Lab {
             eprintln!("lab {}: teardown: {err:#}", self.spec.name);
         }
     }
+}
+
+/// The agents' log filter: WEFT_AGENT_LOG, else `info`.
+fn agent_log_filter() -> String {
+    std::env::var("WEFT_AGENT_LOG").unwrap_or_else(|_| "info".to_string())
 }
 
 /// The pods a /config_dump shows as enrolled, as "namespace/name".

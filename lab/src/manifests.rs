@@ -21,6 +21,39 @@ fn labels(pairs: &[(String, String)]) -> Value {
 
 pub fn render(spec: &LabSpec, pods: &BTreeMap<String, Pod>) -> Result<String> {
     let mut docs: Vec<Value> = Vec::new();
+    // The agents' own namespace, and a Node and an agent Pod per node: the CA signs an
+    // identity only for pods scheduled on the asking node, and the tunnel finds a node's
+    // address from its Node object, as on a real cluster.
+    docs.push(
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "weft-system" } }),
+    );
+    for node in 1..=spec.nodes {
+        let name = spec::node_name(node);
+        let ip = spec::node_ip(node).to_string();
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": { "name": name },
+            "status": { "addresses": [{ "type": "InternalIP", "address": ip }] },
+        }));
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": format!("weft-agent-{name}"),
+                "namespace": "weft-system",
+                "uid": format!("00000000-0000-4000-8000-{node:012}"),
+                "labels": { "app": "weft-agent" },
+            },
+            "spec": {
+                "nodeName": name,
+                "hostNetwork": true,
+                "serviceAccountName": "weft-agent",
+                "containers": [{ "name": "agent", "image": "weft-agent" }],
+            },
+            "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] },
+        }));
+    }
     for ns in &spec.namespaces {
         let mut meta = json!({ "name": ns.name });
         if ns.ambient {

@@ -68,6 +68,8 @@ pub fn build_underlay(spec: &LabSpec) -> Result<()> {
             "link add br0 type bridge".into(),
             "link set br0 up".into(),
             "link set lo up".into(),
+            // The CA lives on the underlay, where every node's agent reaches it.
+            format!("addr add {}/24 dev br0", spec::CA_IP),
         ],
     )
 }

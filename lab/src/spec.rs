@@ -96,6 +96,21 @@ impl LabSpec {
         self
     }
 
+    /// Like `with_pod`, with the pod's service account (its identity).
+    pub fn with_pod_as(
+        mut self,
+        name: &str,
+        namespace: &str,
+        node: usize,
+        service_account: &str,
+    ) -> Self {
+        self = self.with_pod(name, namespace, node, &[]);
+        if let Some(pod) = self.pods.last_mut() {
+            pod.service_account = service_account.to_string();
+        }
+        self
+    }
+
     pub fn with_service(mut self, service: ServiceSpec) -> Self {
         self.services.push(service);
         self
@@ -117,6 +132,11 @@ pub fn underlay_netns(lab: &str) -> String {
 pub fn node_ip(node: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 99, 0, node as u8)
 }
+
+/// The lab's certificate authority, on the underlay bridge.
+pub const CA_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 250);
+pub const CA_PORT: u16 = 15012;
+pub const TRUST_DOMAIN: &str = "cluster.local";
 
 pub fn agent_ip(node: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, node as u8, 1)

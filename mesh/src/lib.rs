@@ -5,3 +5,16 @@ pub mod config;
 
 /// The HTTP server behind the admin, metrics and readiness ports.
 pub mod admin;
+
+/// SPIFFE workload identities: certificates, keys, trust bundles and the TLS configurations
+/// that check them.
+pub mod identity;
+
+/// The certificate authority (`weft-agent ca`): its gRPC service and client.
+pub mod ca;
+
+/// Istio's authorization and peer-authentication semantics, evaluated.
+pub mod policy;
+
+/// HBONE: HTTP/2 CONNECT over mutual TLS, the tunnel between agents and waypoints.
+pub mod hbone;

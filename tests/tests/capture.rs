@@ -282,7 +282,7 @@ fn an_agent_restart_reattaches_cleanly_after_a_stop_and_after_a_crash() -> Resul
     // A crash leaves the pins; the next agent adopts them instead of adding a second copy.
     lab.kill_agent(1)?;
     assert!(
-        lab.bpffs_dir(1).join("v1/WEFT_SOCKS").exists(),
+        lab.bpffs_dir(1).join("v2/WEFT_SOCKS").exists(),
         "pinned maps should survive a crash"
     );
     lab.start_agent(1)?;

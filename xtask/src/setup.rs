@@ -10,7 +10,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// Debian packages the tests and benches use, by the command that shows each is there.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("bpftool", "bpftool")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("tcpdump", "tcpdump"),
+];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;

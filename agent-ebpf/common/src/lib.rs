@@ -125,7 +125,12 @@ impl SockKey {
 }
 
 /// Inbound enforcement mode of a pod's veth, value of `TC_MODE` keyed by ifindex.
+/// PERMISSIVE (and no PeerAuthentication): everything passes; plaintext connections from
+/// outside the mesh are counted.
 pub const TC_MODE_ALLOW_ALL: u32 = 0;
+/// STRICT mutual TLS: a new TCP connection (SYN) reaches the pod only from the node agent
+/// (which terminates the tunnel) or from an enrolled pod of this node.
+pub const TC_MODE_STRICT: u32 = 1;
 
 /// Indexes into the per-CPU `COUNTERS` array. User space sums the CPUs.
 pub mod counter {
@@ -152,8 +157,10 @@ pub mod counter {
     /// Packets the tc program saw going to pods, and those it dropped.
     pub const TC_PACKETS: u32 = 11;
     pub const TC_DROPPED: u32 = 12;
+    /// Plaintext connections from outside the mesh let into PERMISSIVE pods.
+    pub const TC_PLAINTEXT: u32 = 13;
     /// The array's size.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 #[cfg(feature = "user")]

@@ -31,7 +31,7 @@ use aya::{
 use serde::Serialize;
 use weft_ebpf_common::{
     Endpoint, OrigDst, POD_DIRECT_OK, POD_ENROLLED, PodEntry, SETTING_DIRECT_LOCAL, SETTING_SPLICE,
-    Settings, SockKey, TC_MODE_ALLOW_ALL, counter, maps, programs,
+    Settings, SockKey, TC_MODE_ALLOW_ALL, TC_MODE_STRICT, counter, maps, programs,
 };
 use weft_mesh::config::{Model, PodInfo};
 
@@ -52,7 +52,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/we
 /// Bumped whenever a map's key, value or size changes. The pins live in a directory of this
 /// name (bpffs holds no regular files to write a version into), and pins of any other layout
 /// are discarded at start.
-const LAYOUT: &str = "v1";
+const LAYOUT: &str = "v2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
@@ -115,6 +115,9 @@ struct Enrolled {
     cgroup: PathBuf,
     interface: Option<String>,
     links: Vec<PinnedLink>,
+    /// What the kernel maps hold for the pod now.
+    flags: u32,
+    tc_mode: u32,
 }
 
 /// What /config_dump shows of one pod.
@@ -169,6 +172,7 @@ impl SharedMaps {
             (counter::PASSED_BYTES, "passed_bytes"),
             (counter::TC_PACKETS, "tc_packets"),
             (counter::TC_DROPPED, "tc_dropped"),
+            (counter::TC_PLAINTEXT, "tc_plaintext"),
         ];
         let Ok(map) = self.counters.lock() else {
             return BTreeMap::new();
@@ -431,7 +435,7 @@ impl Datapath {
     }
 
     /// Makes the attached set match the pods `model` enrols on `node`.
-    pub fn reconcile(&mut self, model: &Model, node: &str) {
+    pub fn reconcile(&mut self, model: &Model, node: &str, policy: &crate::policy::L4Policy) {
         let desired: BTreeMap<String, PodInfo> = model
             .enrolled_pods(node)
             .map(|pod| (pod.uid.clone(), pod.clone()))
@@ -449,11 +453,19 @@ impl Datapath {
         }
         self.pending.clear();
         for (uid, pod) in desired {
+            let (flags, tc_mode) = self.pod_modes(model, &pod, policy);
             if let Some(enrolled) = self.enrolled.get(&uid) {
+                let (ip, current, no_interface) = (
+                    enrolled.ip,
+                    (enrolled.flags, enrolled.tc_mode),
+                    enrolled.interface.is_none(),
+                );
+                if current != (flags, tc_mode) {
+                    self.set_modes(&uid, flags, tc_mode);
+                }
                 // The veth may appear after the cgroup; retry the tc attachment.
-                let ip = enrolled.ip;
-                if enrolled.interface.is_none()
-                    && let Some((iface, link)) = self.attach_tc(ip)
+                if no_interface
+                    && let Some((iface, link)) = self.attach_tc(ip, tc_mode)
                     && let Some(enrolled) = self.enrolled.get_mut(&uid)
                 {
                     enrolled.interface = Some(iface);
@@ -461,7 +473,7 @@ impl Datapath {
                 }
                 continue;
             }
-            match self.enrol(&pod) {
+            match self.enrol(&pod, flags, tc_mode) {
                 Ok(enrolled) => {
                     tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), ip = %enrolled.ip, "enrolled");
                     self.enrolled.insert(uid, enrolled);
@@ -477,7 +489,45 @@ impl Datapath {
         self.adopted.clear();
     }
 
-    fn enrol(&mut self, pod: &PodInfo) -> Result<Enrolled, String> {
+    /// The pod's kernel flags and inbound mode under the current policies.
+    fn pod_modes(
+        &self,
+        model: &Model,
+        pod: &PodInfo,
+        policy: &crate::policy::L4Policy,
+    ) -> (u32, u32) {
+        let direct = self.direct_local && !policy.governs(model, pod);
+        let flags = POD_ENROLLED | if direct { POD_DIRECT_OK } else { 0 };
+        let mode = if policy.strict(model, pod) {
+            TC_MODE_STRICT
+        } else {
+            TC_MODE_ALLOW_ALL
+        };
+        (flags, mode)
+    }
+
+    fn set_modes(&mut self, uid: &str, flags: u32, tc_mode: u32) {
+        let Some(enrolled) = self.enrolled.get_mut(uid) else {
+            return;
+        };
+        let ifindex = enrolled.interface.as_deref().and_then(ifindex).unwrap_or(0);
+        let key = u32::from_ne_bytes(enrolled.ip.octets());
+        if let Err(err) = self.pods.insert(key, PodEntry { flags, ifindex }, 0) {
+            tracing::warn!(%err, "updating {}", maps::PODS);
+            return;
+        }
+        if ifindex != 0
+            && let Err(err) = self.tc_mode.insert(ifindex, tc_mode, 0)
+        {
+            tracing::warn!(%err, "updating {}", maps::TC_MODE);
+            return;
+        }
+        tracing::info!(pod = %format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name), direct = flags & POD_DIRECT_OK != 0, strict = tc_mode == TC_MODE_STRICT, "pod modes changed");
+        enrolled.flags = flags;
+        enrolled.tc_mode = tc_mode;
+    }
+
+    fn enrol(&mut self, pod: &PodInfo, flags: u32, tc_mode: u32) -> Result<Enrolled, String> {
         let ip = match pod.ip {
             Some(IpAddr::V4(ip)) => ip,
             Some(IpAddr::V6(_)) => return Err("IPv6 pods are not captured yet".into()),
@@ -499,8 +549,7 @@ impl Datapath {
                 .map_err(|e| e.to_string())?;
             links.push(pinned);
         }
-        let flags = POD_ENROLLED | if self.direct_local { POD_DIRECT_OK } else { 0 };
-        let (interface, tc_link) = match self.attach_tc(ip) {
+        let (interface, tc_link) = match self.attach_tc(ip, tc_mode) {
             Some((iface, link)) => (Some(iface), Some(link)),
             None => (None, None),
         };
@@ -516,6 +565,8 @@ impl Datapath {
             cgroup,
             interface,
             links,
+            flags,
+            tc_mode,
         })
     }
 
@@ -535,7 +586,7 @@ impl Datapath {
     }
 
     /// The tc program on the pod's node-side veth, if the veth can be found yet.
-    fn attach_tc(&mut self, ip: Ipv4Addr) -> Option<(String, PinnedLink)> {
+    fn attach_tc(&mut self, ip: Ipv4Addr, mode: u32) -> Option<(String, PinnedLink)> {
         let iface = netdev::pod_interface(ip)?;
         let index = ifindex(&iface)?;
         let attached = (|| -> Result<PinnedLink, RedirectError> {
@@ -556,7 +607,7 @@ impl Datapath {
         })();
         match attached {
             Ok(link) => {
-                let _ = self.tc_mode.insert(index, TC_MODE_ALLOW_ALL, 0);
+                let _ = self.tc_mode.insert(index, mode, 0);
                 Some((iface, link))
             }
             Err(err) => {

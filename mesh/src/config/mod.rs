@@ -11,6 +11,8 @@
 //! - `model.rs`: the typed model and the questions the agent asks of it;
 //! - `protocol.rs`: Istio's port naming convention for gRPC and HTTP/2;
 //! - `parse.rs`: one Kubernetes object in, one model entry (or a clear error) out;
+//! - `security/`: Istio's AuthorizationPolicy and PeerAuthentication, parsed and validated
+//!   (what they mean at run time is `crate::policy`'s business);
 //! - `error.rs`: how a rejection names the file, document, object and field;
 //! - `dir.rs`: the directory source, with last-good-per-file semantics;
 //! - `watch.rs`: inotify plus a periodic resync, publishing on a watch channel.
@@ -28,13 +30,20 @@ mod error;
 mod model;
 mod parse;
 mod protocol;
+mod security;
 mod watch;
 
 pub use dir::DirSource;
 pub use error::{ConfigError, InvalidObject};
-pub use model::{Model, NamespaceInfo, Object, ObjectKey, PodInfo, ServiceInfo, ServicePortInfo};
-pub use parse::{namespace_info, parse_value, pod_info, service_info};
+pub use model::{
+    Model, NamespaceInfo, NodeInfo, Object, ObjectKey, PodInfo, ServiceInfo, ServicePortInfo,
+};
+pub use parse::{namespace_info, node_info, parse_value, pod_info, service_info};
 pub use protocol::{AppProtocol, detect_protocol};
+pub use security::{
+    AuthorizationPolicyInfo, AuthzAction, Cidr, Condition, InvalidCidr, MtlsMode, Operation,
+    PeerAuthenticationInfo, Rule, Source, TargetRef, condition_keys,
+};
 pub use watch::{ErrorsReceiver, ModelReceiver, RESYNC_INTERVAL, watch_dir};
 
 /// Namespace label that enrols the namespace's pods in the mesh, with the value

@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::protocol::AppProtocol;
+use super::security::{AuthorizationPolicyInfo, PeerAuthenticationInfo};
 use super::{AMBIENT, AMBIENT_LABEL, ISTIO_AMBIENT_LABEL, NONE};
 
 /// A namespace and its labels, which decide enrolment.
@@ -24,10 +25,12 @@ impl NamespaceInfo {
     }
 }
 
-/// A pod that may carry mesh traffic.
+/// A pod.
 ///
-/// Host-network pods and pods that have finished (phase Succeeded or Failed) never reach
-/// the model: their address belongs to the node, or may already belong to another pod.
+/// Pods that have finished (phase Succeeded or Failed) never reach the model: their address
+/// may already belong to another pod. Host-network pods (such as the agent itself) are kept
+/// for what they say about identities on a node, but they are never enrolled and never own
+/// an address: theirs is the node's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodInfo {
     pub namespace: String,
@@ -41,6 +44,8 @@ pub struct PodInfo {
     /// `spec.serviceAccountName`, `default` when unset, as the API server defaults it.
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
+    /// `spec.hostNetwork`.
+    pub host_network: bool,
 }
 
 impl PodInfo {
@@ -76,14 +81,25 @@ pub struct ServiceInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A Node: where the tunnel reaches the node's agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// The first `InternalIP` of `status.addresses`.
+    pub internal_ip: Option<IpAddr>,
+}
+
 /// One parsed object, as a source hands it to the model.
 ///
 /// A new kind is a new variant here, a field in [`Model`] and an entry in the parse table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(NamespaceInfo),
+    Node(NodeInfo),
     Pod(PodInfo),
     Service(ServiceInfo),
+    AuthorizationPolicy(AuthorizationPolicyInfo),
+    PeerAuthentication(PeerAuthenticationInfo),
 }
 
 /// What identifies an object: two objects with the same key are the same object.
@@ -113,6 +129,11 @@ impl Object {
                 namespace: None,
                 name: ns.name.clone(),
             },
+            Object::Node(node) => ObjectKey {
+                kind: "Node",
+                namespace: None,
+                name: node.name.clone(),
+            },
             Object::Pod(pod) => ObjectKey {
                 kind: "Pod",
                 namespace: Some(pod.namespace.clone()),
@@ -123,6 +144,16 @@ impl Object {
                 namespace: Some(svc.namespace.clone()),
                 name: svc.name.clone(),
             },
+            Object::AuthorizationPolicy(policy) => ObjectKey {
+                kind: "AuthorizationPolicy",
+                namespace: Some(policy.namespace.clone()),
+                name: policy.name.clone(),
+            },
+            Object::PeerAuthentication(policy) => ObjectKey {
+                kind: "PeerAuthentication",
+                namespace: Some(policy.namespace.clone()),
+                name: policy.name.clone(),
+            },
         }
     }
 }
@@ -132,8 +163,11 @@ impl Object {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Model {
     pub namespaces: BTreeMap<String, NamespaceInfo>,
+    pub nodes: BTreeMap<String, NodeInfo>,
     pub pods: BTreeMap<(String, String), PodInfo>,
     pub services: BTreeMap<(String, String), ServiceInfo>,
+    pub authorization_policies: BTreeMap<(String, String), AuthorizationPolicyInfo>,
+    pub peer_authentications: BTreeMap<(String, String), PeerAuthenticationInfo>,
 }
 
 impl Model {
@@ -141,6 +175,7 @@ impl Model {
     pub fn insert(&mut self, object: Object) -> bool {
         match object {
             Object::Namespace(ns) => self.namespaces.insert(ns.name.clone(), ns).is_some(),
+            Object::Node(node) => self.nodes.insert(node.name.clone(), node).is_some(),
             Object::Pod(pod) => {
                 let key = (pod.namespace.clone(), pod.name.clone());
                 self.pods.insert(key, pod).is_some()
@@ -148,6 +183,14 @@ impl Model {
             Object::Service(svc) => {
                 let key = (svc.namespace.clone(), svc.name.clone());
                 self.services.insert(key, svc).is_some()
+            }
+            Object::AuthorizationPolicy(policy) => {
+                let key = (policy.namespace.clone(), policy.name.clone());
+                self.authorization_policies.insert(key, policy).is_some()
+            }
+            Object::PeerAuthentication(policy) => {
+                let key = (policy.namespace.clone(), policy.name.clone());
+                self.peer_authentications.insert(key, policy).is_some()
             }
         }
     }
@@ -157,8 +200,11 @@ impl Model {
         let namespaced = || (key.namespace.clone().unwrap_or_default(), key.name.clone());
         match key.kind {
             "Namespace" => self.namespaces.remove(&key.name).is_some(),
+            "Node" => self.nodes.remove(&key.name).is_some(),
             "Pod" => self.pods.remove(&namespaced()).is_some(),
             "Service" => self.services.remove(&namespaced()).is_some(),
+            "AuthorizationPolicy" => self.authorization_policies.remove(&namespaced()).is_some(),
+            "PeerAuthentication" => self.peer_authentications.remove(&namespaced()).is_some(),
             _ => false,
         }
     }
@@ -169,6 +215,7 @@ impl Model {
         self.pods.values().filter(move |pod| {
             pod.node_name.as_deref() == Some(node)
                 && !pod.uid.is_empty()
+                && !pod.host_network
                 && !pod.opted_out()
                 && self
                     .namespaces
@@ -180,7 +227,9 @@ impl Model {
     /// The pod that owns `ip`. A linear scan: the directory source's models are small, and
     /// an index belongs with the API source, where they are not.
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
-        self.pods.values().find(|pod| pod.ip == Some(ip))
+        self.pods
+            .values()
+            .find(|pod| !pod.host_network && pod.ip == Some(ip))
     }
 
     /// Services in the pod's namespace whose selector matches the pod's labels. A Service
@@ -220,6 +269,7 @@ mod tests {
 
     fn pod(ns: &str, name: &str, node: &str, ip: &str, l: &[(&str, &str)]) -> PodInfo {
         PodInfo {
+            host_network: false,
             namespace: ns.into(),
             name: name.into(),
             uid: format!("uid-{name}"),
@@ -319,6 +369,45 @@ mod tests {
         let p = pod("a", "p", "n1", "10.0.0.1", &[("app", "echo"), ("v", "1")]);
         let names: Vec<_> = m.services_selecting(&p).map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["match"]);
+    }
+
+    #[test]
+    fn security_policies_insert_and_remove_by_key() {
+        use crate::config::{AuthzAction, MtlsMode};
+        let mut m = Model::default();
+        let ap = Object::AuthorizationPolicy(AuthorizationPolicyInfo {
+            namespace: "shop".into(),
+            name: "allow-nothing".into(),
+            selector: None,
+            target_refs: vec![],
+            action: AuthzAction::Allow,
+            provider: None,
+            rules: vec![],
+        });
+        let pa = Object::PeerAuthentication(PeerAuthenticationInfo {
+            namespace: "istio-system".into(),
+            name: "default".into(),
+            selector: None,
+            mode: MtlsMode::Strict,
+            port_level: BTreeMap::new(),
+        });
+        let (ap_key, pa_key) = (ap.key(), pa.key());
+        assert_eq!(ap_key.to_string(), "AuthorizationPolicy shop/allow-nothing");
+        assert_eq!(
+            pa_key.to_string(),
+            "PeerAuthentication istio-system/default"
+        );
+        assert!(!m.insert(ap.clone()));
+        assert!(m.insert(ap));
+        assert!(!m.insert(pa));
+        assert_eq!(
+            (m.authorization_policies.len(), m.peer_authentications.len()),
+            (1, 1)
+        );
+        assert!(m.remove(&ap_key));
+        assert!(m.remove(&pa_key));
+        assert!(!m.remove(&pa_key));
+        assert_eq!(m, Model::default());
     }
 
     #[test]

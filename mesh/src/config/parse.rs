@@ -14,8 +14,9 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::error::InvalidObject;
-use super::model::{NamespaceInfo, Object, PodInfo, ServiceInfo, ServicePortInfo};
+use super::model::{NamespaceInfo, NodeInfo, Object, PodInfo, ServiceInfo, ServicePortInfo};
 use super::protocol::detect_protocol;
+use super::security::{authorization_policy_info, peer_authentication_info};
 
 /// Turns one document (whose kind the table matched) into a model entry. `Ok(None)`: the
 /// object is valid but has no place in the mesh (a finished pod, say).
@@ -41,6 +42,12 @@ const KINDS: &[KindEntry] = &[
     },
     KindEntry {
         group: "",
+        kind: "Node",
+        namespaced: false,
+        parse: |v| Ok(Some(Object::Node(node_info(&typed(v)?)?))),
+    },
+    KindEntry {
+        group: "",
         kind: "Pod",
         namespaced: true,
         parse: |v| Ok(pod_info(&typed(v)?)?.map(Object::Pod)),
@@ -50,6 +57,26 @@ const KINDS: &[KindEntry] = &[
         kind: "Service",
         namespaced: true,
         parse: |v| Ok(Some(Object::Service(service_info(&typed(v)?)?))),
+    },
+    KindEntry {
+        group: "security.istio.io",
+        kind: "AuthorizationPolicy",
+        namespaced: true,
+        parse: |v| {
+            Ok(Some(Object::AuthorizationPolicy(
+                authorization_policy_info(v)?,
+            )))
+        },
+    },
+    KindEntry {
+        group: "security.istio.io",
+        kind: "PeerAuthentication",
+        namespaced: true,
+        parse: |v| {
+            Ok(Some(Object::PeerAuthentication(peer_authentication_info(
+                v,
+            )?)))
+        },
     },
 ];
 
@@ -131,7 +158,7 @@ fn yaml_inline(value: &Value) -> String {
 }
 
 /// Deserializes into the typed object, naming the field that was wrong.
-fn typed<T: DeserializeOwned>(value: Value) -> Result<T, InvalidObject> {
+pub(crate) fn typed<T: DeserializeOwned>(value: Value) -> Result<T, InvalidObject> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
@@ -145,7 +172,7 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, InvalidObject> {
 }
 
 /// The identity fields every object has: (namespace for namespaced kinds, name).
-fn identity(
+pub(crate) fn identity(
     kind: &str,
     meta: &ObjectMeta,
     namespaced: bool,
@@ -165,7 +192,12 @@ fn identity(
     Ok((namespace, name))
 }
 
-fn invalid(kind: &str, namespace: &str, name: &str, reason: impl Into<String>) -> InvalidObject {
+pub(crate) fn invalid(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    reason: impl Into<String>,
+) -> InvalidObject {
     InvalidObject::new(Some(label(kind, Some(namespace), Some(name))), reason)
 }
 
@@ -178,9 +210,29 @@ pub fn namespace_info(ns: &Namespace) -> Result<NamespaceInfo, InvalidObject> {
     })
 }
 
-/// A Pod, as the API source receives it. `Ok(None)` for a pod that can carry no mesh
-/// traffic: one on the host network (its address is the node's), or one that has finished
-/// (its address may already be another pod's).
+/// A Node, as the API source receives it.
+pub fn node_info(node: &k8s_openapi::api::core::v1::Node) -> Result<NodeInfo, InvalidObject> {
+    let (_, name) = identity("Node", &node.metadata, false)?;
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    let internal =
+        addresses.and_then(|a| a.iter().enumerate().find(|(_, a)| a.type_ == "InternalIP"));
+    let internal_ip = match internal {
+        Some((i, address)) => Some(address.address.parse().map_err(|_| {
+            InvalidObject::new(
+                Some(format!("Node {name}")),
+                format!(
+                    "status.addresses[{i}].address: invalid value {:?} (not an IP address)",
+                    address.address
+                ),
+            )
+        })?),
+        None => None,
+    };
+    Ok(NodeInfo { name, internal_ip })
+}
+
+/// A Pod, as the API source receives it. `Ok(None)` for a pod that has finished (its
+/// address may already be another pod's). Host-network pods are kept, marked.
 ///
 /// A pod without `metadata.uid` is accepted (hand-written manifests rarely have one) and
 /// kept, but never enrolled; see [`PodInfo::uid`].
@@ -190,10 +242,7 @@ pub fn pod_info(pod: &Pod) -> Result<Option<PodInfo>, InvalidObject> {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
 
-    if spec.and_then(|s| s.host_network).unwrap_or(false) {
-        tracing::debug!(%namespace, %name, "host-network pod is outside the mesh");
-        return Ok(None);
-    }
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
     if let Some(phase) = status.and_then(|s| s.phase.as_deref())
         && matches!(phase, "Succeeded" | "Failed")
     {
@@ -236,6 +285,7 @@ pub fn pod_info(pod: &Pod) -> Result<Option<PodInfo>, InvalidObject> {
         ip,
         service_account,
         labels: pod.metadata.labels.clone().unwrap_or_default(),
+        host_network,
         namespace,
         name,
     }))
@@ -421,6 +471,7 @@ metadata: {name: bare}
                 ip: Some("10.1.0.5".parse().unwrap()),
                 service_account: "cart".into(),
                 labels: [("app".to_string(), "cart".to_string())].into(),
+                host_network: false,
             }
         );
 
@@ -479,15 +530,39 @@ metadata: {name: dual}
 status: {podIPs: [{ip: "fd00::5"}, {ip: 10.1.0.6}]}
 "#;
         let objects = objects(text);
-        assert_eq!(objects.len(), 2, "{objects:?}");
+        assert_eq!(objects.len(), 3, "{objects:?}");
         let Object::Service(svc) = &objects[0] else {
             panic!("{objects:?}")
         };
         assert_eq!(svc.cluster_ip, None);
-        let Object::Pod(pod) = &objects[1] else {
+        // Kept, for the identities on its node, but marked: its address is the node's.
+        let Object::Pod(host) = &objects[1] else {
+            panic!("{objects:?}")
+        };
+        assert!(host.host_network);
+        let Object::Pod(pod) = &objects[2] else {
             panic!("{objects:?}")
         };
         assert_eq!(pod.ip, Some("fd00::5".parse().unwrap()));
+    }
+
+    #[test]
+    fn nodes_give_their_internal_address() {
+        let objects = objects(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nstatus:\n  addresses:\n  - {type: Hostname, address: node-1}\n  - {type: InternalIP, address: 10.99.0.1}\n",
+        );
+        let Object::Node(node) = &objects[0] else {
+            panic!("{objects:?}")
+        };
+        assert_eq!(
+            (node.name.as_str(), node.internal_ip),
+            ("node-1", Some("10.99.0.1".parse().unwrap()))
+        );
+        let bad = parse_value(
+            serde_yaml::from_str("apiVersion: v1\nkind: Node\nmetadata: {name: n}\nstatus: {addresses: [{type: InternalIP, address: nope}]}").unwrap(),
+        );
+        let err = bad.unwrap_err().to_string();
+        assert!(err.contains("status.addresses[0].address"), "{err}");
     }
 
     #[test]

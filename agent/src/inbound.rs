@@ -1,0 +1,95 @@
+//! Inbound: the tunnel's receiving end (:15008). For each CONNECT it checks the peer's
+//! certificate identity, that the destination is an enrolled pod on this node, and L4 policy,
+//! then dials the pod. The pod sees the connection come from this node's agent address
+//! (10.200.N.1 in the lab), not from the client pod: the agent does not use transparent
+//! sockets. The client's address travels in the tunnel's `Forwarded` header and in the logs.
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    sync::watch,
+};
+use weft_mesh::{
+    config::Model,
+    hbone::{ConnectRequest, Opener, Refusal},
+    identity::peer_identity,
+};
+
+use crate::{metrics::Metrics, tunnel::in_mesh};
+
+pub struct Inbound {
+    pub model: watch::Receiver<Arc<Model>>,
+    pub node_name: String,
+    pub trust_domain: String,
+    pub source_ip: std::net::Ipv4Addr,
+    pub metrics: Metrics,
+    pub policy: crate::policy::L4Policy,
+}
+
+fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+impl Inbound {
+    async fn dial(&self, target: SocketAddr) -> io::Result<TcpStream> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((self.source_ip, 0)))?;
+        let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(target))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+impl Opener for Inbound {
+    type Upstream = TcpStream;
+
+    async fn open(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
+        let peer = peer_identity(&request.peer_certificates).map_err(|e| {
+            self.metrics.denied("bad_identity");
+            refuse(401, format!("peer identity: {e}"))
+        })?;
+        if peer.trust_domain() != self.trust_domain {
+            self.metrics.denied("foreign_trust_domain");
+            return Err(refuse(
+                401,
+                format!("{peer} is not in trust domain {}", self.trust_domain),
+            ));
+        }
+        let model = self.model.borrow().clone();
+        let Some(pod) = model.pod_by_ip(request.authority.ip()) else {
+            self.metrics.denied("unknown_destination");
+            return Err(refuse(503, format!("{} is no pod", request.authority.ip())));
+        };
+        if pod.node_name.as_deref() != Some(self.node_name.as_str()) || !in_mesh(&model, pod) {
+            self.metrics.denied("not_local");
+            return Err(refuse(
+                503,
+                format!(
+                    "{}/{} is not an enrolled pod of this node",
+                    pod.namespace, pod.name
+                ),
+            ));
+        }
+        let source_ip = request.forwarded_for.unwrap_or(request.peer.ip());
+        if let Err(reason) = self.policy.check(
+            &model,
+            pod,
+            request.authority.port(),
+            Some(&peer),
+            source_ip,
+        ) {
+            self.metrics.denied("policy");
+            return Err(refuse(401, reason));
+        }
+        self.dial(request.authority).await.map_err(|e| {
+            self.metrics.denied("destination_unreachable");
+            refuse(503, format!("dialling {}: {e}", request.authority))
+        })
+    }
+}

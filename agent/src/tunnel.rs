@@ -1,0 +1,280 @@
+//! The tunnel's outbound half: an `Upstream` that carries captured connections to pods on other
+//! nodes through HBONE, presenting the source pod's own identity, and dials everything else
+//! directly (a pod on this node, or a destination outside the mesh).
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::watch,
+};
+use weft_mesh::{
+    config::{Model, PodInfo},
+    hbone::{self, Pool, PoolKey},
+    identity::{
+        CertificateSource, IdentityManager, ServerIdentity, SpiffeId, TrustBundle, client_config,
+    },
+};
+
+use crate::upstream::{DirectTcp, Upstream};
+
+/// Any byte stream the upstream hands back.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
+/// Whether the model puts `pod` in the mesh (ambient namespace, not opted out).
+pub fn in_mesh(model: &Model, pod: &PodInfo) -> bool {
+    model
+        .namespaces
+        .get(&pod.namespace)
+        .is_some_and(|ns| ns.ambient())
+        && !pod.opted_out()
+}
+
+/// A pod's SPIFFE identity.
+pub fn pod_identity(trust_domain: &str, pod: &PodInfo) -> io::Result<SpiffeId> {
+    SpiffeId::new(trust_domain, &pod.namespace, &pod.service_account).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("pod {}/{}: {e}", pod.namespace, pod.name),
+        )
+    })
+}
+
+pub struct Tunnel<S: CertificateSource> {
+    pub pool: Arc<Pool>,
+    pub identities: Arc<IdentityManager<S>>,
+    pub trust: TrustBundle,
+    pub model: watch::Receiver<Arc<Model>>,
+    pub node_name: String,
+    pub trust_domain: String,
+    /// The identity every node agent presents on its HBONE port.
+    pub agent_identity: SpiffeId,
+    pub direct: DirectTcp,
+    /// Checked here for destinations on this node; the destination's agent checks the rest.
+    pub policy: crate::policy::L4Policy,
+    configs: Mutex<HashMap<SpiffeId, Arc<rustls::ClientConfig>>>,
+}
+
+impl<S: CertificateSource> Tunnel<S> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pool: Arc<Pool>,
+        identities: Arc<IdentityManager<S>>,
+        trust: TrustBundle,
+        model: watch::Receiver<Arc<Model>>,
+        node_name: String,
+        trust_domain: String,
+        agent_identity: SpiffeId,
+        direct: DirectTcp,
+        policy: crate::policy::L4Policy,
+    ) -> Self {
+        Tunnel {
+            pool,
+            identities,
+            trust,
+            model,
+            node_name,
+            trust_domain,
+            agent_identity,
+            direct,
+            policy,
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Where a captured connection goes.
+enum Route {
+    Direct,
+    Hbone { source: SpiffeId, node: SocketAddr },
+}
+
+impl<S: CertificateSource> Tunnel<S> {
+    fn route(&self, source: IpAddr, target: SocketAddr) -> io::Result<Route> {
+        let model = self.model.borrow().clone();
+        let Some(dest) = model.pod_by_ip(target.ip()) else {
+            return Ok(Route::Direct);
+        };
+        let remote = dest
+            .node_name
+            .as_deref()
+            .is_some_and(|n| n != self.node_name);
+        if !in_mesh(&model, dest) {
+            return Ok(Route::Direct);
+        }
+        if !remote {
+            // Same node: the agent is the enforcement point, with the client pod's identity
+            // (its address is on this node, so it cannot be spoofed from elsewhere).
+            let client = model
+                .pod_by_ip(source)
+                .map(|p| pod_identity(&self.trust_domain, p))
+                .transpose()?;
+            self.policy
+                .check(&model, dest, target.port(), client.as_ref(), source)
+                .map_err(|reason| io::Error::new(io::ErrorKind::PermissionDenied, reason))?;
+            return Ok(Route::Direct);
+        }
+        let node_name = dest.node_name.as_deref().unwrap_or_default();
+        let node_ip = model
+            .nodes
+            .get(node_name)
+            .and_then(|n| n.internal_ip)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no address for node {node_name}"),
+                )
+            })?;
+        let client = model.pod_by_ip(source).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no pod has the client address {source}"),
+            )
+        })?;
+        Ok(Route::Hbone {
+            source: pod_identity(&self.trust_domain, client)?,
+            node: SocketAddr::new(node_ip, hbone::PORT),
+        })
+    }
+
+    async fn tls_for(&self, id: &SpiffeId) -> io::Result<Arc<rustls::ClientConfig>> {
+        if let Some(config) = self.configs.lock().ok().and_then(|c| c.get(id).cloned()) {
+            return Ok(config);
+        }
+        let slot = self.identities.slot(id).await.map_err(io::Error::other)?;
+        let config = client_config(
+            slot,
+            &self.trust,
+            ServerIdentity::Exact(self.agent_identity.clone()),
+        )
+        .map_err(io::Error::other)?;
+        if let Ok(mut configs) = self.configs.lock() {
+            configs.insert(id.clone(), config.clone());
+        }
+        Ok(config)
+    }
+}
+
+impl<S: CertificateSource> Upstream for Tunnel<S> {
+    type Stream = Box<dyn ByteStream>;
+
+    async fn connect(&self, source: SocketAddr, target: SocketAddr) -> io::Result<Self::Stream> {
+        match self.route(source.ip(), target)? {
+            Route::Direct => Ok(Box::new(self.direct.connect(source, target).await?)),
+            Route::Hbone { source: id, node } => {
+                let tls = self.tls_for(&id).await?;
+                let key = PoolKey {
+                    source: id.to_string(),
+                    destination: node,
+                };
+                let stream = self.pool.connect(&key, || tls, target, source.ip()).await?;
+                Ok(Box::new(stream))
+            }
+        }
+    }
+}
+
+/// Sets up identities and the tunnel's two halves when a CA is configured: the HBONE server
+/// on `--hbone-address` (with the agent's own identity) and the outbound `Tunnel`.
+pub async fn start(
+    settings: &crate::settings::AgentSettings,
+    model: watch::Receiver<Arc<Model>>,
+    metrics: crate::metrics::Metrics,
+    direct: DirectTcp,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Tunnel<weft_mesh::ca::CaSource>>> {
+    use anyhow::Context;
+
+    let t = &settings.tunnel;
+    let Some(ca_address) = t.ca_address else {
+        return Ok(None);
+    };
+    let token_file = t
+        .ca_token_file
+        .as_ref()
+        .context("--ca-address needs --ca-token-file")?;
+    let bundle_file = t
+        .trust_bundle
+        .as_ref()
+        .context("--ca-address needs --trust-bundle")?;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?
+        .trim()
+        .to_string();
+    let bundle = std::fs::read_to_string(bundle_file)
+        .with_context(|| format!("reading {}", bundle_file.display()))?;
+    let trust = TrustBundle::from_pem(&bundle)
+        .with_context(|| format!("parsing {}", bundle_file.display()))?;
+    let client =
+        weft_mesh::ca::CaClient::new(ca_address, trust.clone(), token).context("the CA client")?;
+    let identities = IdentityManager::new(weft_mesh::ca::CaSource::new(client));
+    let agent_identity = SpiffeId::new(
+        &t.trust_domain,
+        &t.agent_namespace,
+        &t.agent_service_account,
+    )
+    .context("the agent's identity")?;
+
+    // The agent's own certificate: the CA may take a moment to come up, so retry briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let slot = loop {
+        match identities.slot(&agent_identity).await {
+            Ok(slot) => break slot,
+            Err(err) if std::time::Instant::now() < deadline => {
+                tracing::warn!(%err, "waiting for the CA");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(err) => {
+                return Err(err).context(format!(
+                    "getting the certificate of {agent_identity} from {ca_address}"
+                ));
+            }
+        }
+    };
+    let server_tls =
+        weft_mesh::identity::server_config(slot, &trust).context("building the tunnel's TLS")?;
+    let listener = tokio::net::TcpListener::bind(t.hbone_address)
+        .await
+        .with_context(|| format!("binding the tunnel listener {}", t.hbone_address))?;
+    let inbound = Arc::new(crate::inbound::Inbound {
+        model: model.clone(),
+        node_name: settings.node_name.clone(),
+        trust_domain: t.trust_domain.clone(),
+        source_ip: settings.agent_ip,
+        metrics: metrics.clone(),
+        policy: crate::policy::L4Policy {
+            root_namespace: t.root_namespace.clone(),
+        },
+    });
+    tokio::spawn(hbone::serve(
+        listener,
+        server_tls,
+        hbone::Settings::default(),
+        inbound,
+        async move {
+            let _ = stop.changed().await;
+        },
+    ));
+    tracing::info!(address = %t.hbone_address, identity = %agent_identity, "tunnel listening");
+    let pool = Pool::new(hbone::Settings::default());
+    metrics.register_pool(pool.clone());
+    Ok(Some(Tunnel::new(
+        pool,
+        identities,
+        trust,
+        model,
+        settings.node_name.clone(),
+        t.trust_domain.clone(),
+        agent_identity,
+        direct,
+        crate::policy::L4Policy {
+            root_namespace: t.root_namespace.clone(),
+        },
+    )))
+}

@@ -1,0 +1,242 @@
+//! The tunnel's client side: a pool of HTTP/2-over-TLS connections per (source identity,
+//! destination), each carrying many CONNECT streams.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{H2Stream, HboneError, Settings};
+
+/// Which connections a stream may share: same source identity, same destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The source workload's identity (its SPIFFE ID), which its certificate presents.
+    pub source: String,
+    /// The destination's HBONE address (a node agent or a waypoint, port 15008).
+    pub destination: SocketAddr,
+}
+
+struct Pooled {
+    send: h2::client::SendRequest<Bytes>,
+    streams: AtomicUsize,
+    closed: AtomicBool,
+    idle_since: Mutex<Instant>,
+}
+
+/// Counts a stream against its connection while the stream lives.
+struct StreamGuard(Arc<Pooled>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Ok(mut since) = self.0.idle_since.lock()
+        {
+            *since = Instant::now();
+        }
+    }
+}
+
+/// Figures for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub connections: usize,
+    pub streams: usize,
+    pub connections_opened: usize,
+}
+
+pub struct Pool {
+    settings: Settings,
+    connections: Mutex<HashMap<PoolKey, Vec<Arc<Pooled>>>>,
+    opened: AtomicUsize,
+}
+
+impl Pool {
+    /// A pool; a background task closes idle connections while the pool lives.
+    pub fn new(settings: Settings) -> Arc<Self> {
+        let pool = Arc::new(Pool {
+            settings,
+            connections: Mutex::new(HashMap::new()),
+            opened: AtomicUsize::new(0),
+        });
+        let weak = Arc::downgrade(&pool);
+        let period = pool
+            .settings
+            .idle_timeout
+            .min(std::time::Duration::from_secs(1))
+            .max(std::time::Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                pool.reap();
+            }
+        });
+        pool
+    }
+
+    /// Opens a tunnelled stream to `authority` through `key.destination`, on behalf of the
+    /// client at `forwarded_for`. `tls` gives the client configuration (with the source's
+    /// certificate) if a new connection must be dialled.
+    pub async fn connect(
+        &self,
+        key: &PoolKey,
+        tls: impl FnOnce() -> Arc<rustls::ClientConfig>,
+        authority: SocketAddr,
+        forwarded_for: IpAddr,
+    ) -> Result<H2Stream, HboneError> {
+        let conn = match self.pick(key) {
+            Some(conn) => conn,
+            None => self.dial(key, tls()).await?,
+        };
+        let peer = key.destination;
+        let guard = StreamGuard(conn.clone());
+        let mut send = conn.send.clone().ready().await.map_err(|e| {
+            conn.closed.store(true, Ordering::Release);
+            HboneError::H2(peer, e)
+        })?;
+        let forwarded = match forwarded_for {
+            IpAddr::V4(ip) => format!("for={ip}"),
+            // RFC 7239 §6: an IPv6 node is quoted and bracketed.
+            IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+        };
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority.to_string())
+            .header(http::header::FORWARDED, forwarded)
+            .body(())
+            .map_err(|e| HboneError::Connect(peer, std::io::Error::other(e)))?;
+        let (response, send_stream) = send
+            .send_request(request, false)
+            .map_err(|e| HboneError::H2(peer, e))?;
+        let response = response.await.map_err(|e| HboneError::H2(peer, e))?;
+        if response.status() != http::StatusCode::OK {
+            return Err(HboneError::Refused {
+                peer,
+                authority,
+                status: response.status().as_u16(),
+            });
+        }
+        Ok(H2Stream::new(
+            send_stream,
+            response.into_body(),
+            Some(Box::new(guard)),
+        ))
+    }
+
+    /// A live connection with room for one more stream, counted as taken.
+    fn pick(&self, key: &PoolKey) -> Option<Arc<Pooled>> {
+        let mut all = self.connections.lock().ok()?;
+        let conns = all.get_mut(key)?;
+        conns.retain(|c| !c.closed.load(Ordering::Acquire));
+        // While fewer than `spread_connections` exist, a busy connection is not shared.
+        let limit = if conns.len() < self.settings.spread_connections {
+            1
+        } else {
+            self.settings.max_streams_per_connection
+        };
+        let conn = conns
+            .iter()
+            .filter(|c| c.streams.load(Ordering::Acquire) < limit)
+            .min_by_key(|c| c.streams.load(Ordering::Acquire))?
+            .clone();
+        conn.streams.fetch_add(1, Ordering::AcqRel);
+        Some(conn)
+    }
+
+    async fn dial(
+        &self,
+        key: &PoolKey,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Arc<Pooled>, HboneError> {
+        let peer = key.destination;
+        let settings = self.settings.clone();
+        let handshake = async move {
+            let tcp = TcpStream::connect(peer)
+                .await
+                .map_err(|e| HboneError::Connect(peer, e))?;
+            let _ = tcp.set_nodelay(true);
+            // SPIFFE peers are checked by identity, not name; the address stands in for SNI.
+            let tls_stream = TlsConnector::from(tls)
+                .connect(ServerName::IpAddress(peer.ip().into()), tcp)
+                .await
+                .map_err(|e| HboneError::Tls(peer, e))?;
+            if tls_stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(HboneError::NoAlpn(peer));
+            }
+            h2::client::Builder::new()
+                .initial_window_size(settings.stream_window)
+                .initial_connection_window_size(settings.connection_window)
+                .max_send_buffer_size(settings.stream_window as usize)
+                .handshake::<_, Bytes>(tls_stream)
+                .await
+                .map_err(|e| HboneError::H2(peer, e))
+        };
+        let (send, connection) = tokio::time::timeout(self.settings.connect_timeout, handshake)
+            .await
+            .map_err(|_| HboneError::Timeout(peer))??;
+        let pooled = Arc::new(Pooled {
+            send,
+            streams: AtomicUsize::new(1),
+            closed: AtomicBool::new(false),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        let watched = Arc::downgrade(&pooled);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, %err, "tunnel connection ended");
+            }
+            if let Some(pooled) = watched.upgrade() {
+                pooled.closed.store(true, Ordering::Release);
+            }
+        });
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut all) = self.connections.lock() {
+            all.entry(key.clone()).or_default().push(pooled.clone());
+        }
+        Ok(pooled)
+    }
+
+    /// Drops connections that are closed, or idle for longer than the idle timeout.
+    fn reap(&self) {
+        let timeout = self.settings.idle_timeout;
+        let Ok(mut all) = self.connections.lock() else {
+            return;
+        };
+        for conns in all.values_mut() {
+            conns.retain(|c| {
+                let idle = c.streams.load(Ordering::Acquire) == 0
+                    && c.idle_since
+                        .lock()
+                        .map(|t| t.elapsed() >= timeout)
+                        .unwrap_or(false);
+                !c.closed.load(Ordering::Acquire) && !idle
+            });
+        }
+        all.retain(|_, conns| !conns.is_empty());
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let Ok(all) = self.connections.lock() else {
+            return PoolStats::default();
+        };
+        let conns = all.values().flatten();
+        PoolStats {
+            connections: all.values().map(Vec::len).sum(),
+            streams: conns.map(|c| c.streams.load(Ordering::Acquire)).sum(),
+            connections_opened: self.opened.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! HBONE: TCP streams tunnelled as HTTP/2 `CONNECT` requests over mutual TLS, on port 15008.
+//!
+//! This is the wire format of Istio's ambient mode, so a Weft agent and a ztunnel speak the
+//! same tunnel. Each tunnelled connection is one HTTP/2 stream (RFC 9113 §8.5, CONNECT) whose
+//! `:authority` is the original destination `ip:port`; the client's address travels in a
+//! `Forwarded: for=` header (RFC 7239). Many streams share one TLS 1.3 connection (RFC 8446)
+//! between a source identity and a destination node: `client` pools them, `server` accepts
+//! them, and `stream` turns one HTTP/2 stream back into a byte stream with half-close.
+
+mod client;
+mod server;
+mod stream;
+
+use std::time::Duration;
+
+pub use client::{Pool, PoolKey, PoolStats};
+pub use server::{ConnectRequest, Opener, Refusal, serve};
+pub use stream::H2Stream;
+
+/// The HBONE port.
+pub const PORT: u16 = 15008;
+
+/// Tunnel tuning, shared by both ends. The defaults favour throughput: a stream may have
+/// several MiB in flight before the receiver must read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Flow-control window of each stream (HTTP/2 SETTINGS_INITIAL_WINDOW_SIZE).
+    pub stream_window: u32,
+    /// Flow-control window of each connection.
+    pub connection_window: u32,
+    /// Streams one pooled connection carries before the pool opens another.
+    pub max_streams_per_connection: usize,
+    /// Connections per (source identity, destination) that the pool opens before it starts
+    /// to multiplex: parallel streams then spread over connections, and so over cores,
+    /// rather than all funnelling through one TLS session's crypto.
+    pub spread_connections: usize,
+    /// A pooled connection with no streams closes after this long.
+    pub idle_timeout: Duration,
+    /// How long dialling a destination (TCP + TLS + HTTP/2 handshake) may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            max_streams_per_connection: 100,
+            spread_connections: std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2),
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    #[error("connecting to {0}: {1}")]
+    Connect(std::net::SocketAddr, std::io::Error),
+    #[error("TLS with {0}: {1}")]
+    Tls(std::net::SocketAddr, std::io::Error),
+    #[error("HTTP/2 with {0}: {1}")]
+    H2(std::net::SocketAddr, h2::Error),
+    #[error("{0} did not negotiate h2 with ALPN")]
+    NoAlpn(std::net::SocketAddr),
+    #[error("{peer} refused the tunnel to {authority}: HTTP {status}")]
+    Refused {
+        peer: std::net::SocketAddr,
+        authority: std::net::SocketAddr,
+        status: u16,
+    },
+    #[error("timed out connecting to {0}")]
+    Timeout(std::net::SocketAddr),
+}
+
+impl From<HboneError> for std::io::Error {
+    fn from(err: HboneError) -> Self {
+        let kind = match &err {
+            HboneError::Refused {
+                status: 401 | 403, ..
+            } => std::io::ErrorKind::PermissionDenied,
+            HboneError::Refused { .. } => std::io::ErrorKind::ConnectionRefused,
+            HboneError::Timeout(_) => std::io::ErrorKind::TimedOut,
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, err)
+    }
+}

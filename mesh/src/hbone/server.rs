@@ -1,0 +1,231 @@
+//! The tunnel's server side: TLS with a required client certificate, then HTTP/2, where each
+//! CONNECT stream asks to reach one destination. What may be reached is the `Opener`'s
+//! decision (identity checks, policy, dialling); this module only speaks the protocol:
+//! a request that is not CONNECT gets 400, a refusal the status the opener chose (401 for
+//! policy, 503 for an unreachable destination), and every refusal is logged with its reason.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use rustls_pki_types::CertificateDer;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::TlsAcceptor;
+
+use super::{H2Stream, Settings};
+
+/// One CONNECT request, as the opener sees it.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// The TLS peer (the tunnel's client end).
+    pub peer: SocketAddr,
+    /// The peer's certificate chain, leaf first (already verified against the trust bundle).
+    pub peer_certificates: Arc<Vec<CertificateDer<'static>>>,
+    /// Where the stream should lead (`:authority`).
+    pub authority: SocketAddr,
+    /// The original client's address from `Forwarded: for=`, if given.
+    pub forwarded_for: Option<std::net::IpAddr>,
+}
+
+/// A refused tunnel: the HTTP status to answer and why, for the log.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: String,
+}
+
+/// Decides on each CONNECT and opens the destination.
+pub trait Opener: Send + Sync + 'static {
+    type Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    fn open(
+        &self,
+        request: ConnectRequest,
+    ) -> impl Future<Output = Result<Self::Upstream, Refusal>> + Send;
+
+    /// Called when a tunnelled stream ends, with bytes (to the destination, from it).
+    fn closed(&self, _request: &ConnectRequest, _sent: u64, _received: u64) {}
+}
+
+/// Accepts tunnel connections on `listener` until `shutdown` completes.
+pub async fn serve<O: Opener>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    settings: Settings,
+    opener: Arc<O>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::warn!(%err, "tunnel accept failed");
+                    continue;
+                }
+            },
+        };
+        let (acceptor, settings, opener) = (acceptor.clone(), settings.clone(), opener.clone());
+        tokio::spawn(async move {
+            if let Err(reason) = connection(tcp, peer, acceptor, settings, opener).await {
+                tracing::info!(%peer, %reason, "tunnel connection refused or ended");
+            }
+        });
+    }
+}
+
+async fn connection<O: Opener>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    settings: Settings,
+    opener: Arc<O>,
+) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio::time::timeout(settings.connect_timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let certificates: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    if certificates.is_empty() {
+        return Err("no client certificate".into());
+    }
+    let certificates = Arc::new(certificates);
+    let mut h2 = h2::server::Builder::new()
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_send_buffer_size(settings.stream_window as usize)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    while let Some(accepted) = h2.accept().await {
+        let (request, respond) = accepted.map_err(|e| format!("HTTP/2: {e}"))?;
+        let (opener, certificates) = (opener.clone(), certificates.clone());
+        tokio::spawn(async move { stream(request, respond, peer, certificates, opener).await });
+    }
+    Ok(())
+}
+
+fn reply(respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode) {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    let _ = respond.send_response(response, true);
+}
+
+async fn stream<O: Opener>(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    peer: SocketAddr,
+    peer_certificates: Arc<Vec<CertificateDer<'static>>>,
+    opener: Arc<O>,
+) {
+    if request.method() != Method::CONNECT {
+        tracing::info!(%peer, method = %request.method(), "tunnel refused: not a CONNECT request (400)");
+        reply(&mut respond, StatusCode::BAD_REQUEST);
+        return;
+    }
+    let Some(authority) = request
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        tracing::info!(%peer, uri = %request.uri(), "tunnel refused: :authority is not ip:port (400)");
+        reply(&mut respond, StatusCode::BAD_REQUEST);
+        return;
+    };
+    let forwarded_for = request
+        .headers()
+        .get(http::header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(forwarded_for);
+    let connect = ConnectRequest {
+        peer,
+        peer_certificates,
+        authority,
+        forwarded_for,
+    };
+    let mut upstream = match opener.open(connect.clone()).await {
+        Ok(upstream) => upstream,
+        Err(refusal) => {
+            tracing::info!(%peer, %authority, status = refusal.status, reason = %refusal.reason, "tunnel refused");
+            reply(
+                &mut respond,
+                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            );
+            return;
+        }
+    };
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(send) => send,
+        Err(err) => {
+            tracing::debug!(%peer, %err, "tunnel stream closed before the reply");
+            return;
+        }
+    };
+    let mut tunnel = H2Stream::new(send, request.into_body(), None);
+    let (sent, received) = match tokio::io::copy_bidirectional_with_sizes(
+        &mut tunnel,
+        &mut upstream,
+        256 * 1024,
+        256 * 1024,
+    )
+    .await
+    {
+        Ok((to_destination, from_destination)) => (to_destination, from_destination),
+        Err(err) => {
+            tracing::debug!(%peer, %authority, %err, "tunnelled stream ended with an error");
+            (0, 0)
+        }
+    };
+    opener.closed(&connect, sent, received);
+}
+
+/// The first `for=` node of a `Forwarded` header (RFC 7239), as an IP address.
+fn forwarded_for(header: &str) -> Option<std::net::IpAddr> {
+    header.split([';', ',']).find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        if !key.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let value = value.trim().trim_matches('"');
+        let value = value
+            .strip_prefix('[')
+            .and_then(|v| v.split(']').next())
+            .unwrap_or(value);
+        value.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_for;
+
+    #[test]
+    fn reads_forwarded_for() {
+        assert_eq!(
+            forwarded_for("for=10.200.1.11"),
+            Some("10.200.1.11".parse().unwrap())
+        );
+        assert_eq!(
+            forwarded_for("proto=https; for=10.0.0.1, for=10.0.0.2"),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            forwarded_for("for=\"[2001:db8::1]\""),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(forwarded_for("for=unknown"), None);
+        assert_eq!(forwarded_for("by=10.0.0.1"), None);
+    }
+}
