@@ -76,10 +76,15 @@ pub fn pod_flags(ip: u32) -> Option<u32> {
     unsafe { PODS.get(&ip) }.map(|p| p.flags)
 }
 
-/// Whether `ip` is one end a same-node splice may join: an enrolled pod, or the agent.
+/// Whether `ip` is one end a same-node splice may join: an enrolled pod of this node.
+///
+/// The agent's own sockets are left out on purpose. An ingress redirect has no flow control:
+/// bytes queue in the receiving socket until it reads them, and the kernel answers the
+/// sender with ENOMEM once TCP memory runs short. The agent stops reading a pod's socket
+/// whenever the tunnel is full, so its hops keep TCP's windows as their backpressure.
 #[inline(always)]
 pub fn node_local(ip: u32, settings: &Settings) -> bool {
-    ip == settings.agent_ip || pod_flags(ip).is_some()
+    ip != settings.agent_ip && pod_flags(ip).is_some()
 }
 
 /// An IPv6 address that carries IPv4 (`::ffff:a.b.c.d`), as the IPv4 address in network order.

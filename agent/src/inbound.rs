@@ -16,7 +16,10 @@ use weft_mesh::{
     identity::peer_identity,
 };
 
-use crate::{metrics::Metrics, tunnel::in_mesh};
+use crate::{
+    metrics::{Ends, Metrics, TcpLabels, tcp_labels},
+    tunnel::{in_mesh, pod_identity},
+};
 
 pub struct Inbound {
     pub model: watch::Receiver<Arc<Model>>,
@@ -35,6 +38,35 @@ fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
 }
 
 impl Inbound {
+    /// The destination-side labels of a tunnelled connection.
+    fn labels(&self, request: &ConnectRequest) -> TcpLabels {
+        let model = self.model.borrow().clone();
+        let source_ip = request.forwarded_for.unwrap_or(request.peer.ip());
+        let source_principal = peer_identity(&request.peer_certificates)
+            .ok()
+            .map(|id| id.to_string());
+        let destination_principal = model
+            .pod_by_ip(request.authority.ip())
+            .and_then(|p| pod_identity(&self.trust_domain, p).ok())
+            .map(|id| id.to_string());
+        let ends = Ends {
+            source_ip,
+            source_principal,
+            destination_ip: request.authority.ip(),
+            destination_principal,
+            destination_service: None,
+        };
+        tcp_labels("destination", &model, ends, "mutual_tls")
+    }
+
+    /// Counts a refused tunnel as Istio does: opened and closed at once, with a flag.
+    fn count_refusal(&self, request: &ConnectRequest, flags: &'static str) {
+        let mut labels = self.labels(request);
+        labels.response_flags = flags;
+        self.metrics.tcp_opened(&labels);
+        self.metrics.tcp_closed(&labels, 0, 0);
+    }
+
     async fn dial(&self, target: SocketAddr) -> io::Result<TcpStream> {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::from((self.source_ip, 0)))?;
@@ -85,11 +117,25 @@ impl Opener for Inbound {
             source_ip,
         ) {
             self.metrics.denied("policy");
+            self.count_refusal(&request, "UAEX");
             return Err(refuse(401, reason));
         }
-        self.dial(request.authority).await.map_err(|e| {
-            self.metrics.denied("destination_unreachable");
-            refuse(503, format!("dialling {}: {e}", request.authority))
-        })
+        match self.dial(request.authority).await {
+            Ok(stream) => {
+                self.metrics.tcp_opened(&self.labels(&request));
+                Ok(stream)
+            }
+            Err(e) => {
+                self.metrics.denied("destination_unreachable");
+                self.count_refusal(&request, "UF");
+                Err(refuse(503, format!("dialling {}: {e}", request.authority)))
+            }
+        }
+    }
+
+    fn closed(&self, request: &ConnectRequest, sent: u64, received: u64) {
+        // `sent` went from the tunnel to the pod: the destination received it.
+        self.metrics
+            .tcp_closed(&self.labels(request), sent, received);
     }
 }

@@ -120,11 +120,13 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     .await?
     {
         Some(upstream) => {
+            let trust_domain = Some(settings.tunnel.trust_domain.clone());
             let outbound = Arc::new(Outbound::new(
                 maps.clone(),
                 upstream,
                 model.clone(),
                 metrics.clone(),
+                trust_domain,
             ));
             tokio::spawn(outbound.serve(outbound_listener, stop_rx.clone()));
         }
@@ -137,6 +139,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
                 direct,
                 model.clone(),
                 metrics.clone(),
+                None,
             ));
             tokio::spawn(outbound.serve(outbound_listener, stop_rx.clone()));
         }

@@ -25,6 +25,43 @@ struct DirectionLabel {
     direction: String,
 }
 
+/// The labels of Istio's TCP metrics, so that dashboards built for Istio read Weft's too.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// `source` (the client's agent) or `destination` (the server's agent).
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_service: String,
+    /// Envoy-style: `-` for none, `UF` when the upstream could not be reached, `UAEX` when
+    /// policy refused the connection.
+    pub response_flags: &'static str,
+    /// `mutual_tls` when the connection crossed the tunnel, else `none`.
+    pub connection_security_policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabel {
+    identity: String,
+}
+
+/// Reads each identity's certificate expiry, once the tunnel is up.
+pub type ExpiryReader =
+    std::sync::Arc<dyn Fn() -> Vec<(String, std::time::SystemTime)> + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct ExpirySlot(std::sync::Arc<std::sync::Mutex<Option<ExpiryReader>>>);
+
+impl std::fmt::Debug for ExpirySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExpirySlot")
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
@@ -43,6 +80,11 @@ impl std::fmt::Debug for PoolSlot {
 /// Handles to the agent's metrics; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
+    expiry: ExpirySlot,
     denials: Family<ReasonLabel, Counter>,
     pool: PoolSlot,
     outbound: Family<ResultLabel, Counter>,
@@ -80,12 +122,49 @@ impl Metrics {
             self.config_errors.clone(),
         );
         registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened, as Istio counts them",
+            self.tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed, as Istio counts them",
+            self.tcp_closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent toward the destination",
+            self.tcp_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the destination",
+            self.tcp_received.clone(),
+        );
+        registry.register_collector(Box::new(ExpiryGauges(self.expiry.clone())));
+        registry.register(
             "weft_tunnel_denials",
             "Tunnelled connections the inbound side refused, by reason",
             self.denials.clone(),
         );
         registry.register_collector(Box::new(EbpfCounters(maps)));
         registry.register_collector(Box::new(PoolGauges(self.pool.clone())));
+    }
+
+    pub fn tcp_opened(&self, labels: &TcpLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
+        self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
+    }
+
+    pub fn register_expiry(&self, reader: ExpiryReader) {
+        if let Ok(mut slot) = self.expiry.0.lock() {
+            *slot = Some(reader);
+        }
     }
 
     pub fn denied(&self, reason: &str) {
@@ -187,5 +266,76 @@ impl Collector for PoolGauges {
             MetricType::Counter,
         )?;
         ConstCounter::new(stats.connections_opened as u64).encode(metric)
+    }
+}
+
+/// `weft_certificate_expiry_seconds{identity}`: when each held certificate expires (Unix time).
+#[derive(Debug)]
+struct ExpiryGauges(ExpirySlot);
+
+impl Collector for ExpiryGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(reader) = self.0.0.lock().ok().and_then(|r| r.clone()) else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "weft_certificate_expiry_seconds",
+            "When each workload certificate the agent holds expires, in Unix seconds",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (identity, not_after) in reader() {
+            let seconds = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let labels = IdentityLabel { identity };
+            ConstGauge::new(seconds).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The workload name Istio would report: the `app.kubernetes.io/name` or `app` label, else
+/// the pod's name (the lab's pods have no owners to name).
+pub fn workload_name(pod: &weft_mesh::config::PodInfo) -> String {
+    ["app.kubernetes.io/name", "app"]
+        .iter()
+        .find_map(|key| pod.labels.get(*key).cloned())
+        .unwrap_or_else(|| pod.name.clone())
+}
+
+/// The two ends of a connection, as far as they are known.
+pub struct Ends {
+    pub source_ip: std::net::IpAddr,
+    pub source_principal: Option<String>,
+    pub destination_ip: std::net::IpAddr,
+    pub destination_principal: Option<String>,
+    pub destination_service: Option<String>,
+}
+
+/// The labels of one connection.
+pub fn tcp_labels(
+    reporter: &'static str,
+    model: &weft_mesh::config::Model,
+    ends: Ends,
+    security: &'static str,
+) -> TcpLabels {
+    let unknown = || "unknown".to_string();
+    let source = model.pod_by_ip(ends.source_ip);
+    let destination = model.pod_by_ip(ends.destination_ip);
+    TcpLabels {
+        reporter,
+        source_workload: source.map(workload_name).unwrap_or_else(unknown),
+        source_workload_namespace: source.map(|p| p.namespace.clone()).unwrap_or_else(unknown),
+        source_principal: ends.source_principal.unwrap_or_else(unknown),
+        destination_workload: destination.map(workload_name).unwrap_or_else(unknown),
+        destination_workload_namespace: destination
+            .map(|p| p.namespace.clone())
+            .unwrap_or_else(unknown),
+        destination_principal: ends.destination_principal.unwrap_or_else(unknown),
+        destination_service: ends.destination_service.unwrap_or_else(unknown),
+        response_flags: "-",
+        connection_security_policy: security,
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! For each connection it recovers the original destination the eBPF capture recorded, resolves
 //! a Service address to one of its pods (per connection, as an L4 balancer would), and joins
-//! the client to an `Upstream` stream, byte for byte, with half-close carried both ways.
+//! the client to an `Upstream` stream, byte for byte, with half-close carried both ways. Each
+//! connection is counted in Istio's TCP metrics, as the source side reports them.
 
 use std::{
     net::{IpAddr, SocketAddr, SocketAddrV4},
@@ -18,7 +19,11 @@ use tokio::{
 };
 use weft_mesh::config::Model;
 
-use crate::{metrics::Metrics, redirect::SharedMaps, upstream::Upstream};
+use crate::{
+    metrics::{Ends, Metrics, TcpLabels, tcp_labels},
+    redirect::SharedMaps,
+    upstream::Upstream,
+};
 
 /// Copy buffers per direction: large, so that bulk transfers cost few system calls.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -28,6 +33,8 @@ pub struct Outbound<U> {
     pub upstream: U,
     pub model: watch::Receiver<Arc<Model>>,
     pub metrics: Metrics,
+    /// Set when identities exist (a CA is configured): principals appear in the metrics.
+    pub trust_domain: Option<String>,
     next: AtomicUsize,
 }
 
@@ -37,12 +44,14 @@ impl<U: Upstream> Outbound<U> {
         upstream: U,
         model: watch::Receiver<Arc<Model>>,
         metrics: Metrics,
+        trust_domain: Option<String>,
     ) -> Self {
         Outbound {
             maps,
             upstream,
             model,
             metrics,
+            trust_domain,
             next: AtomicUsize::new(0),
         }
     }
@@ -75,25 +84,38 @@ impl<U: Upstream> Outbound<U> {
             self.metrics.outbound("no_original_destination");
             return;
         };
-        let Some(target) = self.resolve(orig) else {
+        let Some((target, service)) = self.resolve(orig) else {
             tracing::warn!(%peer, %orig, "service has no endpoints; refusing");
             self.metrics.outbound("no_endpoint");
             refuse(client);
             return;
         };
-        let mut upstream = match self.upstream.connect(peer, SocketAddr::V4(target)).await {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(%peer, %target, %err, "upstream connect failed");
-                self.metrics.outbound("connect_failed");
-                refuse(client);
-                return;
-            }
-        };
+        let (mut upstream, security) =
+            match self.upstream.connect(peer, SocketAddr::V4(target)).await {
+                Ok(connected) => connected,
+                Err(err) => {
+                    let denied = err.kind() == std::io::ErrorKind::PermissionDenied;
+                    if denied {
+                        tracing::warn!(%peer, %target, %err, "connection denied");
+                    } else {
+                        tracing::warn!(%peer, %target, %err, "upstream connect failed");
+                    }
+                    self.metrics
+                        .outbound(if denied { "denied" } else { "connect_failed" });
+                    let mut labels = self.labels(peer, target, service, "none");
+                    labels.response_flags = if denied { "UAEX" } else { "UF" };
+                    self.metrics.tcp_opened(&labels);
+                    self.metrics.tcp_closed(&labels, 0, 0);
+                    refuse(client);
+                    return;
+                }
+            };
         self.metrics.outbound("forwarded");
+        let labels = self.labels(peer, target, service, security.label());
+        self.metrics.tcp_opened(&labels);
         let _ = client.set_nodelay(true);
         let mut client = client;
-        match tokio::io::copy_bidirectional_with_sizes(
+        let (sent, received) = match tokio::io::copy_bidirectional_with_sizes(
             &mut client,
             &mut upstream,
             COPY_BUFFER,
@@ -101,35 +123,62 @@ impl<U: Upstream> Outbound<U> {
         )
         .await
         {
-            Ok((sent, received)) => self.metrics.bytes(sent, received),
-            Err(err) => tracing::debug!(%peer, %target, %err, "connection ended with an error"),
-        }
+            Ok(counts) => counts,
+            Err(err) => {
+                tracing::debug!(%peer, %target, %err, "connection ended with an error");
+                (0, 0)
+            }
+        };
+        self.metrics.bytes(sent, received);
+        self.metrics.tcp_closed(&labels, sent, received);
     }
 
-    /// A Service address becomes one of its ready pods (round robin per connection); a pod
-    /// address stays as it is.
-    fn resolve(&self, orig: SocketAddrV4) -> Option<SocketAddrV4> {
+    /// The principal of the mesh pod at `ip`, when identities exist.
+    fn principal(&self, model: &Model, ip: IpAddr) -> Option<String> {
+        let td = self.trust_domain.as_deref()?;
+        let pod = model
+            .pod_by_ip(ip)
+            .filter(|p| crate::tunnel::in_mesh(model, p))?;
+        crate::tunnel::pod_identity(td, pod)
+            .ok()
+            .map(|id| id.to_string())
+    }
+
+    fn labels(
+        &self,
+        peer: SocketAddr,
+        target: SocketAddrV4,
+        service: Option<String>,
+        security: &'static str,
+    ) -> TcpLabels {
+        let model = self.model.borrow().clone();
+        let destination = IpAddr::V4(*target.ip());
+        let ends = Ends {
+            source_ip: peer.ip(),
+            source_principal: self.principal(&model, peer.ip()),
+            destination_ip: destination,
+            destination_principal: self.principal(&model, destination),
+            destination_service: service,
+        };
+        tcp_labels("source", &model, ends, security)
+    }
+
+    /// A Service address becomes one of its pods (round robin per connection), with the
+    /// Service's name; a pod address stays as it is.
+    fn resolve(&self, orig: SocketAddrV4) -> Option<(SocketAddrV4, Option<String>)> {
         let model = self.model.borrow().clone();
         let Some(service) = model
             .services
             .values()
             .find(|s| s.cluster_ip == Some(IpAddr::V4(*orig.ip())))
         else {
-            return Some(orig);
+            return Some((orig, None));
         };
+        let name = format!("{}.{}.svc.cluster.local", service.name, service.namespace);
         let port = service.ports.iter().find(|p| p.port == orig.port())?;
         let target_port = port.target_port.unwrap_or(port.port);
         let endpoints: Vec<_> = model
-            .pods
-            .values()
-            .filter(|pod| pod.namespace == service.namespace)
-            .filter(|pod| {
-                !service.selector.is_empty()
-                    && service
-                        .selector
-                        .iter()
-                        .all(|(k, v)| pod.labels.get(k) == Some(v))
-            })
+            .endpoints(service)
             .filter_map(|pod| match pod.ip {
                 Some(IpAddr::V4(ip)) => Some(ip),
                 _ => None,
@@ -139,7 +188,7 @@ impl<U: Upstream> Outbound<U> {
             return None;
         }
         let pick = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        Some(SocketAddrV4::new(endpoints[pick], target_port))
+        Some((SocketAddrV4::new(endpoints[pick], target_port), Some(name)))
     }
 }
 

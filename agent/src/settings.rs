@@ -89,6 +89,10 @@ pub struct TunnelSettings {
     #[arg(long, default_value = "weft-agent")]
     pub agent_service_account: String,
 
+    /// Lifetime to request for workload certificates; they renew at half of it.
+    #[arg(long, default_value_t = 86_400)]
+    pub cert_ttl_seconds: u64,
+
     /// Istio's root namespace: policies there without a selector apply mesh-wide.
     #[arg(long, default_value = "istio-system")]
     pub root_namespace: String,

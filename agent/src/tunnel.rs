@@ -21,7 +21,7 @@ use weft_mesh::{
     },
 };
 
-use crate::upstream::{DirectTcp, Upstream};
+use crate::upstream::{DirectTcp, Security, Upstream};
 
 /// Any byte stream the upstream hands back.
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -164,9 +164,16 @@ impl<S: CertificateSource> Tunnel<S> {
 impl<S: CertificateSource> Upstream for Tunnel<S> {
     type Stream = Box<dyn ByteStream>;
 
-    async fn connect(&self, source: SocketAddr, target: SocketAddr) -> io::Result<Self::Stream> {
+    async fn connect(
+        &self,
+        source: SocketAddr,
+        target: SocketAddr,
+    ) -> io::Result<(Self::Stream, Security)> {
         match self.route(source.ip(), target)? {
-            Route::Direct => Ok(Box::new(self.direct.connect(source, target).await?)),
+            Route::Direct => {
+                let (stream, security) = self.direct.connect(source, target).await?;
+                Ok((Box::new(stream), security))
+            }
             Route::Hbone { source: id, node } => {
                 let tls = self.tls_for(&id).await?;
                 let key = PoolKey {
@@ -174,7 +181,7 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
                     destination: node,
                 };
                 let stream = self.pool.connect(&key, || tls, target, source.ip()).await?;
-                Ok(Box::new(stream))
+                Ok((Box::new(stream), Security::MutualTls))
             }
         }
     }
@@ -264,6 +271,13 @@ pub async fn start(
     tracing::info!(address = %t.hbone_address, identity = %agent_identity, "tunnel listening");
     let pool = Pool::new(hbone::Settings::default());
     metrics.register_pool(pool.clone());
+    let held = identities.clone();
+    metrics.register_expiry(Arc::new(move || {
+        held.snapshot()
+            .into_iter()
+            .map(|(id, not_after)| (id.to_string(), not_after))
+            .collect()
+    }));
     Ok(Some(Tunnel::new(
         pool,
         identities,

@@ -16,6 +16,24 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
+/// How a connection reached its destination, for `connection_security_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Through the mutual-TLS tunnel.
+    MutualTls,
+    /// In plaintext: on this node, or to a destination outside the mesh.
+    None,
+}
+
+impl Security {
+    pub fn label(self) -> &'static str {
+        match self {
+            Security::MutualTls => "mutual_tls",
+            Security::None => "none",
+        }
+    }
+}
+
 /// Opens byte streams to destinations.
 pub trait Upstream: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -25,7 +43,7 @@ pub trait Upstream: Send + Sync + 'static {
         &self,
         source: SocketAddr,
         target: SocketAddr,
-    ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    ) -> impl Future<Output = io::Result<(Self::Stream, Security)>> + Send;
 }
 
 /// Plain TCP straight to the destination, as the first version of the agent does.
@@ -41,7 +59,11 @@ pub struct DirectTcp {
 impl Upstream for DirectTcp {
     type Stream = TcpStream;
 
-    async fn connect(&self, _source: SocketAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    async fn connect(
+        &self,
+        _source: SocketAddr,
+        target: SocketAddr,
+    ) -> io::Result<(TcpStream, Security)> {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::from((self.source_ip, 0)))?;
         let stream = tokio::time::timeout(self.connect_timeout, socket.connect(target))
@@ -53,6 +75,6 @@ impl Upstream for DirectTcp {
                 )
             })??;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok((stream, Security::None))
     }
 }

@@ -238,14 +238,30 @@ impl Model {
         &'a self,
         pod: &'a PodInfo,
     ) -> impl Iterator<Item = &'a ServiceInfo> + 'a {
-        self.services.values().filter(move |svc| {
-            svc.namespace == pod.namespace
-                && !svc.selector.is_empty()
-                && svc
-                    .selector
-                    .iter()
-                    .all(|(k, v)| pod.labels.get(k).is_some_and(|have| have == v))
-        })
+        self.services.values().filter(move |svc| svc.selects(pod))
+    }
+
+    /// The pods behind a Service (its endpoints): selected, and owning an address.
+    pub fn endpoints<'a>(
+        &'a self,
+        service: &'a ServiceInfo,
+    ) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods
+            .values()
+            .filter(move |pod| !pod.host_network && pod.ip.is_some() && service.selects(pod))
+    }
+}
+
+impl ServiceInfo {
+    /// Whether the Service selects the pod: same namespace, and every selector label matches.
+    /// A Service with an empty selector selects nothing, as in Kubernetes.
+    pub fn selects(&self, pod: &PodInfo) -> bool {
+        self.namespace == pod.namespace
+            && !self.selector.is_empty()
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| pod.labels.get(k).is_some_and(|have| have == v))
     }
 }
 

@@ -59,6 +59,9 @@ pub struct PoolStats {
 pub struct Pool {
     settings: Settings,
     connections: Mutex<HashMap<PoolKey, Vec<Arc<Pooled>>>>,
+    /// One dial at a time per key: a burst of new streams waits for the connection being
+    /// dialled instead of each opening its own.
+    dialling: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
     opened: AtomicUsize,
 }
 
@@ -68,6 +71,7 @@ impl Pool {
         let pool = Arc::new(Pool {
             settings,
             connections: Mutex::new(HashMap::new()),
+            dialling: Mutex::new(HashMap::new()),
             opened: AtomicUsize::new(0),
         });
         let weak = Arc::downgrade(&pool);
@@ -99,7 +103,19 @@ impl Pool {
     ) -> Result<H2Stream, HboneError> {
         let conn = match self.pick(key) {
             Some(conn) => conn,
-            None => self.dial(key, tls()).await?,
+            None => {
+                let lock = self
+                    .dialling
+                    .lock()
+                    .map(|mut d| d.entry(key.clone()).or_default().clone())
+                    .unwrap_or_default();
+                let _dialling = lock.lock().await;
+                // Another stream may have dialled while this one waited.
+                match self.pick(key) {
+                    Some(conn) => conn,
+                    None => self.dial(key, tls()).await?,
+                }
+            }
         };
         let peer = key.destination;
         let guard = StreamGuard(conn.clone());
@@ -226,6 +242,11 @@ impl Pool {
             });
         }
         all.retain(|_, conns| !conns.is_empty());
+        drop(all);
+        // Dial locks of keys nobody is dialling or using any more.
+        if let Ok(mut dialling) = self.dialling.lock() {
+            dialling.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
     }
 
     pub fn stats(&self) -> PoolStats {
