@@ -6,6 +6,7 @@
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
+use rustls_pki_types::CertificateDer;
 use tokio::{
     net::{TcpSocket, TcpStream},
     sync::watch,
@@ -13,7 +14,7 @@ use tokio::{
 use weft_mesh::{
     config::Model,
     hbone::{ConnectRequest, Opener, Refusal},
-    identity::peer_identity,
+    identity::{SpiffeId, peer_identity},
 };
 
 use crate::{
@@ -39,12 +40,10 @@ fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
 
 impl Inbound {
     /// The destination-side labels of a tunnelled connection.
-    fn labels(&self, request: &ConnectRequest) -> TcpLabels {
+    fn labels(&self, request: &ConnectRequest, peer: &PeerId) -> TcpLabels {
         let model = self.model.borrow().clone();
         let source_ip = request.forwarded_for.unwrap_or(request.peer.ip());
-        let source_principal = peer_identity(&request.peer_certificates)
-            .ok()
-            .map(|id| id.to_string());
+        let source_principal = peer.as_ref().ok().map(ToString::to_string);
         let destination_principal = model
             .pod_by_ip(request.authority.ip())
             .and_then(|p| pod_identity(&self.trust_domain, p).ok())
@@ -60,8 +59,8 @@ impl Inbound {
     }
 
     /// Counts a refused tunnel as Istio does: opened and closed at once, with a flag.
-    fn count_refusal(&self, request: &ConnectRequest, flags: &'static str) {
-        let mut labels = self.labels(request);
+    fn count_refusal(&self, request: &ConnectRequest, peer: &PeerId, flags: &'static str) {
+        let mut labels = self.labels(request, peer);
         labels.response_flags = flags;
         self.metrics.tcp_opened(&labels);
         self.metrics.tcp_closed(&labels, 0, 0);
@@ -78,11 +77,19 @@ impl Inbound {
     }
 }
 
+/// The peer's SPIFFE ID, or why its certificate has none.
+type PeerId = Result<SpiffeId, String>;
+
 impl Opener for Inbound {
     type Upstream = TcpStream;
+    type Peer = PeerId;
 
-    async fn open(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
-        let peer = peer_identity(&request.peer_certificates).map_err(|e| {
+    fn identify(&self, certificates: &[CertificateDer<'static>]) -> PeerId {
+        peer_identity(certificates).map_err(|e| e.to_string())
+    }
+
+    async fn open(&self, request: ConnectRequest, peer_id: &PeerId) -> Result<TcpStream, Refusal> {
+        let peer = peer_id.as_ref().map_err(|e| {
             self.metrics.denied("bad_identity");
             refuse(401, format!("peer identity: {e}"))
         })?;
@@ -109,33 +116,30 @@ impl Opener for Inbound {
             ));
         }
         let source_ip = request.forwarded_for.unwrap_or(request.peer.ip());
-        if let Err(reason) = self.policy.check(
-            &model,
-            pod,
-            request.authority.port(),
-            Some(&peer),
-            source_ip,
-        ) {
+        if let Err(reason) =
+            self.policy
+                .check(&model, pod, request.authority.port(), Some(peer), source_ip)
+        {
             self.metrics.denied("policy");
-            self.count_refusal(&request, "UAEX");
+            self.count_refusal(&request, peer_id, "UAEX");
             return Err(refuse(401, reason));
         }
         match self.dial(request.authority).await {
             Ok(stream) => {
-                self.metrics.tcp_opened(&self.labels(&request));
+                self.metrics.tcp_opened(&self.labels(&request, peer_id));
                 Ok(stream)
             }
             Err(e) => {
                 self.metrics.denied("destination_unreachable");
-                self.count_refusal(&request, "UF");
+                self.count_refusal(&request, peer_id, "UF");
                 Err(refuse(503, format!("dialling {}: {e}", request.authority)))
             }
         }
     }
 
-    fn closed(&self, request: &ConnectRequest, sent: u64, received: u64) {
+    fn closed(&self, request: &ConnectRequest, peer: &PeerId, sent: u64, received: u64) {
         // `sent` went from the tunnel to the pod: the destination received it.
         self.metrics
-            .tcp_closed(&self.labels(request), sent, received);
+            .tcp_closed(&self.labels(request, peer), sent, received);
     }
 }

@@ -25,8 +25,9 @@ use crate::{
     upstream::Upstream,
 };
 
-/// Copy buffers per direction: large, so that bulk transfers cost few system calls.
-const COPY_BUFFER: usize = 256 * 1024;
+/// Copy buffer per direction and connection: large enough that bulk transfers cost few
+/// system calls, small enough that thousands of connections stay cheap.
+const COPY_BUFFER: usize = 64 * 1024;
 
 pub struct Outbound<U> {
     pub maps: SharedMaps,

@@ -89,6 +89,22 @@ pub struct TunnelSettings {
     #[arg(long, default_value = "weft-agent")]
     pub agent_service_account: String,
 
+    /// HTTP/2 flow-control window of each tunnelled stream, in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub hbone_stream_window: u32,
+
+    /// HTTP/2 flow-control window of each tunnel connection, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub hbone_connection_window: u32,
+
+    /// Streams one pooled tunnel connection carries before another is opened.
+    #[arg(long, default_value_t = 100)]
+    pub hbone_max_streams: usize,
+
+    /// A pooled tunnel connection without streams closes after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub hbone_idle_seconds: u64,
+
     /// Lifetime to request for workload certificates; they renew at half of it.
     #[arg(long, default_value_t = 86_400)]
     pub cert_ttl_seconds: u64,
@@ -96,6 +112,19 @@ pub struct TunnelSettings {
     /// Istio's root namespace: policies there without a selector apply mesh-wide.
     #[arg(long, default_value = "istio-system")]
     pub root_namespace: String,
+}
+
+impl TunnelSettings {
+    /// The tunnel's tuning, from the flags.
+    pub fn hbone(&self) -> weft_mesh::hbone::Settings {
+        weft_mesh::hbone::Settings {
+            stream_window: self.hbone_stream_window,
+            connection_window: self.hbone_connection_window,
+            max_streams_per_connection: self.hbone_max_streams,
+            idle_timeout: std::time::Duration::from_secs(self.hbone_idle_seconds),
+            ..weft_mesh::hbone::Settings::default()
+        }
+    }
 }
 
 /// An IPv4 CIDR given on the command line.

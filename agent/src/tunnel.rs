@@ -218,8 +218,9 @@ pub async fn start(
         .with_context(|| format!("reading {}", bundle_file.display()))?;
     let trust = TrustBundle::from_pem(&bundle)
         .with_context(|| format!("parsing {}", bundle_file.display()))?;
-    let client =
-        weft_mesh::ca::CaClient::new(ca_address, trust.clone(), token).context("the CA client")?;
+    let client = weft_mesh::ca::CaClient::new(ca_address, trust.clone(), token)
+        .context("the CA client")?
+        .with_ttl(std::time::Duration::from_secs(t.cert_ttl_seconds));
     let identities = IdentityManager::new(weft_mesh::ca::CaSource::new(client));
     let agent_identity = SpiffeId::new(
         &t.trust_domain,
@@ -262,14 +263,14 @@ pub async fn start(
     tokio::spawn(hbone::serve(
         listener,
         server_tls,
-        hbone::Settings::default(),
+        t.hbone(),
         inbound,
         async move {
             let _ = stop.changed().await;
         },
     ));
     tracing::info!(address = %t.hbone_address, identity = %agent_identity, "tunnel listening");
-    let pool = Pool::new(hbone::Settings::default());
+    let pool = Pool::new(t.hbone());
     metrics.register_pool(pool.clone());
     let held = identities.clone();
     metrics.register_expiry(Arc::new(move || {

@@ -338,6 +338,11 @@ impl Lab {
         agent.terminate(Duration::from_secs(10))
     }
 
+    /// The agent process of `node`, while it runs.
+    pub fn agent_pid(&self, node: usize) -> Option<u32> {
+        self.agents[node - 1].as_ref().map(Guarded::id)
+    }
+
     /// Kills the agent of `node` with SIGKILL, as a crash would.
     pub fn kill_agent(&mut self, node: usize) -> Result<()> {
         if let Some(agent) = self.agents[node - 1].take() {
@@ -554,10 +559,16 @@ pub fn down_named(name: &str) {
     let cgroup = cgroup2_mount().map(|m| m.join(CGROUP_BASE).join(name)).ok();
     if let Some(cgroup) = &cgroup {
         // Agents first, with SIGTERM, so that they remove their own eBPF state.
-        for agent_cg in node_dirs(cgroup).into_iter().map(|n| n.join("system")) {
-            process::signal_cgroup(&agent_cg, nix::sys::signal::Signal::SIGTERM);
+        let agents: Vec<PathBuf> = node_dirs(cgroup)
+            .into_iter()
+            .map(|n| n.join("system"))
+            .collect();
+        for agent_cg in &agents {
+            process::signal_cgroup(agent_cg, nix::sys::signal::Signal::SIGTERM);
         }
-        process::wait_cgroup_empty(cgroup, Duration::from_secs(5));
+        for agent_cg in &agents {
+            process::wait_cgroup_empty(agent_cg, Duration::from_secs(5));
+        }
         process::kill_cgroup_tree(cgroup);
     }
     net::delete_namespaces(name);

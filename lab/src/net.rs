@@ -107,6 +107,10 @@ pub fn build_node(spec: &LabSpec, node: usize) -> Result<()> {
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
+            // The agent dials every tunnelled connection's last hop from one address: give
+            // it the whole port range, and let connect() reuse ports in TIME_WAIT.
+            "net.ipv4.ip_local_port_range=1024 65535",
+            "net.ipv4.tcp_tw_reuse=1",
         ],
     )
 }

@@ -18,9 +18,18 @@ use crate::{setup, workspace};
 pub enum Scenario {
     /// eBPF capture and the same-node splice (issue: foundation).
     Capture,
+    /// The mutual-TLS tunnel across nodes: throughput, latency, connection rate, agent memory.
+    Tunnel,
 }
 
-const ROUNDS: usize = 3;
+/// Interleaved rounds per figure (WEFT_BENCH_ROUNDS overrides, for quick looks).
+fn rounds() -> usize {
+    std::env::var("WEFT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(3)
+}
 const SECONDS: &str = "3";
 
 pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
@@ -31,6 +40,7 @@ pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
     workspace::build()?;
     let figures = match scenario {
         Scenario::Capture => capture()?,
+        Scenario::Tunnel => tunnel()?,
     };
     let text = serde_json::to_string_pretty(&Value::Object(figures))?;
     println!("{text}");
@@ -78,8 +88,8 @@ fn capture() -> Result<Map<String, Value>> {
         ("mesh_cross_node_gbps", "mesh-a", "mesh-c", "131072"),
     ];
     let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for round in 1..=ROUNDS {
-        eprintln!("==> round {round} of {ROUNDS}");
+    for round in 1..=rounds() {
+        eprintln!("==> round {round} of {}", rounds());
         for (key, client, server, write_size) in tput_cases {
             let target = format!("{}:5201", lab.pod(server).ip);
             let out = lab.run_json(
@@ -184,4 +194,181 @@ fn capture() -> Result<Map<String, Value>> {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+fn tunnel_spec() -> LabSpec {
+    LabSpec::new("wl-bench-tunnel", 2)
+        .with_namespace("plain", false)
+        .with_namespace("mesh", true)
+        .with_pod("plain-a", "plain", 1, &[])
+        .with_pod("plain-c", "plain", 2, &[])
+        .with_pod("mesh-a", "mesh", 1, &[])
+        .with_pod("mesh-c", "mesh", 2, &[])
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn tunnel() -> Result<Map<String, Value>> {
+    let mut lab = Lab::up(tunnel_spec())?;
+    lab.start_agents()?;
+    let mut servers = Vec::new();
+    for pod in ["plain-c", "mesh-c"] {
+        servers.push(lab.serve(pod, "labtool", &["discard", "--listen", "0.0.0.0:5201"])?);
+        servers.push(lab.serve(pod, "labtool", &["echo", "--listen", "0.0.0.0:5202"])?);
+    }
+    let agents: Vec<u32> = (1..=2).filter_map(|n| lab.agent_pid(n)).collect();
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut peak_rss = 0.0f64;
+    for round in 1..=rounds() {
+        eprintln!("==> round {round} of {}", rounds());
+        for (key, client, server, streams) in [
+            ("direct_cross_node_gbps", "plain-a", "plain-c", "1"),
+            ("mesh_cross_node_gbps", "mesh-a", "mesh-c", "1"),
+            ("direct_cross_node_4s_gbps", "plain-a", "plain-c", "4"),
+            ("mesh_cross_node_4s_gbps", "mesh-a", "mesh-c", "4"),
+        ] {
+            let target = format!("{}:5201", lab.pod(server).ip);
+            let out = lab.run_json(
+                client,
+                "labtool",
+                &[
+                    "tput",
+                    "--connect",
+                    &target,
+                    "--seconds",
+                    SECONDS,
+                    "--streams",
+                    streams,
+                ],
+                Duration::from_secs(60),
+            )?;
+            let gbps = out["gbps"].as_f64().context("tput printed no gbps")?;
+            eprintln!("    {key}: {gbps:.2}");
+            samples.entry(key.to_string()).or_default().push(gbps);
+        }
+        for (prefix, client, server) in [
+            ("direct", "plain-a", "plain-c"),
+            ("mesh", "mesh-a", "mesh-c"),
+        ] {
+            let target = format!("{}:5202", lab.pod(server).ip);
+            let out = lab.run_json(
+                client,
+                "labtool",
+                &[
+                    "rr",
+                    "--connect",
+                    &target,
+                    "--count",
+                    "20000",
+                    "--warmup",
+                    "2000",
+                ],
+                Duration::from_secs(60),
+            )?;
+            for (pct, key) in [
+                ("p50", format!("{prefix}_rr_p50_us")),
+                ("p99", format!("{prefix}_rr_p99_us")),
+            ] {
+                let value = out[format!("{pct}_us")]
+                    .as_f64()
+                    .context("rr printed no percentile")?;
+                eprintln!("    {key}: {value:.1}");
+                samples.entry(key).or_default().push(value);
+            }
+        }
+        for (key, client, server) in [
+            ("direct_new_conns_per_s", "plain-a", "plain-c"),
+            ("mesh_new_conns_per_s", "mesh-a", "mesh-c"),
+        ] {
+            let target = format!("{}:5202", lab.pod(server).ip);
+            // Sample the agents' memory while the connections churn.
+            let out = std::thread::scope(|scope| {
+                let run = scope.spawn(|| {
+                    lab.run_json(
+                        client,
+                        "labtool",
+                        &[
+                            "conns",
+                            "--connect",
+                            &target,
+                            "--seconds",
+                            SECONDS,
+                            "--concurrency",
+                            "32",
+                        ],
+                        Duration::from_secs(60),
+                    )
+                });
+                while !run.is_finished() {
+                    for pid in &agents {
+                        peak_rss = peak_rss.max(rss_mb(*pid).unwrap_or(0.0));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                run.join()
+                    .map_err(|_| anyhow::anyhow!("conns thread panicked"))?
+            })?;
+            let rate = out["per_s"].as_f64().context("conns printed no rate")?;
+            eprintln!("    {key}: {rate:.0} (errors {})", out["errors"]);
+            samples.entry(key.to_string()).or_default().push(rate);
+        }
+    }
+    let pool = lab.agent_get(1, 15020, "/metrics")?.1;
+    drop(servers);
+    lab.down()?;
+
+    let mut figures = Map::new();
+    for (key, values) in samples {
+        figures.insert(key, Value::from(round3(median(values))));
+    }
+    figures.insert("agent_rss_mb".into(), Value::from(round3(peak_rss)));
+    let ratio = |a: &str, b: &str| -> Option<f64> {
+        Some(round3(
+            figures.get(a)?.as_f64()? / figures.get(b)?.as_f64()?,
+        ))
+    };
+    for (key, value) in [
+        (
+            "mesh_cross_node_ratio",
+            ratio("mesh_cross_node_gbps", "direct_cross_node_gbps"),
+        ),
+        (
+            "mesh_cross_node_4s_ratio",
+            ratio("mesh_cross_node_4s_gbps", "direct_cross_node_4s_gbps"),
+        ),
+        (
+            "mesh_rr_p50_ratio",
+            ratio("mesh_rr_p50_us", "direct_rr_p50_us"),
+        ),
+    ] {
+        if let Some(value) = value {
+            figures.insert(key.to_string(), Value::from(value));
+        }
+    }
+    // Evidence the mesh runs used the tunnel: TLS connections the pool dialled on node 1.
+    let dialled = pool
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("weft_tunnel_pool_connections_opened_total ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    figures.insert(
+        "node1_tunnel_connections_opened".into(),
+        Value::from(dialled),
+    );
+    Ok(figures)
 }

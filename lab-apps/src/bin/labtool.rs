@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use weft_lab_apps::churn::{self, ChurnConfig};
 use weft_lab_apps::integrity::{self, SendConfig};
 use weft_lab_apps::latency::{self, RrConfig};
 use weft_lab_apps::throughput::{self, TputConfig};
@@ -82,6 +83,15 @@ enum Command {
         /// Seconds allowed after the run for the last writes and the counts.
         #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         grace: f64,
+    },
+    /// New connections per second against `echo`: connect, one byte each way, close.
+    Conns {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 3.0, value_parser = seconds)]
+        seconds: f64,
+        #[arg(long, default_value_t = 16, value_parser = positive)]
+        concurrency: usize,
     },
 }
 
@@ -190,6 +200,24 @@ async fn run(command: Command) -> Result<ExitCode> {
                 .await
                 .with_context(|| format!("tput against {connect}"))?;
             print_json(&report.to_json())?;
+        }
+        Command::Conns {
+            connect,
+            seconds,
+            concurrency,
+        } => {
+            let cfg = ChurnConfig {
+                addr: connect,
+                duration: Duration::from_secs_f64(seconds),
+                concurrency,
+            };
+            let report = churn::churn(&cfg)
+                .await
+                .with_context(|| format!("conns against {connect}"))?;
+            print_json(&report.to_json())?;
+            if report.conns == 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -196,6 +196,7 @@ impl Pool {
                 .initial_window_size(settings.stream_window)
                 .initial_connection_window_size(settings.connection_window)
                 .max_send_buffer_size(settings.stream_window as usize)
+                .max_frame_size(super::MAX_FRAME)
                 .handshake::<_, Bytes>(tls_stream)
                 .await
                 .map_err(|e| HboneError::H2(peer, e))

@@ -20,6 +20,10 @@ pub use stream::H2Stream;
 /// The HBONE port.
 pub const PORT: u16 = 15008;
 
+/// The largest HTTP/2 frame each end accepts (SETTINGS_MAX_FRAME_SIZE, RFC 9113 §6.5.2):
+/// above the 16 KiB default, so that bulk data costs fewer frames.
+const MAX_FRAME: u32 = 256 * 1024;
+
 /// Tunnel tuning, shared by both ends. The defaults favour throughput: a stream may have
 /// several MiB in flight before the receiver must read.
 #[derive(Debug, Clone)]

@@ -17,6 +17,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{H2Stream, Settings};
 
+/// Copy buffer per direction and stream (see the agent's outbound for the trade-off).
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// One CONNECT request, as the opener sees it.
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {
@@ -40,14 +43,20 @@ pub struct Refusal {
 /// Decides on each CONNECT and opens the destination.
 pub trait Opener: Send + Sync + 'static {
     type Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// What the opener makes of a peer's certificates, worked out once per TLS connection
+    /// (parsing X.509 for every stream would cost more than the stream).
+    type Peer: Send + Sync + 'static;
+
+    fn identify(&self, certificates: &[CertificateDer<'static>]) -> Self::Peer;
 
     fn open(
         &self,
         request: ConnectRequest,
+        peer: &Self::Peer,
     ) -> impl Future<Output = Result<Self::Upstream, Refusal>> + Send;
 
     /// Called when a tunnelled stream ends, with bytes (to the destination, from it).
-    fn closed(&self, _request: &ConnectRequest, _sent: u64, _received: u64) {}
+    fn closed(&self, _request: &ConnectRequest, _peer: &Self::Peer, _sent: u64, _received: u64) {}
 }
 
 /// Accepts tunnel connections on `listener` until `shutdown` completes.
@@ -101,18 +110,23 @@ async fn connection<O: Opener>(
     if certificates.is_empty() {
         return Err("no client certificate".into());
     }
+    let identity = Arc::new(opener.identify(&certificates));
     let certificates = Arc::new(certificates);
     let mut h2 = h2::server::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .max_send_buffer_size(settings.stream_window as usize)
+        .max_frame_size(super::MAX_FRAME)
         .handshake::<_, Bytes>(tls)
         .await
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
     while let Some(accepted) = h2.accept().await {
         let (request, respond) = accepted.map_err(|e| format!("HTTP/2: {e}"))?;
-        let (opener, certificates) = (opener.clone(), certificates.clone());
-        tokio::spawn(async move { stream(request, respond, peer, certificates, opener).await });
+        let (opener, certificates, identity) =
+            (opener.clone(), certificates.clone(), identity.clone());
+        tokio::spawn(async move {
+            stream(request, respond, peer, certificates, identity, opener).await
+        });
     }
     Ok(())
 }
@@ -128,6 +142,7 @@ async fn stream<O: Opener>(
     mut respond: h2::server::SendResponse<Bytes>,
     peer: SocketAddr,
     peer_certificates: Arc<Vec<CertificateDer<'static>>>,
+    identity: Arc<O::Peer>,
     opener: Arc<O>,
 ) {
     if request.method() != Method::CONNECT {
@@ -155,7 +170,7 @@ async fn stream<O: Opener>(
         authority,
         forwarded_for,
     };
-    let mut upstream = match opener.open(connect.clone()).await {
+    let mut upstream = match opener.open(connect.clone(), &identity).await {
         Ok(upstream) => upstream,
         Err(refusal) => {
             tracing::info!(%peer, %authority, status = refusal.status, reason = %refusal.reason, "tunnel refused");
@@ -177,8 +192,8 @@ async fn stream<O: Opener>(
     let (sent, received) = match tokio::io::copy_bidirectional_with_sizes(
         &mut tunnel,
         &mut upstream,
-        256 * 1024,
-        256 * 1024,
+        COPY_BUFFER,
+        COPY_BUFFER,
     )
     .await
     {
@@ -188,7 +203,7 @@ async fn stream<O: Opener>(
             (0, 0)
         }
     };
-    opener.closed(&connect, sent, received);
+    opener.closed(&connect, &identity, sent, received);
 }
 
 /// The first `for=` node of a `Forwarded` header (RFC 7239), as an IP address.

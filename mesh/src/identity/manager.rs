@@ -172,10 +172,11 @@ async fn renew<S: CertificateSource>(
     slot: Arc<CertSlot>,
     (initial_backoff, max_backoff): (Duration, Duration),
 ) {
+    // Half-life is counted from when the certificate arrived, not from its notBefore: the CA
+    // backdates that for clock skew, which would otherwise bring every renewal forward.
+    let mut received = SystemTime::now();
     loop {
-        let wait = slot
-            .current()
-            .renew_at()
+        let wait = super::cert::half_life(received, slot.current().not_after)
             .duration_since(SystemTime::now())
             .unwrap_or_default()
             .max(MIN_RENEW_DELAY);
@@ -191,6 +192,7 @@ async fn renew<S: CertificateSource>(
             };
             match renewed {
                 Ok(()) => {
+                    received = SystemTime::now();
                     let current = slot.current();
                     tracing::info!(%id, not_after = ?current.not_after, "renewed certificate");
                     break;
