@@ -7,10 +7,7 @@
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use rustls_pki_types::CertificateDer;
-use tokio::{
-    net::{TcpSocket, TcpStream},
-    sync::watch,
-};
+use tokio::{net::TcpStream, sync::watch};
 use weft_mesh::{
     config::Model,
     hbone::{ConnectRequest, Opener, Refusal},
@@ -67,13 +64,7 @@ impl Inbound {
     }
 
     async fn dial(&self, target: SocketAddr) -> io::Result<TcpStream> {
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::from((self.source_ip, 0)))?;
-        let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(target))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        crate::upstream::dial_from(self.source_ip, target, Duration::from_secs(5)).await
     }
 }
 

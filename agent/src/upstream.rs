@@ -64,17 +64,39 @@ impl Upstream for DirectTcp {
         _source: SocketAddr,
         target: SocketAddr,
     ) -> io::Result<(TcpStream, Security)> {
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::from((self.source_ip, 0)))?;
-        let stream = tokio::time::timeout(self.connect_timeout, socket.connect(target))
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting to {target} timed out"),
-                )
-            })??;
-        stream.set_nodelay(true)?;
-        Ok((stream, Security::None))
+        Ok((
+            dial_from(self.source_ip, target, self.connect_timeout).await?,
+            Security::None,
+        ))
     }
+}
+
+/// Dials `target` from `source_ip`, with TCP_NODELAY.
+///
+/// The port is left to connect() (IP_BIND_ADDRESS_NO_PORT): a port chosen at bind() time
+/// must be free of TIME_WAIT sockets for every destination, so an agent dialling one pod many
+/// times a second would run out of ports; connect() only needs the whole 4-tuple unique, and
+/// may reuse TIME_WAIT ports (tcp_tw_reuse).
+pub async fn dial_from(
+    source_ip: Ipv4Addr,
+    target: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::IpBindAddressNoPort,
+        &true,
+    )?;
+    socket.bind(SocketAddr::from((source_ip, 0)))?;
+    let stream = tokio::time::timeout(timeout, socket.connect(target))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {target} timed out"),
+            )
+        })??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
