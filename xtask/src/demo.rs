@@ -82,6 +82,26 @@ pub fn run() -> Result<()> {
     result
 }
 
+/// One Istio TCP series, shortened to the labels that tell the story.
+fn summarise(line: &str) -> String {
+    let label = |name: &str| -> String {
+        let key = format!("{name}=\"");
+        line.split_once(key.as_str())
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(value, _)| value.to_string())
+            .unwrap_or_default()
+    };
+    let value = line.rsplit(' ').next().unwrap_or("?");
+    format!(
+        "{value} connection(s) reported by the {}: {} -> {} ({}), security: {}",
+        label("reporter"),
+        label("source_principal"),
+        label("destination_workload"),
+        label("destination_service"),
+        label("connection_security_policy"),
+    )
+}
+
 fn show(lab: &mut Lab) -> Result<()> {
     lab.start_agents()?;
     for node in 1..=2 {
@@ -144,12 +164,15 @@ fn show(lab: &mut Lab) -> Result<()> {
         let dump = lab.config_dump(node)?;
         let c = &dump["ebpf_counters"];
         println!(
-            "    node-{node}: {} connect() calls captured and sent to the agent, {} same-node sockets spliced, {} bytes spliced in the kernel",
+            "    node-{node}: {} connect() calls captured and sent to the agent, {} same-node sockets spliced, {} bytes spliced in the kernel; Istio's metrics:",
             c["redirected"], c["sock_added"], c["spliced_bytes"]
         );
         let (_, metrics) = lab.agent_get(node, 15020, "/metrics")?;
-        for line in metrics.lines().filter(|l| l.starts_with("weft_outbound_")) {
-            println!("      {line}");
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+        {
+            println!("      {}", summarise(line));
         }
     }
 
