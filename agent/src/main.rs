@@ -84,15 +84,58 @@ fn main() -> ExitCode {
 
 async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     preflight::check(&settings.cgroup_root, &settings.bpffs_dir)?;
-    let (model, mut config_errors) = weft_mesh::config::watch_dir(settings.config_dir.clone())
+    let (model, config_errors) = weft_mesh::config::watch_dir(settings.config_dir.clone())
         .with_context(|| format!("reading {}", settings.config_dir.display()))?;
+
+    // Everything that can fail comes before the eBPF programs are loaded, so that a failed
+    // start never leaves pods captured towards an agent that is not there.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Metrics::default();
+    let outbound_addr = SocketAddr::from((settings.agent_ip, settings.outbound_port));
+    let outbound_listener = TcpListener::bind(outbound_addr)
+        .await
+        .with_context(|| format!("binding the outbound listener {outbound_addr}"))?;
+    let admin_listener = bind_http(settings.admin_port).await?;
+    let metrics_listener = bind_http(settings.metrics_port).await?;
+    let direct = DirectTcp {
+        connect_timeout: Duration::from_secs(5),
+        source_ip: settings.agent_ip,
+    };
+    let tunnel = tunnel::start(
+        &settings,
+        model.clone(),
+        metrics.clone(),
+        direct.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
 
     let mut datapath = Datapath::load(&settings)?;
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = datapath.shared();
-    let metrics = Metrics::default();
+    match tunnel {
+        Some(upstream) => {
+            let trust_domain = Some(settings.tunnel.trust_domain.clone());
+            let outbound = Outbound::new(
+                maps.clone(),
+                upstream,
+                model.clone(),
+                metrics.clone(),
+                trust_domain,
+            );
+            tokio::spawn(Arc::new(outbound).serve(outbound_listener, stop_rx.clone()));
+        }
+        None => {
+            tracing::warn!(
+                "no --ca-address: captured connections are forwarded in PLAINTEXT, without identities"
+            );
+            let outbound =
+                Outbound::new(maps.clone(), direct, model.clone(), metrics.clone(), None);
+            tokio::spawn(Arc::new(outbound).serve(outbound_listener, stop_rx.clone()));
+        }
+    }
     let mut registry = Registry::default();
     metrics.register(&mut registry, maps.clone());
     let dump = Arc::new(RwLock::new(Dump {
@@ -100,73 +143,51 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
         agent_ip: Some(settings.agent_ip),
         ..Dump::default()
     }));
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let outbound_addr = SocketAddr::from((settings.agent_ip, settings.outbound_port));
-    let outbound_listener = TcpListener::bind(outbound_addr)
-        .await
-        .with_context(|| format!("binding the outbound listener {outbound_addr}"))?;
-    let direct = DirectTcp {
-        connect_timeout: Duration::from_secs(5),
-        source_ip: settings.agent_ip,
-    };
-    match tunnel::start(
-        &settings,
-        model.clone(),
-        metrics.clone(),
-        direct.clone(),
-        stop_rx.clone(),
-    )
-    .await?
-    {
-        Some(upstream) => {
-            let trust_domain = Some(settings.tunnel.trust_domain.clone());
-            let outbound = Arc::new(Outbound::new(
-                maps.clone(),
-                upstream,
-                model.clone(),
-                metrics.clone(),
-                trust_domain,
-            ));
-            tokio::spawn(outbound.serve(outbound_listener, stop_rx.clone()));
-        }
-        None => {
-            tracing::warn!(
-                "no --ca-address: captured connections are forwarded in PLAINTEXT, without identities"
-            );
-            let outbound = Arc::new(Outbound::new(
-                maps.clone(),
-                direct,
-                model.clone(),
-                metrics.clone(),
-                None,
-            ));
-            tokio::spawn(outbound.serve(outbound_listener, stop_rx.clone()));
-        }
-    }
     serve_http(
-        settings.admin_port,
-        admin::admin_handler(dump.clone(), maps.clone()),
+        admin_listener,
+        admin::admin_handler(dump.clone(), maps),
         stop_rx.clone(),
-    )
-    .await?;
+    );
     serve_http(
-        settings.metrics_port,
+        metrics_listener,
         admin::metrics_handler(Arc::new(registry)),
-        stop_rx.clone(),
-    )
-    .await?;
+        stop_rx,
+    );
     tracing::info!(node = %settings.node_name, outbound = %outbound_addr, "weft-agent running");
 
+    let result = reconcile_until_signal(
+        &settings,
+        &mut datapath,
+        model,
+        config_errors,
+        &metrics,
+        &dump,
+    )
+    .await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    datapath.shutdown();
+    result
+}
+
+/// Keeps the kernel's view of the node's pods in step with the configuration, until SIGTERM
+/// or SIGINT.
+async fn reconcile_until_signal(
+    settings: &AgentSettings,
+    datapath: &mut Datapath,
+    mut model: weft_mesh::config::ModelReceiver,
+    mut config_errors: weft_mesh::config::ErrorsReceiver,
+    metrics: &Metrics,
+    dump: &RwLock<Dump>,
+) -> anyhow::Result<()> {
     let policy = policy::L4Policy {
         root_namespace: settings.tunnel.root_namespace.clone(),
     };
-    let mut model_rx = model.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     loop {
-        let current = model_rx.borrow_and_update().clone();
+        let current = model.borrow_and_update().clone();
         datapath.reconcile(&current, &settings.node_name, &policy);
         let pods = datapath.pod_statuses();
         metrics
@@ -187,32 +208,30 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
             dump.config_errors = errors;
         }
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = model_rx.changed() => {}
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+            _ = model.changed() => {}
             _ = config_errors.changed() => {}
             _ = tick.tick() => {}
         }
     }
-    tracing::info!("stopping");
-    let _ = stop_tx.send(true);
-    datapath.shutdown();
-    Ok(())
 }
 
-async fn serve_http(
-    port: u16,
+async fn bind_http(port: u16) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+fn serve_http(
+    listener: TcpListener,
     handler: weft_mesh::admin::Handler,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+) {
     tokio::spawn(weft_mesh::admin::serve(listener, handler, async move {
         let _ = stop.changed().await;
     }));
-    Ok(())
 }
 
 /// Moves records from the eBPF programs' log ring into tracing.
