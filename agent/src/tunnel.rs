@@ -58,7 +58,7 @@ pub struct Tunnel<S: CertificateSource> {
     pub direct: DirectTcp,
     /// Checked here for destinations on this node; the destination's agent checks the rest.
     pub policy: crate::policy::L4Policy,
-    configs: Mutex<HashMap<SpiffeId, Arc<rustls::ClientConfig>>>,
+    configs: Arc<Mutex<HashMap<SpiffeId, Arc<rustls::ClientConfig>>>>,
 }
 
 impl<S: CertificateSource> Tunnel<S> {
@@ -84,7 +84,7 @@ impl<S: CertificateSource> Tunnel<S> {
             agent_identity,
             direct,
             policy,
-            configs: Mutex::new(HashMap::new()),
+            configs: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 }
@@ -96,6 +96,42 @@ enum Route {
 }
 
 impl<S: CertificateSource> Tunnel<S> {
+    /// Forgets the identities (and their renewals and TLS configurations) of pods that are
+    /// no longer enrolled here, whenever the configuration changes; the agent's own stays.
+    fn prune_identities(&self) {
+        let (identities, configs) = (self.identities.clone(), self.configs.clone());
+        let (mut model, node, td, agent) = (
+            self.model.clone(),
+            self.node_name.clone(),
+            self.trust_domain.clone(),
+            self.agent_identity.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let keep: std::collections::HashSet<SpiffeId> = {
+                    let model = model.borrow_and_update();
+                    model
+                        .enrolled_pods(&node)
+                        .filter_map(|p| pod_identity(&td, p).ok())
+                        .chain([agent.clone()])
+                        .collect()
+                };
+                for (id, _) in identities.snapshot() {
+                    if !keep.contains(&id) {
+                        tracing::info!(%id, "forgetting the identity of a pod no longer here");
+                        identities.forget(&id);
+                        if let Ok(mut configs) = configs.lock() {
+                            configs.remove(&id);
+                        }
+                    }
+                }
+                if model.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     fn route(&self, source: IpAddr, target: SocketAddr) -> io::Result<Route> {
         let model = self.model.borrow().clone();
         let Some(dest) = model.pod_by_ip(target.ip()) else {
@@ -279,7 +315,7 @@ pub async fn start(
             .map(|(id, not_after)| (id.to_string(), not_after))
             .collect()
     }));
-    Ok(Some(Tunnel::new(
+    let tunnel = Tunnel::new(
         pool,
         identities,
         trust,
@@ -291,5 +327,7 @@ pub async fn start(
         crate::policy::L4Policy {
             root_namespace: t.root_namespace.clone(),
         },
-    )))
+    );
+    tunnel.prune_identities();
+    Ok(Some(tunnel))
 }

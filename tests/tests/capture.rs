@@ -68,6 +68,15 @@ fn metric(lab: &Lab, node: usize, series: &str) -> Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// The first metrics line of node `node` that contains `needle`.
+fn metric_line(lab: &Lab, node: usize, needle: &str) -> Result<Option<String>> {
+    let (_, body) = lab.agent_get(node, 15020, "/metrics")?;
+    Ok(body
+        .lines()
+        .find(|l| !l.starts_with('#') && l.contains(needle))
+        .map(str::to_string))
+}
+
 fn bpftool(args: &[&str]) -> Result<Value> {
     let out = Command::new("bpftool")
         .arg("-j")
@@ -233,6 +242,13 @@ fn removing_the_label_unenrols_and_restoring_it_enrols_again() -> Result<()> {
     let _c = sink(&lab, "c", "0.0.0.0:7000")?;
     let c = format!("{}:7000", lab.pod("c").ip);
 
+    // A cross-node connection makes node 1 hold a certificate for the pod's identity.
+    send(&lab, "a", &c, MIB)?;
+    let identity = "identity=\"spiffe://cluster.local/ns/mesh/sa/default\"";
+    assert!(
+        metric_line(&lab, 1, identity)?.is_some(),
+        "no certificate held for a's identity"
+    );
     lab.spec
         .namespaces
         .iter_mut()
@@ -241,6 +257,15 @@ fn removing_the_label_unenrols_and_restoring_it_enrols_again() -> Result<()> {
     lab.write_manifests()?;
     lab.wait_enrolled(1, 0, Duration::from_secs(10))?;
     lab.wait_enrolled(2, 0, Duration::from_secs(10))?;
+    // Un-enrolled pods' identities are forgotten: no certificate, no renewals.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric_line(&lab, 1, identity)?.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 still holds a certificate for an un-enrolled pod"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         cgroup_programs(&a_cgroup)?.is_empty(),
         "programs left on an un-enrolled pod"
