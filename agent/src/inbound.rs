@@ -16,7 +16,7 @@ use weft_mesh::{
 
 use crate::{
     metrics::{Ends, Metrics, TcpLabels, tcp_labels},
-    tunnel::{in_mesh, pod_identity},
+    tunnel::pod_identity,
 };
 
 pub struct Inbound {
@@ -96,7 +96,7 @@ impl Opener for Inbound {
             self.metrics.denied("unknown_destination");
             return Err(refuse(503, format!("{} is no pod", request.authority.ip())));
         };
-        if pod.node_name.as_deref() != Some(self.node_name.as_str()) || !in_mesh(&model, pod) {
+        if pod.node_name.as_deref() != Some(self.node_name.as_str()) || !model.in_mesh(pod) {
             self.metrics.denied("not_local");
             return Err(refuse(
                 503,

@@ -137,9 +137,7 @@ impl<U: Upstream> Outbound<U> {
     /// The principal of the mesh pod at `ip`, when identities exist.
     fn principal(&self, model: &Model, ip: IpAddr) -> Option<String> {
         let td = self.trust_domain.as_deref()?;
-        let pod = model
-            .pod_by_ip(ip)
-            .filter(|p| crate::tunnel::in_mesh(model, p))?;
+        let pod = model.pod_by_ip(ip).filter(|p| model.in_mesh(p))?;
         crate::tunnel::pod_identity(td, pod)
             .ok()
             .map(|id| id.to_string())

@@ -27,15 +27,6 @@ use crate::upstream::{DirectTcp, Security, Upstream};
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
 
-/// Whether the model puts `pod` in the mesh (ambient namespace, not opted out).
-pub fn in_mesh(model: &Model, pod: &PodInfo) -> bool {
-    model
-        .namespaces
-        .get(&pod.namespace)
-        .is_some_and(|ns| ns.ambient())
-        && !pod.opted_out()
-}
-
 /// A pod's SPIFFE identity.
 pub fn pod_identity(trust_domain: &str, pod: &PodInfo) -> io::Result<SpiffeId> {
     SpiffeId::new(trust_domain, &pod.namespace, &pod.service_account).map_err(|e| {
@@ -59,34 +50,6 @@ pub struct Tunnel<S: CertificateSource> {
     /// Checked here for destinations on this node; the destination's agent checks the rest.
     pub policy: crate::policy::L4Policy,
     configs: Arc<Mutex<HashMap<SpiffeId, Arc<rustls::ClientConfig>>>>,
-}
-
-impl<S: CertificateSource> Tunnel<S> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        pool: Arc<Pool>,
-        identities: Arc<IdentityManager<S>>,
-        trust: TrustBundle,
-        model: watch::Receiver<Arc<Model>>,
-        node_name: String,
-        trust_domain: String,
-        agent_identity: SpiffeId,
-        direct: DirectTcp,
-        policy: crate::policy::L4Policy,
-    ) -> Self {
-        Tunnel {
-            pool,
-            identities,
-            trust,
-            model,
-            node_name,
-            trust_domain,
-            agent_identity,
-            direct,
-            policy,
-            configs: Arc::new(Mutex::new(HashMap::new())),
-        }
-    }
 }
 
 /// Where a captured connection goes.
@@ -141,7 +104,7 @@ impl<S: CertificateSource> Tunnel<S> {
             .node_name
             .as_deref()
             .is_some_and(|n| n != self.node_name);
-        if !in_mesh(&model, dest) {
+        if !model.in_mesh(dest) {
             return Ok(Route::Direct);
         }
         if !remote {
@@ -315,19 +278,20 @@ pub async fn start(
             .map(|(id, not_after)| (id.to_string(), not_after))
             .collect()
     }));
-    let tunnel = Tunnel::new(
+    let tunnel = Tunnel {
         pool,
         identities,
         trust,
         model,
-        settings.node_name.clone(),
-        t.trust_domain.clone(),
+        node_name: settings.node_name.clone(),
+        trust_domain: t.trust_domain.clone(),
         agent_identity,
         direct,
-        crate::policy::L4Policy {
+        policy: crate::policy::L4Policy {
             root_namespace: t.root_namespace.clone(),
         },
-    );
+        configs: Arc::new(Mutex::new(HashMap::new())),
+    };
     tunnel.prune_identities();
     Ok(Some(tunnel))
 }

@@ -216,12 +216,17 @@ impl Model {
             pod.node_name.as_deref() == Some(node)
                 && !pod.uid.is_empty()
                 && !pod.host_network
-                && !pod.opted_out()
-                && self
-                    .namespaces
-                    .get(&pod.namespace)
-                    .is_some_and(NamespaceInfo::ambient)
+                && self.in_mesh(pod)
         })
+    }
+
+    /// Whether the pod is in the mesh: its namespace is ambient and it did not opt out.
+    pub fn in_mesh(&self, pod: &PodInfo) -> bool {
+        !pod.opted_out()
+            && self
+                .namespaces
+                .get(&pod.namespace)
+                .is_some_and(NamespaceInfo::ambient)
     }
 
     /// The pod that owns `ip`. A linear scan: the directory source's models are small, and
