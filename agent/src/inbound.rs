@@ -10,7 +10,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::{net::TcpStream, sync::watch};
 use weft_mesh::{
     config::Model,
-    hbone::{ConnectRequest, Opener, Refusal},
+    hbone::{ConnectRequest, H2Stream, Opener, Refusal, splice},
     identity::{SpiffeId, peer_identity},
 };
 
@@ -72,7 +72,7 @@ impl Inbound {
 type PeerId = Result<SpiffeId, String>;
 
 impl Opener for Inbound {
-    type Upstream = TcpStream;
+    type Opened = TcpStream;
     type Peer = PeerId;
 
     fn identify(&self, certificates: &[CertificateDer<'static>]) -> PeerId {
@@ -128,9 +128,19 @@ impl Opener for Inbound {
         }
     }
 
-    fn closed(&self, request: &ConnectRequest, peer: &PeerId, sent: u64, received: u64) {
+    async fn carry(
+        &self,
+        request: ConnectRequest,
+        peer: &PeerId,
+        mut tunnel: H2Stream,
+        mut pod: TcpStream,
+    ) {
+        let (sent, received) = splice(&mut tunnel, &mut pod).await.unwrap_or_else(|err| {
+            tracing::debug!(authority = %request.authority, %err, "tunnelled stream ended with an error");
+            (0, 0)
+        });
         // `sent` went from the tunnel to the pod: the destination received it.
         self.metrics
-            .tcp_closed(&self.labels(request, peer), sent, received);
+            .tcp_closed(&self.labels(&request, peer), sent, received);
     }
 }

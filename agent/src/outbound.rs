@@ -175,6 +175,10 @@ impl<U: Upstream> Outbound<U> {
         };
         let name = format!("{}.{}.svc.cluster.local", service.name, service.namespace);
         let port = service.ports.iter().find(|p| p.port == orig.port())?;
+        if self.upstream.sends_to_waypoints() && model.service_waypoint(service).is_some() {
+            // The waypoint balances this Service's traffic (per call, for gRPC).
+            return Some((orig, Some(name)));
+        }
         let target_port = port.target_port.unwrap_or(port.port);
         let endpoints: Vec<_> = model
             .endpoints(service)

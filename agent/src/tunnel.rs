@@ -37,6 +37,9 @@ pub fn pod_identity(trust_domain: &str, pod: &PodInfo) -> io::Result<SpiffeId> {
     })
 }
 
+/// Client TLS configurations by (source identity, the server identity it must see).
+type TlsConfigs = HashMap<(SpiffeId, SpiffeId), Arc<rustls::ClientConfig>>;
+
 pub struct Tunnel<S: CertificateSource> {
     pub pool: Arc<Pool>,
     pub identities: Arc<IdentityManager<S>>,
@@ -49,13 +52,19 @@ pub struct Tunnel<S: CertificateSource> {
     pub direct: DirectTcp,
     /// Checked here for destinations on this node; the destination's agent checks the rest.
     pub policy: crate::policy::L4Policy,
-    configs: Arc<Mutex<HashMap<SpiffeId, Arc<rustls::ClientConfig>>>>,
+    /// Client TLS by (source identity, server identity).
+    configs: Arc<Mutex<TlsConfigs>>,
 }
 
 /// Where a captured connection goes.
 enum Route {
     Direct,
-    Hbone { source: SpiffeId, node: SocketAddr },
+    /// To the destination's node agent, or to a waypoint pod, which presents `server`.
+    Hbone {
+        source: SpiffeId,
+        node: SocketAddr,
+        server: SpiffeId,
+    },
 }
 
 impl<S: CertificateSource> Tunnel<S> {
@@ -84,7 +93,7 @@ impl<S: CertificateSource> Tunnel<S> {
                         tracing::info!(%id, "forgetting the identity of a pod no longer here");
                         identities.forget(&id);
                         if let Ok(mut configs) = configs.lock() {
-                            configs.remove(&id);
+                            configs.retain(|(source, _), _| source != &id);
                         }
                     }
                 }
@@ -97,6 +106,9 @@ impl<S: CertificateSource> Tunnel<S> {
 
     fn route(&self, source: IpAddr, target: SocketAddr) -> io::Result<Route> {
         let model = self.model.borrow().clone();
+        if let Some(route) = self.waypoint_route(&model, source, target)? {
+            return Ok(route);
+        }
         let Some(dest) = model.pod_by_ip(target.ip()) else {
             return Ok(Route::Direct);
         };
@@ -139,29 +151,84 @@ impl<S: CertificateSource> Tunnel<S> {
         Ok(Route::Hbone {
             source: pod_identity(&self.trust_domain, client)?,
             node: SocketAddr::new(node_ip, hbone::PORT),
+            server: self.agent_identity.clone(),
         })
     }
 
-    async fn tls_for(&self, id: &SpiffeId) -> io::Result<Arc<rustls::ClientConfig>> {
-        if let Some(config) = self.configs.lock().ok().and_then(|c| c.get(id).cloned()) {
+    /// Traffic bound to a waypoint (a Service's cluster IP, or a pod's own IP) goes to one
+    /// of the waypoint's pods, whatever node it runs on; it does the rest.
+    fn waypoint_route(
+        &self,
+        model: &Model,
+        source: IpAddr,
+        target: SocketAddr,
+    ) -> io::Result<Option<Route>> {
+        let waypoint = match model.service_by_ip(target.ip()) {
+            Some(service) => model.service_waypoint(service),
+            None => model
+                .pod_by_ip(target.ip())
+                .filter(|pod| model.in_mesh(pod))
+                .and_then(|pod| model.workload_waypoint(pod)),
+        };
+        let Some(waypoint) = waypoint else {
+            return Ok(None);
+        };
+        let not_found = |what: String| io::Error::new(io::ErrorKind::NotFound, what);
+        let pods = model.waypoint_pods(&waypoint);
+        if pods.is_empty() {
+            return Err(not_found(format!(
+                "waypoint {}/{} has no ready pod",
+                waypoint.namespace, waypoint.name
+            )));
+        }
+        // Spread clients over the waypoint's pods; one client's connections stay together.
+        let pod = pods[source_hash(source) % pods.len()];
+        let address = pod
+            .ip
+            .ok_or_else(|| not_found(format!("waypoint pod {} has no address", pod.name)))?;
+        let client = model
+            .pod_by_ip(source)
+            .ok_or_else(|| not_found(format!("no pod has the client address {source}")))?;
+        Ok(Some(Route::Hbone {
+            source: pod_identity(&self.trust_domain, client)?,
+            node: SocketAddr::new(address, hbone::PORT),
+            server: pod_identity(&self.trust_domain, pod)?,
+        }))
+    }
+
+    async fn tls_for(
+        &self,
+        id: &SpiffeId,
+        server: &SpiffeId,
+    ) -> io::Result<Arc<rustls::ClientConfig>> {
+        let key = (id.clone(), server.clone());
+        if let Some(config) = self.configs.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(config);
         }
         let slot = self.identities.slot(id).await.map_err(io::Error::other)?;
-        let config = client_config(
-            slot,
-            &self.trust,
-            ServerIdentity::Exact(self.agent_identity.clone()),
-        )
-        .map_err(io::Error::other)?;
+        let config = client_config(slot, &self.trust, ServerIdentity::Exact(server.clone()))
+            .map_err(io::Error::other)?;
         if let Ok(mut configs) = self.configs.lock() {
-            configs.insert(id.clone(), config.clone());
+            configs.insert(key, config.clone());
         }
         Ok(config)
     }
 }
 
+/// A cheap, stable spread of client addresses.
+fn source_hash(ip: IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4) as usize,
+        IpAddr::V6(v6) => u128::from(v6) as usize,
+    }
+}
+
 impl<S: CertificateSource> Upstream for Tunnel<S> {
     type Stream = Box<dyn ByteStream>;
+
+    fn sends_to_waypoints(&self) -> bool {
+        true
+    }
 
     async fn connect(
         &self,
@@ -173,8 +240,12 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
                 let (stream, security) = self.direct.connect(source, target).await?;
                 Ok((Box::new(stream), security))
             }
-            Route::Hbone { source: id, node } => {
-                let tls = self.tls_for(&id).await?;
+            Route::Hbone {
+                source: id,
+                node,
+                server,
+            } => {
+                let tls = self.tls_for(&id, &server).await?;
                 let key = PoolKey {
                     source: id.to_string(),
                     destination: node,
@@ -201,49 +272,32 @@ pub async fn start(
     let Some(ca_address) = t.ca_address else {
         return Ok(None);
     };
-    let token_file = t
-        .ca_token_file
-        .as_ref()
-        .context("--ca-address needs --ca-token-file")?;
-    let bundle_file = t
-        .trust_bundle
-        .as_ref()
-        .context("--ca-address needs --trust-bundle")?;
-    let token = std::fs::read_to_string(token_file)
-        .with_context(|| format!("reading {}", token_file.display()))?
-        .trim()
-        .to_string();
-    let bundle = std::fs::read_to_string(bundle_file)
-        .with_context(|| format!("reading {}", bundle_file.display()))?;
-    let trust = TrustBundle::from_pem(&bundle)
-        .with_context(|| format!("parsing {}", bundle_file.display()))?;
-    let client = weft_mesh::ca::CaClient::new(ca_address, trust.clone(), token)
-        .context("the CA client")?
-        .with_ttl(std::time::Duration::from_secs(t.cert_ttl_seconds));
-    let identities = IdentityManager::new(weft_mesh::ca::CaSource::new(client));
+    let enrolment = weft_mesh::ca::Enrolment {
+        ca: ca_address,
+        token_file: t
+            .ca_token_file
+            .clone()
+            .context("--ca-address needs --ca-token-file")?,
+        trust_bundle: t
+            .trust_bundle
+            .clone()
+            .context("--ca-address needs --trust-bundle")?,
+        ttl: std::time::Duration::from_secs(t.cert_ttl_seconds),
+    };
     let agent_identity = SpiffeId::new(
         &t.trust_domain,
         &t.agent_namespace,
         &t.agent_service_account,
     )
     .context("the agent's identity")?;
-
-    // The agent's own certificate: the CA may take a moment to come up, so retry briefly.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let slot = loop {
-        match identities.slot(&agent_identity).await {
-            Ok(slot) => break slot,
-            Err(err) if std::time::Instant::now() < deadline => {
-                tracing::warn!(%err, "waiting for the CA");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-            Err(err) => {
-                return Err(err).context(format!(
-                    "getting the certificate of {agent_identity} from {ca_address}"
-                ));
-            }
-        }
-    };
+    // The CA may take a moment to come up.
+    let weft_mesh::ca::Enrolled {
+        identities,
+        trust,
+        slot,
+    } = enrolment
+        .enrol(&agent_identity, std::time::Duration::from_secs(30))
+        .await?;
     let server_tls =
         weft_mesh::identity::server_config(slot, &trust).context("building the tunnel's TLS")?;
     let listener = tokio::net::TcpListener::bind(t.hbone_address)

@@ -44,6 +44,12 @@ pub trait Upstream: Send + Sync + 'static {
         source: SocketAddr,
         target: SocketAddr,
     ) -> impl Future<Output = io::Result<(Self::Stream, Security)>> + Send;
+
+    /// Whether `connect` takes a Service's cluster IP bound to a waypoint as it is (and
+    /// sends it there), rather than a pod the agent picked.
+    fn sends_to_waypoints(&self) -> bool {
+        false
+    }
 }
 
 /// Plain TCP straight to the destination, as the first version of the agent does.

@@ -8,6 +8,8 @@
 //!   `echo`/`rr` measure round-trip latency, `discard`/`tput` measure throughput.
 //! - `uuid-server`/`uuid-client`: a gRPC service whose every replica answers with its own
 //!   UUID, so a client can see how one HTTP/2 connection's calls were spread over backends.
+//!   The server can misbehave on purpose (fail, stall), for tests of retries and timeouts.
+//! - `grpc-stream`: checks the service's streaming calls message by message.
 //!
 //! Servers print `{"listen":"IP:PORT",...}` once they are bound, which lets a harness bind
 //! port 0 and learn the real port.

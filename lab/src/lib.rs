@@ -52,6 +52,7 @@ pub struct Lab {
     agents: Vec<Option<Guarded>>,
     agent_args: Vec<Vec<String>>,
     ca: Option<Guarded>,
+    waypoints: BTreeMap<String, Guarded>,
     torn_down: bool,
 }
 
@@ -87,6 +88,7 @@ impl Lab {
             agents: (0..spec.nodes).map(|_| None).collect(),
             agent_args: vec![Vec::new(); spec.nodes],
             ca: None,
+            waypoints: BTreeMap::new(),
             spec,
             dir,
             cgroup,
@@ -266,7 +268,85 @@ impl Lab {
             .values()
             .filter(|p| p.node == node)
             .filter(|p| self.spec.namespace(&p.namespace).is_some_and(|n| n.ambient))
+            .filter(|p| {
+                !self.spec.pods.iter().any(|s| {
+                    s.name == p.name
+                        && s.labels
+                            .iter()
+                            .any(|(k, v)| k == "weft.dev/dataplane-mode" && v == "none")
+                })
+            })
             .count()
+    }
+
+    /// Starts the waypoint `name` (see `LabSpec::with_waypoint`) in its pod, with `extra`
+    /// flags, and waits until it is ready (its :15021 answers).
+    pub fn start_waypoint(&mut self, name: &str, extra: &[&str]) -> Result<()> {
+        self.start_ca()?;
+        let pod = self.pod(name).clone();
+        let ca = self.ca_dir();
+        let log = self.dir.join("logs").join(format!("waypoint-{name}.log"));
+        let mut args = vec![
+            "--config-dir".to_string(),
+            self.manifests_dir().display().to_string(),
+            "--name".into(),
+            name.into(),
+            "--namespace".into(),
+            pod.namespace.clone(),
+            "--pod-ip".into(),
+            pod.ip.to_string(),
+            "--trust-domain".into(),
+            spec::TRUST_DOMAIN.into(),
+            "--ca-address".into(),
+            format!("{}:{}", spec::CA_IP, spec::CA_PORT),
+            "--ca-token-file".into(),
+            ca.join(format!("node-{}.token", pod.node))
+                .display()
+                .to_string(),
+            "--trust-bundle".into(),
+            ca.join("root-cert.pem").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let waypoint = process::spawn(
+            &bin_dir()?.join("weft-waypoint"),
+            &args,
+            &pod.netns,
+            &pod.cgroup,
+            &[("WEFT_LOG", agent_log_filter().as_str())],
+            Some(&log),
+        )?;
+        self.waypoints.insert(name.to_string(), waypoint);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = net::http_get(&pod.netns, 15021, "/healthz/ready") {
+                return Ok(());
+            }
+            if let Some(w) = self.waypoints.get_mut(name)
+                && let Some(status) = w.try_wait()?
+            {
+                self.waypoints.remove(name);
+                bail!("waypoint {name} exited ({status}): {}", tail(&log));
+            }
+            if Instant::now() > deadline {
+                bail!("waypoint {name} did not become ready: {}", tail(&log));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// An HTTP GET to the waypoint `name` on `port` (15000 admin, 15020 metrics).
+    pub fn waypoint_get(&self, name: &str, port: u16, path: &str) -> Result<(u16, String)> {
+        net::http_get(&self.pod(name).netns, port, path)
+    }
+
+    /// The waypoint's process, while it runs.
+    pub fn waypoint_pid(&self, name: &str) -> Option<u32> {
+        self.waypoints.get(name).map(Guarded::id)
+    }
+
+    pub fn waypoint_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join("logs").join(format!("waypoint-{name}.log")))
+            .unwrap_or_default()
     }
 
     pub fn start_agent(&mut self, node: usize) -> Result<()> {
@@ -503,6 +583,9 @@ impl Lab {
         }
         self.torn_down = true;
         let mut first_error = None;
+        for (_, waypoint) in std::mem::take(&mut self.waypoints) {
+            waypoint.kill();
+        }
         for node in 1..=self.spec.nodes {
             if self.agents[node - 1].is_some()
                 && let Err(err) = self.stop_agent(node)

@@ -55,10 +55,11 @@ pub fn render(spec: &LabSpec, pods: &BTreeMap<String, Pod>) -> Result<String> {
         }));
     }
     for ns in &spec.namespaces {
-        let mut meta = json!({ "name": ns.name });
+        let mut pairs = ns.labels.clone();
         if ns.ambient {
-            meta["labels"] = json!({ "weft.dev/dataplane-mode": "ambient" });
+            pairs.push(("weft.dev/dataplane-mode".into(), "ambient".into()));
         }
+        let meta = json!({ "name": ns.name, "labels": labels(&pairs) });
         docs.push(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": meta }));
     }
     for pod_spec in &spec.pods {
@@ -97,7 +98,7 @@ pub fn render(spec: &LabSpec, pods: &BTreeMap<String, Pod>) -> Result<String> {
         docs.push(json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": { "name": svc.name, "namespace": svc.namespace },
+            "metadata": { "name": svc.name, "namespace": svc.namespace, "labels": labels(&svc.labels) },
             "spec": { "clusterIP": svc.cluster_ip.to_string(), "selector": labels(&svc.selector), "ports": ports },
         }));
     }

@@ -99,6 +99,8 @@ pub fn build_node(spec: &LabSpec, node: usize) -> Result<()> {
         &[
             format!("link set n{node} master br0"),
             format!("link set n{node} up"),
+            // The CA answers pods too (a waypoint asks it for its own certificate).
+            format!("route add 10.200.{node}.0/24 via {}", spec::node_ip(node)),
         ],
     )?;
     sysctls(
@@ -138,6 +140,8 @@ pub fn build_pod(spec: &LabSpec, node: usize, index: u8, netns: &str, ip: Ipv4Ad
             format!("route add {gateway}/32 dev eth0 scope link"),
             format!("route add 10.200.0.0/16 via {gateway} dev eth0"),
             format!("route add 10.96.0.0/16 via {gateway} dev eth0"),
+            // Node addresses, as on a cluster: a waypoint pod tunnels to the node agents.
+            format!("route add 10.99.0.0/24 via {gateway} dev eth0"),
         ],
     )
 }

@@ -20,6 +20,8 @@ pub struct NamespaceSpec {
     pub name: String,
     /// Labelled `weft.dev/dataplane-mode=ambient`.
     pub ambient: bool,
+    /// More labels (`weft.dev/use-waypoint`, say).
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +40,7 @@ pub struct ServiceSpec {
     pub cluster_ip: Ipv4Addr,
     pub selector: Vec<(String, String)>,
     pub ports: Vec<ServicePort>,
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,8 +70,47 @@ impl LabSpec {
         self.namespaces.push(NamespaceSpec {
             name: name.to_string(),
             ambient,
+            labels: Vec::new(),
         });
         self
+    }
+
+    /// Adds a label to a namespace of the spec.
+    pub fn with_namespace_label(mut self, namespace: &str, key: &str, value: &str) -> Self {
+        if let Some(ns) = self.namespaces.iter_mut().find(|n| n.name == namespace) {
+            ns.labels.push((key.to_string(), value.to_string()));
+        }
+        self
+    }
+
+    /// A waypoint named `name` in `namespace`, as a pod on `node` (outside the mesh's
+    /// capture, as waypoints are) and the Service `name` in front of its HBONE port.
+    /// Bind workloads to it with `weft.dev/use-waypoint=<name>`; start it with
+    /// `Lab::start_waypoint`.
+    pub fn with_waypoint(mut self, name: &str, namespace: &str, node: usize) -> Self {
+        let index = self.services.len() as u8;
+        self = self.with_pod(
+            name,
+            namespace,
+            node,
+            &[("weft.dev/dataplane-mode", "none"), (WAYPOINT_LABEL, name)],
+        );
+        if let Some(pod) = self.pods.last_mut() {
+            pod.service_account = name.to_string();
+        }
+        self.with_service(ServiceSpec {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            cluster_ip: Ipv4Addr::new(10, 96, 255, 1 + index),
+            selector: vec![(WAYPOINT_LABEL.to_string(), name.to_string())],
+            ports: vec![ServicePort {
+                name: "mesh".into(),
+                port: 15008,
+                target_port: 15008,
+                app_protocol: None,
+            }],
+            labels: Vec::new(),
+        })
     }
 
     pub fn with_pod(
@@ -116,6 +158,9 @@ impl LabSpec {
         self
     }
 }
+
+/// The label that selects a waypoint's pods for its Service.
+pub const WAYPOINT_LABEL: &str = "weft.dev/waypoint";
 
 pub fn node_name(node: usize) -> String {
     format!("node-{node}")

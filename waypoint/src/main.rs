@@ -1,33 +1,47 @@
 //! weft-waypoint: Weft's L7 proxy, one per namespace or service account.
 //!
-//! It will accept HBONE, split each HTTP/2 connection into its streams, and route, balance,
-//! retry and authorize every gRPC call on its own. For now it only serves its health and
-//! admin endpoints, so that deployments and probes can be wired up ahead of the proxy.
+//! It accepts HBONE from the source agents (`accept`), serves HTTP/2 inside each tunnelled
+//! connection, and sends each call on its own (`proxy`): routed by VirtualService (`route`),
+//! balanced over a cluster's endpoints (`cluster`, `endpoint`), retried within a budget
+//! (`budget`, `replay`), and answered as it streams back (`response`). Its upstream
+//! connections are HTTP/2 through HBONE to the backends' node agents (`upstream`).
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+mod accept;
+mod budget;
+mod cluster;
+mod endpoint;
+mod grpc;
+mod metrics;
+mod proxy;
+mod replay;
+mod response;
+mod route;
+mod settings;
+mod upstream;
 
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
 use clap::Parser;
-use tokio::net::TcpListener;
-use weft_mesh::admin::{Handler, Reply};
+use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
+use weft_mesh::{
+    admin::{Handler, Reply, metrics_reply},
+    config::WaypointRef,
+    hbone::{self, Pool},
+    identity::{ServerIdentity, SpiffeId, client_config, server_config},
+};
 
-#[derive(Parser)]
-#[command(
-    name = "weft-waypoint",
-    version,
-    about = "Weft's L7 waypoint (health endpoints only, so far)"
-)]
-struct Settings {
-    /// Admin port (/healthz).
-    #[arg(long, default_value_t = 15000)]
-    admin_port: u16,
-    /// Readiness port (/healthz/ready).
-    #[arg(long, default_value_t = 15021)]
-    readiness_port: u16,
-}
+use crate::{
+    accept::Accept, cluster::Clusters, proxy::Proxy, settings::Settings, upstream::Dialer,
+};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .init();
     let settings = Settings::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -43,37 +57,171 @@ fn main() -> ExitCode {
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("weft-waypoint: {err}");
+            eprintln!("weft-waypoint: {err:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(settings: Settings) -> std::io::Result<()> {
-    let health: Handler = Arc::new(|path| match path {
-        "/healthz" | "/healthz/ready" => Reply::text(200, "ok\n"),
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let (model, _errors) = weft_mesh::config::watch_dir(settings.config_dir.clone())
+        .with_context(|| format!("watching {}", settings.config_dir.display()))?;
+    let identity = SpiffeId::new(
+        &settings.trust_domain,
+        &settings.namespace,
+        settings
+            .service_account
+            .as_deref()
+            .unwrap_or(&settings.name),
+    )
+    .context("the waypoint's identity")?;
+    let enrolled = settings
+        .enrolment()
+        .enrol(&identity, Duration::from_secs(30))
+        .await?;
+    let agent = SpiffeId::new(
+        &settings.trust_domain,
+        &settings.agent_namespace,
+        &settings.agent_service_account,
+    )
+    .context("the agents' identity")?;
+    let upstream_tls = client_config(
+        enrolled.slot.clone(),
+        &enrolled.trust,
+        ServerIdentity::Exact(agent),
+    )
+    .context("the upstream TLS configuration")?;
+    let server_tls = server_config(enrolled.slot.clone(), &enrolled.trust)
+        .context("the HBONE server's TLS configuration")?;
+
+    let metrics = metrics::Metrics::new();
+    let tunnel = hbone::Settings::default();
+    let proxy = Arc::new(Proxy {
+        model: model.clone(),
+        clusters: Clusters::default(),
+        dialer: Dialer {
+            pool: Pool::new(tunnel.clone()),
+            tls: upstream_tls,
+            identity: identity.to_string(),
+            source_ip: settings.pod_ip,
+            window: settings.window,
+        },
+        metrics: metrics.clone(),
+    });
+    let accept = Arc::new(Accept {
+        proxy: proxy.clone(),
+        model: model.clone(),
+        trust_domain: settings.trust_domain.clone(),
+        waypoint: WaypointRef {
+            namespace: settings.namespace.clone(),
+            name: settings.name.clone(),
+        },
+        window: settings.window,
+    });
+
+    let (stop_tx, stop) = watch::channel(false);
+    let listener = TcpListener::bind(settings.hbone_address)
+        .await
+        .with_context(|| format!("binding {}", settings.hbone_address))?;
+    let mut tasks = vec![tokio::spawn(hbone::serve(
+        listener,
+        server_tls,
+        tunnel,
+        accept,
+        stopped(stop.clone()),
+    ))];
+    let registry = metrics.registry();
+    let metrics_page: Handler = Arc::new(move |path| match (path, registry.lock()) {
+        ("/metrics" | "/stats/prometheus", Ok(registry)) => metrics_reply(&registry),
         _ => Reply::not_found(),
     });
-    let mut servers = Vec::new();
-    for port in [settings.admin_port, settings.readiness_port] {
-        let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
-        servers.push(tokio::spawn(weft_mesh::admin::serve(
+    let admin_proxy = proxy.clone();
+    let admin: Handler = Arc::new(move |path| match path {
+        "/healthz" => Reply::text(200, "ok\n"),
+        "/config_dump" => Reply::json(&config_dump(&admin_proxy)),
+        _ => Reply::not_found(),
+    });
+    let ready: Handler = Arc::new(|path| match path {
+        "/healthz/ready" | "/healthz" => Reply::text(200, "ready\n"),
+        _ => Reply::not_found(),
+    });
+    for (address, handler) in [
+        (settings.admin_address, admin),
+        (settings.metrics_address, metrics_page),
+        (settings.ready_address, ready),
+    ] {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        tasks.push(tokio::spawn(weft_mesh::admin::serve(
             listener,
-            health.clone(),
-            shutdown(),
+            handler,
+            stopped(stop.clone()),
         )));
     }
+    tasks.push(tokio::spawn(reap_idle(proxy.clone(), stop.clone())));
     tracing::info!(
-        admin = settings.admin_port,
-        ready = settings.readiness_port,
-        "weft-waypoint serving health"
+        %identity,
+        hbone = %settings.hbone_address,
+        "weft-waypoint serving"
     );
-    for server in servers {
-        let _ = server.await;
+
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+    tracing::info!("weft-waypoint stopping");
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     Ok(())
 }
 
-async fn shutdown() {
-    let _ = tokio::signal::ctrl_c().await;
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Closes upstream connections that `http.idleTimeout` says have idled too long.
+async fn reap_idle(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        for cluster in proxy.clusters.all() {
+            for endpoint in cluster.endpoints().iter() {
+                endpoint
+                    .connections
+                    .reap(cluster.policy.limits.idle_timeout);
+            }
+        }
+    }
+}
+
+/// The clusters as the waypoint sees them: policy, endpoints, health and connections.
+fn config_dump(proxy: &Proxy) -> serde_json::Value {
+    let now = std::time::Instant::now();
+    let clusters: Vec<_> = proxy
+        .clusters
+        .all()
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "cluster": c.key.to_string(),
+                "balancer": format!("{:?}", c.policy.balancer),
+                "active_requests": c.active.load(std::sync::atomic::Ordering::Relaxed),
+                "endpoints": c.endpoints().iter().map(|e| serde_json::json!({
+                    "address": e.address.to_string(),
+                    "node": e.node.to_string(),
+                    "in_flight": e.in_flight(),
+                    "ejected": e.ejected(now),
+                    "connections": e.connections.count(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "clusters": clusters })
 }

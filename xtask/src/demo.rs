@@ -1,9 +1,11 @@
 //! `cargo xtask demo`: the main job, end to end.
 //!
-//! A two-node lab; a gRPC service (`whoami`, three replicas, each answering with its own UUID)
-//! and a client pod, in an ambient namespace. The client's traffic is captured by the agents,
-//! and their figures are shown. Every call of one HTTP/2 connection lands on one backend: that
-//! is the problem the waypoint will fix, and the demo says so. Ctrl-C tears the lab down.
+//! A two-node lab; a gRPC service (three replicas, each answering with its own UUID), a
+//! client pod and a waypoint, in an ambient namespace. The same backends are reachable as two
+//! Services: `whoami-l4` (agents only, L4) and `whoami` (bound to the waypoint). Over L4,
+//! every call of one HTTP/2 connection lands on one backend; through the waypoint, one
+//! connection's calls share all three. The agents' and the waypoint's figures are shown.
+//! Ctrl-C tears the lab down.
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +27,7 @@ extern "C" fn on_interrupt(_: std::ffi::c_int) {
 }
 
 const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const L4_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const CALLS: u32 = 300;
 
 fn check_interrupt() -> Result<()> {
@@ -34,25 +37,39 @@ fn check_interrupt() -> Result<()> {
     Ok(())
 }
 
+fn whoami(name: &str, ip: Ipv4Addr, labels: &[(&str, &str)]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        namespace: "demo".into(),
+        cluster_ip: ip,
+        selector: vec![("app".into(), "whoami".into())],
+        ports: vec![ServicePort {
+            name: "grpc-api".into(),
+            port: 50051,
+            target_port: 50051,
+            app_protocol: Some("grpc".into()),
+        }],
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
 pub fn spec() -> LabSpec {
     LabSpec::new("wl-demo", 2)
         .with_namespace("demo", true)
+        .with_waypoint("waypoint", "demo", 1)
         .with_pod("whoami-1", "demo", 1, &[("app", "whoami")])
         .with_pod("whoami-2", "demo", 2, &[("app", "whoami")])
         .with_pod("whoami-3", "demo", 2, &[("app", "whoami")])
         .with_pod("client", "demo", 1, &[("app", "client")])
-        .with_service(ServiceSpec {
-            name: "whoami".into(),
-            namespace: "demo".into(),
-            cluster_ip: SERVICE_IP,
-            selector: vec![("app".into(), "whoami".into())],
-            ports: vec![ServicePort {
-                name: "grpc-api".into(),
-                port: 50051,
-                target_port: 50051,
-                app_protocol: Some("grpc".into()),
-            }],
-        })
+        .with_service(whoami(
+            "whoami",
+            SERVICE_IP,
+            &[("weft.dev/use-waypoint", "waypoint")],
+        ))
+        .with_service(whoami("whoami-l4", L4_IP, &[]))
 }
 
 pub fn run() -> Result<()> {
@@ -118,45 +135,45 @@ fn show(lab: &mut Lab) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(500));
 
-    let target = format!("http://{SERVICE_IP}:50051");
+    let l4 = format!("http://{L4_IP}:50051");
     println!(
-        "\n==> The client pod calls the `whoami` Service ({target}), three times over a new connection each"
+        "\n==> L4 only: the client calls `whoami-l4` ({l4}), three times over a new connection each"
     );
     let mut backends_seen = BTreeMap::new();
     for round in 1..=3 {
         check_interrupt()?;
-        let reply = lab.run_json(
-            "client",
-            "uuid-client",
-            &[
-                "--connect",
-                &target,
-                "--calls",
-                &CALLS.to_string(),
-                "--concurrency",
-                "8",
-            ],
-            Duration::from_secs(60),
-        )?;
-        let by_pod = reply["by_pod"].as_object().cloned().unwrap_or_default();
-        let uuids: Vec<String> = reply["by_uuid"]
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        let pods: Vec<String> = by_pod
-            .iter()
-            .map(|(pod, n)| format!("{pod} ({n} calls)"))
-            .collect();
-        println!(
-            "    connection {round}: {} calls, {} errors; answered by {} with UUID {}",
-            reply["calls"],
-            reply["errors"],
-            pods.join(", "),
-            uuids.join(", ")
-        );
-        for (pod, n) in by_pod {
+        let reply = call(lab, &l4)?;
+        println!("    connection {round}: {}", spread(&reply));
+        for (pod, n) in reply["by_pod"].as_object().cloned().unwrap_or_default() {
             *backends_seen.entry(pod).or_insert(0) += n.as_u64().unwrap_or(0);
         }
+    }
+    println!(
+        "    Each connection's {CALLS} calls went to ONE backend: an L4 balancer picks a backend per\n    \
+         connection, not per call. Backends used across the three connections: {backends_seen:?}."
+    );
+
+    lab.start_waypoint("waypoint", &[])?;
+    let target = format!("http://{SERVICE_IP}:50051");
+    println!(
+        "\n==> Through the waypoint: `whoami` ({target}) is labelled weft.dev/use-waypoint=waypoint"
+    );
+    for round in 1..=2 {
+        check_interrupt()?;
+        let reply = call(lab, &target)?;
+        println!("    connection {round}: {}", spread(&reply));
+    }
+    println!(
+        "    One HTTP/2 connection, and its calls shared by all three backends: the waypoint\n    \
+         splits the streams and balances each call (round robin here; see DestinationRule)."
+    );
+    let (_, metrics) = lab.waypoint_get("waypoint", 15020, "/metrics")?;
+    println!("    The waypoint's attempts per backend:");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("weft_waypoint_upstream_attempts_total{"))
+    {
+        println!("      {line}");
     }
 
     println!("\n==> What the agents saw");
@@ -176,13 +193,42 @@ fn show(lab: &mut Lab) -> Result<()> {
         }
     }
 
-    println!("\n==> The problem Weft's waypoint will fix");
-    println!(
-        "    Each HTTP/2 connection carried all {CALLS} of its gRPC calls to ONE backend: an L4 balancer\n    \
-         (kube-proxy, or this agent today) picks a backend per connection, not per call.\n    \
-         Backends used across the three connections: {backends_seen:?}.\n    \
-         The waypoint (next step) splits the streams, so that one connection's calls spread over all three."
-    );
     drop(servers);
     Ok(())
+}
+
+/// 300 calls over one new connection from the client pod.
+fn call(lab: &Lab, target: &str) -> Result<serde_json::Value> {
+    lab.run_json(
+        "client",
+        "uuid-client",
+        &[
+            "--connect",
+            target,
+            "--calls",
+            &CALLS.to_string(),
+            "--concurrency",
+            "8",
+        ],
+        Duration::from_secs(60),
+    )
+}
+
+/// "300 calls, 0 errors; whoami-1: 100 (uuid ...), ..."
+fn spread(reply: &serde_json::Value) -> String {
+    let pods: Vec<String> = reply["by_pod"]
+        .as_object()
+        .map(|m| m.iter().map(|(pod, n)| format!("{pod} {n}")).collect())
+        .unwrap_or_default();
+    let uuids: Vec<String> = reply["by_uuid"]
+        .as_object()
+        .map(|m| m.keys().map(|u| u[..8.min(u.len())].to_string()).collect())
+        .unwrap_or_default();
+    format!(
+        "{} calls, {} errors; answered by {} (UUIDs {}...)",
+        reply["calls"],
+        reply["errors"],
+        pods.join(", "),
+        uuids.join("..., ")
+    )
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask setup`: makes a fresh machine ready to build and test Weft, and is quick when
 //! it already is. The recipe for bpf-linker follows ../shared/DESIGN.md: it links against the
 //! nightly toolchain's own libLLVM, through a prefix of two symlinks kept where it lasts.
+//! The Python gRPC tests get grpcio in a virtualenv of their own, pinned by
+//! tests/python/requirements.txt, so the machine's Python is left as it is.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+use crate::workspace;
 
 /// Debian packages the tests and benches use, by the command that shows each is there.
 const PACKAGES: &[(&str, &str)] = &[
@@ -20,6 +24,7 @@ pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    python_grpc()?;
     Ok(())
 }
 
@@ -139,5 +144,84 @@ fn debian_packages() -> Result<()> {
     if !status.success() {
         bail!("apt-get install {} failed", missing.join(" "));
     }
+    Ok(())
+}
+
+/// The virtualenv of the Python gRPC tests. Beside the LLVM prefix: it lasts as long as the
+/// home directory, so a second setup finds it.
+fn python_venv() -> PathBuf {
+    std::env::home_dir()
+        .map(|home| home.join(".local/share/weft/py"))
+        .unwrap_or_else(|| workspace::root().join("target/weft-py"))
+}
+
+/// The Python of the tests' virtualenv, where `import grpc` works once setup has run. The
+/// end-to-end tests find it in `WEFT_PYTHON`.
+pub fn python() -> PathBuf {
+    python_venv().join("bin").join("python3")
+}
+
+/// Creates the virtualenv and installs the pinned requirements into it, unless it already
+/// holds exactly them: the requirements it was last given are kept beside it, so that a
+/// changed pin installs again, and a current one costs one `import grpc`.
+fn python_grpc() -> Result<()> {
+    let venv = python_venv();
+    let python = python();
+    let requirements = workspace::root().join("tests/python/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join("weft-requirements.txt");
+    let imports = || quiet(Command::new(&python).args(["-c", "import grpc"]));
+    if std::fs::read_to_string(&stamp).is_ok_and(|had| had == wanted) && imports() {
+        return Ok(());
+    }
+    if !quiet(Command::new(&python).arg("--version")) {
+        println!("==> python3 -m venv {}", venv.display());
+        // --clear: a virtualenv whose base Python went away is rebuilt, not patched.
+        let out = Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
+            .output()
+            .context("running python3 (the Python gRPC tests need python3 with venv)")?;
+        if !out.status.success() {
+            bail!(
+                "python3 -m venv {} failed (on Debian the venv module is the python3-venv package): {}",
+                venv.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    println!(
+        "==> pip install -r {} (into {})",
+        requirements.display(),
+        venv.display()
+    );
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements)
+        .status()
+        .with_context(|| format!("running {} -m pip", python.display()))?;
+    if !status.success() {
+        bail!(
+            "pip install -r {} into {} failed ({status}): the Python gRPC tests need grpcio; pip's output is above",
+            requirements.display(),
+            venv.display()
+        );
+    }
+    if !imports() {
+        bail!(
+            "pip installed {} but `import grpc` still fails with {}",
+            requirements.display(),
+            python.display()
+        );
+    }
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }

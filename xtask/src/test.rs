@@ -14,6 +14,8 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     }
     setup::run()?;
     workspace::build()?;
+    // The tests that drive grpcio run this Python. SAFETY: single-threaded here, as in build.
+    unsafe { std::env::set_var("WEFT_PYTHON", setup::python()) };
     weft_lab::down_all();
     let mut unit = vec![
         "test",

@@ -13,6 +13,7 @@
 
 mod auth;
 mod client;
+mod enrol;
 mod server;
 
 #[cfg(test)]
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use auth::{AuthError, NodeAuthenticator, TokenFile};
 pub use client::{CaClient, CaSource};
+pub use enrol::{EnrolError, Enrolled, Enrolment};
 pub use server::CaServer;
 
 use crate::identity::{IdentityError, SpiffeId, SpiffeIdError};

@@ -4,8 +4,9 @@
 //! Two sources feed the model: a directory of manifests ([`DirSource`], [`watch_dir`]) for
 //! the lab and the tests, and later the Kubernetes API. Both hand each object to
 //! [`parse_value`] (or, for objects that arrive already typed, [`namespace_info`],
-//! [`pod_info`] and [`service_info`]), so a manifest means the same thing whichever way it
-//! arrives, and an invalid one is rejected with the same message.
+//! [`pod_info`], [`service_info`] and [`service_account_info`]), so a manifest means the
+//! same thing whichever way it arrives, and an invalid one is rejected with the same
+//! message.
 //!
 //! Files:
 //! - `model.rs`: the typed model and the questions the agent asks of it;
@@ -13,6 +14,8 @@
 //! - `parse.rs`: one Kubernetes object in, one model entry (or a clear error) out;
 //! - `security/`: Istio's AuthorizationPolicy and PeerAuthentication, parsed and validated
 //!   (what they mean at run time is `crate::policy`'s business);
+//! - `traffic/`: Istio's VirtualService and DestinationRule, parsed and validated, and
+//!   which of them apply to a Service (what they do is the waypoint's business);
 //! - `error.rs`: how a rejection names the file, document, object and field;
 //! - `dir.rs`: the directory source, with last-good-per-file semantics;
 //! - `watch.rs`: inotify plus a periodic resync, publishing on a watch channel.
@@ -24,6 +27,7 @@
 //! [`namespace_info`]: crate::config::namespace_info
 //! [`pod_info`]: crate::config::pod_info
 //! [`service_info`]: crate::config::service_info
+//! [`service_account_info`]: crate::config::service_account_info
 
 mod dir;
 mod error;
@@ -31,20 +35,32 @@ mod model;
 mod parse;
 mod protocol;
 mod security;
+mod traffic;
 mod watch;
+mod waypoint;
 
 pub use dir::DirSource;
 pub use error::{ConfigError, InvalidObject};
 pub use model::{
-    Model, NamespaceInfo, NodeInfo, Object, ObjectKey, PodInfo, ServiceInfo, ServicePortInfo,
+    Model, NamespaceInfo, NodeInfo, Object, ObjectKey, PodInfo, ServiceAccountInfo, ServiceInfo,
+    ServicePortInfo,
 };
-pub use parse::{namespace_info, node_info, parse_value, pod_info, service_info};
+pub use parse::{
+    namespace_info, node_info, parse_value, pod_info, service_account_info, service_info,
+};
 pub use protocol::{AppProtocol, detect_protocol};
 pub use security::{
     AuthorizationPolicyInfo, AuthzAction, Cidr, Condition, InvalidCidr, MtlsMode, Operation,
     PeerAuthenticationInfo, Rule, Source, TargetRef, condition_keys,
 };
+pub use traffic::{
+    ConnectionPool, DestinationRuleInfo, HashKey, HttpMatch, HttpRoute, LOAD_BALANCER_ANNOTATION,
+    LoadBalancer, MatchRegex, OutlierDetection, RETRY_BUDGET_MIN_ANNOTATION,
+    RETRY_BUDGET_PERCENT_ANNOTATION, RetryBudget, RetryOn, RetryPolicy, RouteDestination,
+    StringMatch, Subset, TrafficPolicy, VirtualServiceInfo, parse_duration,
+};
 pub use watch::{ErrorsReceiver, ModelReceiver, RESYNC_INTERVAL, watch_dir};
+pub use waypoint::WaypointRef;
 
 /// Namespace label that enrols the namespace's pods in the mesh, with the value
 /// [`AMBIENT`]. On a pod, the value [`NONE`] opts that pod out.

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use super::protocol::AppProtocol;
 use super::security::{AuthorizationPolicyInfo, PeerAuthenticationInfo};
+use super::traffic::{DestinationRuleInfo, VirtualServiceInfo};
 use super::{AMBIENT, AMBIENT_LABEL, ISTIO_AMBIENT_LABEL, NONE};
 
 /// A namespace and its labels, which decide enrolment.
@@ -81,6 +82,14 @@ pub struct ServiceInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A ServiceAccount: its labels can bind a waypoint to the pods that run as it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceAccountInfo {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A Node: where the tunnel reaches the node's agent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeInfo {
@@ -100,6 +109,9 @@ pub enum Object {
     Service(ServiceInfo),
     AuthorizationPolicy(AuthorizationPolicyInfo),
     PeerAuthentication(PeerAuthenticationInfo),
+    ServiceAccount(ServiceAccountInfo),
+    VirtualService(VirtualServiceInfo),
+    DestinationRule(DestinationRuleInfo),
 }
 
 /// What identifies an object: two objects with the same key are the same object.
@@ -154,6 +166,21 @@ impl Object {
                 namespace: Some(policy.namespace.clone()),
                 name: policy.name.clone(),
             },
+            Object::ServiceAccount(account) => ObjectKey {
+                kind: "ServiceAccount",
+                namespace: Some(account.namespace.clone()),
+                name: account.name.clone(),
+            },
+            Object::VirtualService(vs) => ObjectKey {
+                kind: "VirtualService",
+                namespace: Some(vs.namespace.clone()),
+                name: vs.name.clone(),
+            },
+            Object::DestinationRule(dr) => ObjectKey {
+                kind: "DestinationRule",
+                namespace: Some(dr.namespace.clone()),
+                name: dr.name.clone(),
+            },
         }
     }
 }
@@ -168,6 +195,9 @@ pub struct Model {
     pub services: BTreeMap<(String, String), ServiceInfo>,
     pub authorization_policies: BTreeMap<(String, String), AuthorizationPolicyInfo>,
     pub peer_authentications: BTreeMap<(String, String), PeerAuthenticationInfo>,
+    pub service_accounts: BTreeMap<(String, String), ServiceAccountInfo>,
+    pub virtual_services: BTreeMap<(String, String), VirtualServiceInfo>,
+    pub destination_rules: BTreeMap<(String, String), DestinationRuleInfo>,
 }
 
 impl Model {
@@ -192,6 +222,18 @@ impl Model {
                 let key = (policy.namespace.clone(), policy.name.clone());
                 self.peer_authentications.insert(key, policy).is_some()
             }
+            Object::ServiceAccount(account) => {
+                let key = (account.namespace.clone(), account.name.clone());
+                self.service_accounts.insert(key, account).is_some()
+            }
+            Object::VirtualService(vs) => {
+                let key = (vs.namespace.clone(), vs.name.clone());
+                self.virtual_services.insert(key, vs).is_some()
+            }
+            Object::DestinationRule(dr) => {
+                let key = (dr.namespace.clone(), dr.name.clone());
+                self.destination_rules.insert(key, dr).is_some()
+            }
         }
     }
 
@@ -205,6 +247,9 @@ impl Model {
             "Service" => self.services.remove(&namespaced()).is_some(),
             "AuthorizationPolicy" => self.authorization_policies.remove(&namespaced()).is_some(),
             "PeerAuthentication" => self.peer_authentications.remove(&namespaced()).is_some(),
+            "ServiceAccount" => self.service_accounts.remove(&namespaced()).is_some(),
+            "VirtualService" => self.virtual_services.remove(&namespaced()).is_some(),
+            "DestinationRule" => self.destination_rules.remove(&namespaced()).is_some(),
             _ => false,
         }
     }
@@ -428,6 +473,59 @@ mod tests {
         assert!(m.remove(&ap_key));
         assert!(m.remove(&pa_key));
         assert!(!m.remove(&pa_key));
+        assert_eq!(m, Model::default());
+    }
+
+    #[test]
+    fn traffic_objects_and_service_accounts_insert_and_remove_by_key() {
+        use crate::config::TrafficPolicy;
+        let mut m = Model::default();
+        let objects = [
+            Object::ServiceAccount(ServiceAccountInfo {
+                namespace: "shop".into(),
+                name: "cart".into(),
+                labels: labels(&[("weft.dev/use-waypoint", "wp")]),
+            }),
+            Object::VirtualService(VirtualServiceInfo {
+                namespace: "shop".into(),
+                name: "cart".into(),
+                hosts: vec!["cart".into()],
+                http: vec![],
+            }),
+            Object::DestinationRule(DestinationRuleInfo {
+                namespace: "shop".into(),
+                name: "cart".into(),
+                host: "cart".into(),
+                traffic_policy: TrafficPolicy::default(),
+                subsets: vec![],
+                retry_budget: None,
+            }),
+        ];
+        let keys: Vec<_> = objects.iter().map(|o| o.key().to_string()).collect();
+        assert_eq!(
+            keys,
+            [
+                "ServiceAccount shop/cart",
+                "VirtualService shop/cart",
+                "DestinationRule shop/cart"
+            ]
+        );
+        for object in &objects {
+            assert!(!m.insert(object.clone()));
+            assert!(m.insert(object.clone()));
+        }
+        assert_eq!(
+            (
+                m.service_accounts.len(),
+                m.virtual_services.len(),
+                m.destination_rules.len()
+            ),
+            (1, 1, 1)
+        );
+        for object in &objects {
+            assert!(m.remove(&object.key()));
+            assert!(!m.remove(&object.key()));
+        }
         assert_eq!(m, Model::default());
     }
 

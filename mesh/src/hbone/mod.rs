@@ -14,7 +14,7 @@ mod stream;
 use std::time::Duration;
 
 pub use client::{Pool, PoolKey, PoolStats};
-pub use server::{ConnectRequest, Opener, Refusal, serve};
+pub use server::{ConnectRequest, Opener, Refusal, serve, splice};
 pub use stream::H2Stream;
 
 /// The HBONE port.

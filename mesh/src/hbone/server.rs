@@ -40,23 +40,41 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// Decides on each CONNECT and opens the destination.
+/// Decides on each CONNECT, opens the destination, and carries the stream's bytes.
 pub trait Opener: Send + Sync + 'static {
-    type Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// What `open` hands to `carry`: a dialled socket for an agent, a routing decision
+    /// for a waypoint that serves HTTP/2 inside the tunnel itself.
+    type Opened: Send + 'static;
     /// What the opener makes of a peer's certificates, worked out once per TLS connection
     /// (parsing X.509 for every stream would cost more than the stream).
     type Peer: Send + Sync + 'static;
 
     fn identify(&self, certificates: &[CertificateDer<'static>]) -> Self::Peer;
 
+    /// Accepts (the stream is then answered 200) or refuses the CONNECT.
     fn open(
         &self,
         request: ConnectRequest,
         peer: &Self::Peer,
-    ) -> impl Future<Output = Result<Self::Upstream, Refusal>> + Send;
+    ) -> impl Future<Output = Result<Self::Opened, Refusal>> + Send;
 
-    /// Called when a tunnelled stream ends, with bytes (to the destination, from it).
-    fn closed(&self, _request: &ConnectRequest, _peer: &Self::Peer, _sent: u64, _received: u64) {}
+    /// Runs the accepted stream to its end ([`splice`] it to a socket, for example).
+    fn carry(
+        &self,
+        request: ConnectRequest,
+        peer: &Self::Peer,
+        tunnel: H2Stream,
+        opened: Self::Opened,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Copies both ways between a tunnelled stream and a socket until both sides finish.
+/// Returns bytes (to the socket, from it); an error ends both directions.
+pub async fn splice(
+    tunnel: &mut H2Stream,
+    upstream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) -> std::io::Result<(u64, u64)> {
+    tokio::io::copy_bidirectional_with_sizes(tunnel, upstream, COPY_BUFFER, COPY_BUFFER).await
 }
 
 /// Accepts tunnel connections on `listener` until `shutdown` completes.
@@ -170,8 +188,8 @@ async fn stream<O: Opener>(
         authority,
         forwarded_for,
     };
-    let mut upstream = match opener.open(connect.clone(), &identity).await {
-        Ok(upstream) => upstream,
+    let opened = match opener.open(connect.clone(), &identity).await {
+        Ok(opened) => opened,
         Err(refusal) => {
             tracing::info!(%peer, %authority, status = refusal.status, reason = %refusal.reason, "tunnel refused");
             reply(
@@ -188,22 +206,8 @@ async fn stream<O: Opener>(
             return;
         }
     };
-    let mut tunnel = H2Stream::new(send, request.into_body(), None);
-    let (sent, received) = match tokio::io::copy_bidirectional_with_sizes(
-        &mut tunnel,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
-    {
-        Ok((to_destination, from_destination)) => (to_destination, from_destination),
-        Err(err) => {
-            tracing::debug!(%peer, %authority, %err, "tunnelled stream ended with an error");
-            (0, 0)
-        }
-    };
-    opener.closed(&connect, &identity, sent, received);
+    let tunnel = H2Stream::new(send, request.into_body(), None);
+    opener.carry(connect, &identity, tunnel, opened).await;
 }
 
 /// The first `for=` node of a `Forwarded` header (RFC 7239), as an IP address.

@@ -14,16 +14,20 @@ use weft_lab::{Lab, LabSpec};
 
 use crate::{setup, workspace};
 
+mod waypoint;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Scenario {
     /// eBPF capture and the same-node splice (issue: foundation).
     Capture,
     /// The mutual-TLS tunnel across nodes: throughput, latency, connection rate, agent memory.
     Tunnel,
+    /// Unary gRPC direct, through L4 only, and through the waypoint.
+    Waypoint,
 }
 
 /// Interleaved rounds per figure (WEFT_BENCH_ROUNDS overrides, for quick looks).
-fn rounds() -> usize {
+pub(crate) fn rounds() -> usize {
     std::env::var("WEFT_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -41,6 +45,7 @@ pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
     let figures = match scenario {
         Scenario::Capture => capture()?,
         Scenario::Tunnel => tunnel()?,
+        Scenario::Waypoint => waypoint::run()?,
     };
     let text = serde_json::to_string_pretty(&Value::Object(figures))?;
     println!("{text}");
@@ -63,7 +68,7 @@ fn capture_spec() -> LabSpec {
         .with_pod("mesh-c", "mesh", 2, &[])
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -192,7 +197,7 @@ fn capture() -> Result<Map<String, Value>> {
     Ok(figures)
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -219,7 +224,7 @@ fn status_mb(pid: u32, field: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn rss_mb(pid: u32) -> Option<f64> {
+pub(crate) fn rss_mb(pid: u32) -> Option<f64> {
     status_mb(pid, "VmRSS:")
 }
 

@@ -1,0 +1,560 @@
+//! End-to-end: the waypoint, with real agents, a real CA and real gRPC servers in the lab.
+//! One client, one HTTP/2 connection, and its calls spread per call over the backends;
+//! routing, retries, outlier detection, consistent hashing, streaming and error statuses,
+//! configured with Istio YAML. Needs root.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use weft_lab::{Guarded, Lab, LabSpec, ServicePort, ServiceSpec};
+
+const WAYPOINT: &str = "wp";
+const NS: &str = "app";
+/// Bound to the waypoint.
+const SERVICE: &str = "10.96.0.10:50051";
+/// The same backends, not bound: L4 only.
+const DIRECT: &str = "10.96.0.11:50051";
+const BACKENDS: [&str; 3] = ["b1", "b2", "b3"];
+
+fn grpc_service(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        namespace: NS.into(),
+        cluster_ip: ip.into(),
+        selector: vec![("app".into(), "whoami".into())],
+        ports: vec![ServicePort {
+            name: "grpc-api".into(),
+            port: 50051,
+            target_port: 50051,
+            app_protocol: None,
+        }],
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// Two nodes: the waypoint and the client on node 1, backends b1 (node 1, v1), b2 (node 2,
+/// v1) and b3 (node 2, v2).
+fn lab(name: &str) -> Result<Lab> {
+    let spec = LabSpec::new(name, 2)
+        .with_namespace(NS, true)
+        .with_waypoint(WAYPOINT, NS, 1)
+        .with_pod("client", NS, 1, &[("app", "client")])
+        .with_pod("b1", NS, 1, &[("app", "whoami"), ("version", "v1")])
+        .with_pod("b2", NS, 2, &[("app", "whoami"), ("version", "v1")])
+        .with_pod("b3", NS, 2, &[("app", "whoami"), ("version", "v2")])
+        .with_service(grpc_service(
+            "whoami",
+            [10, 96, 0, 10],
+            &[("weft.dev/use-waypoint", WAYPOINT)],
+        ))
+        .with_service(grpc_service("whoami-direct", [10, 96, 0, 11], &[]));
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
+    Ok(lab)
+}
+
+/// Starts the Whoami server in each backend, with per-backend flags; returns the guards and
+/// each backend's UUID.
+fn backends(
+    lab: &Lab,
+    flags: &[(&str, &[&str])],
+) -> Result<(Vec<Guarded>, BTreeMap<String, String>)> {
+    let mut guards = Vec::new();
+    let mut uuids = BTreeMap::new();
+    for pod in BACKENDS {
+        let mut args = vec!["--listen", "0.0.0.0:50051"];
+        for (who, extra) in flags {
+            if *who == pod {
+                args.extend_from_slice(extra);
+            }
+        }
+        guards.push(lab.serve(pod, "uuid-server", &args)?);
+        uuids.insert(pod.to_string(), server_uuid(lab, pod)?);
+    }
+    Ok((guards, uuids))
+}
+
+/// The UUID a backend printed when it started.
+fn server_uuid(lab: &Lab, pod: &str) -> Result<String> {
+    let log = lab
+        .dir
+        .join("logs")
+        .join(format!("{pod}-uuid-server-listen.log"));
+    let text =
+        std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"listen\""))
+        .context("no listen line")?;
+    let v: Value = serde_json::from_str(line)?;
+    Ok(v["uuid"].as_str().context("no uuid")?.to_string())
+}
+
+/// Runs uuid-client in the client pod; errors allowed, the report returned.
+fn calls(lab: &Lab, target: &str, calls: u64, extra: &[&str]) -> Result<Value> {
+    let url = format!("http://{target}");
+    let calls = calls.to_string();
+    let mut args = vec![
+        "--connect",
+        &url,
+        "--calls",
+        &calls,
+        "--concurrency",
+        "8",
+        "--allow-errors",
+    ];
+    args.extend_from_slice(extra);
+    lab.run_json("client", "uuid-client", &args, Duration::from_secs(120))
+}
+
+fn count(report: &Value, map: &str, key: &str) -> u64 {
+    report[map][key].as_u64().unwrap_or(0)
+}
+
+/// The waypoint's metrics: the sum of the series of `name` whose labels contain `labels`.
+fn waypoint_metric(lab: &Lab, name: &str, labels: &[&str]) -> Result<f64> {
+    let (status, text) = lab.waypoint_get(WAYPOINT, 15020, "/metrics")?;
+    if status != 200 {
+        bail!("waypoint /metrics answered {status}");
+    }
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Writes Istio YAML and waits until the waypoint acts on it (the directory watch is
+/// quick, but a test must not race it).
+fn apply(lab: &Lab, file: &str, yaml: &str) -> Result<()> {
+    lab.write_manifest(file, yaml)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    Ok(())
+}
+
+fn fail(lab: &Lab, what: String) -> anyhow::Error {
+    let log = lab.waypoint_log(WAYPOINT);
+    let lines: Vec<&str> = log.lines().collect();
+    anyhow::anyhow!(
+        "{what}\nwaypoint log:\n{}",
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    )
+}
+
+#[test]
+fn one_connection_spreads_over_every_backend() -> Result<()> {
+    let lab = lab("wl-wp-spread")?;
+    let (_servers, uuids) = backends(&lab, &[])?;
+    let report = calls(&lab, SERVICE, 3000, &[])?;
+    if count(&report, "by_status", "OK") != 3000 {
+        return Err(fail(&lab, format!("not every call succeeded: {report}")));
+    }
+    for (pod, uuid) in &uuids {
+        let n = count(&report, "by_uuid", uuid);
+        if !(900..=1100).contains(&n) {
+            return Err(fail(
+                &lab,
+                format!("{pod} got {n} of 3000 calls, not 1000 ± 10%: {report}"),
+            ));
+        }
+    }
+    // The same client and backends without the waypoint: one connection, one backend.
+    let report = calls(&lab, DIRECT, 300, &[])?;
+    let by_uuid = report["by_uuid"].as_object().context("by_uuid")?;
+    assert_eq!(
+        by_uuid.len(),
+        1,
+        "L4 alone should pin the connection: {report}"
+    );
+    lab.down()
+}
+
+#[test]
+fn canary_split_and_header_route() -> Result<()> {
+    let lab = lab("wl-wp-canary")?;
+    let (_servers, uuids) = backends(&lab, &[])?;
+    apply(
+        &lab,
+        "canary.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: whoami, namespace: app }
+spec:
+  host: whoami
+  subsets:
+  - name: v1
+    labels: { version: v1 }
+  - name: v2
+    labels: { version: v2 }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: whoami, namespace: app }
+spec:
+  hosts: [whoami]
+  http:
+  - match:
+    - headers:
+        x-canary: { exact: "true" }
+    route:
+    - destination: { host: whoami, subset: v2 }
+  - route:
+    - destination: { host: whoami, subset: v1 }
+      weight: 90
+    - destination: { host: whoami, subset: v2 }
+      weight: 10
+"#,
+    )?;
+    let report = calls(&lab, SERVICE, 5000, &[])?;
+    let v2 = count(&report, "by_uuid", &uuids["b3"]);
+    if count(&report, "by_status", "OK") != 5000 || !(350..=650).contains(&v2) {
+        return Err(fail(
+            &lab,
+            format!("v2 got {v2} of 5000, not 10% ± 3%: {report}"),
+        ));
+    }
+    let report = calls(&lab, SERVICE, 300, &["--header", "x-canary=true"])?;
+    if count(&report, "by_uuid", &uuids["b3"]) != 300 {
+        return Err(fail(
+            &lab,
+            format!("x-canary: true should reach v2 only: {report}"),
+        ));
+    }
+    lab.down()
+}
+
+#[test]
+fn retries_recover_cut_slow_tries_and_stop_at_the_budget() -> Result<()> {
+    let lab = lab("wl-wp-retry")?;
+    apply(
+        &lab,
+        "retry.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: whoami, namespace: app }
+spec:
+  hosts: [whoami.app.svc.cluster.local]
+  http:
+  - route:
+    - destination: { host: whoami }
+    retries:
+      attempts: 3
+      perTryTimeout: 300ms
+      retryOn: unavailable,5xx
+"#,
+    )?;
+    // b1 fails the first try of every call: retries (on another backend) recover them.
+    {
+        let (_servers, _) = backends(&lab, &[("b1", &["--fail-first", "1"])])?;
+        let report = calls(&lab, SERVICE, 60, &["--unique-key", "--concurrency", "1"])?;
+        let retries = waypoint_metric(&lab, "weft_waypoint_retries_total", &[])?;
+        if count(&report, "by_status", "OK") != 60 || retries < 15.0 {
+            return Err(fail(
+                &lab,
+                format!("retries ({retries}) should recover every call: {report}"),
+            ));
+        }
+    }
+    // One backend takes 3 s: its tries are cut at 300 ms and retried elsewhere.
+    {
+        let (_servers, uuids) = backends(&lab, &[("b3", &["--delay-ms", "3000"])])?;
+        let started = Instant::now();
+        let report = calls(&lab, SERVICE, 60, &[])?;
+        if count(&report, "by_status", "OK") != 60 || count(&report, "by_uuid", &uuids["b3"]) != 0 {
+            return Err(fail(
+                &lab,
+                format!("slow tries should be cut and retried: {report}"),
+            ));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    // Every backend always fails: 3 retries per call would quadruple the load; a budget
+    // of 20% of requests (and no minimum rate) stops that.
+    apply(
+        &lab,
+        "budget.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: whoami
+  namespace: app
+  annotations:
+    weft.dev/retry-budget-percent: "20"
+    weft.dev/retry-budget-min-per-second: "0"
+spec:
+  host: whoami
+"#,
+    )?;
+    {
+        let before = waypoint_metric(&lab, "weft_waypoint_retries_total", &[])?;
+        let args: &[&str] = &["--fail-percent", "100", "--fail-status", "14"];
+        let (_servers, _) = backends(&lab, &[("b1", args), ("b2", args), ("b3", args)])?;
+        let report = calls(&lab, SERVICE, 200, &["--concurrency", "4"])?;
+        let retries = waypoint_metric(&lab, "weft_waypoint_retries_total", &[])? - before;
+        let refused = waypoint_metric(&lab, "weft_waypoint_retries_refused_total", &[])?;
+        if count(&report, "by_status", "Unavailable") != 200
+            || retries > 0.2 * 200.0 + 5.0
+            || refused < 100.0
+        {
+            return Err(fail(
+                &lab,
+                format!("budget: {retries} retries, {refused} refused: {report}"),
+            ));
+        }
+    }
+    lab.down()
+}
+
+#[test]
+fn outlier_detection_ejects_and_returns_a_backend() -> Result<()> {
+    let lab = lab("wl-wp-outlier")?;
+    apply(
+        &lab,
+        "outlier.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: whoami, namespace: app }
+spec:
+  hosts: [whoami]
+  http:
+  - route:
+    - destination: { host: whoami }
+    retries: { attempts: 0 }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: whoami, namespace: app }
+spec:
+  host: whoami
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 3
+      interval: 1s
+      baseEjectionTime: 4s
+      maxEjectionPercent: 50
+"#,
+    )?;
+    let (_servers, uuids) = backends(
+        &lab,
+        &[("b3", &["--fail-percent", "100", "--fail-status", "14"])],
+    )?;
+    let report = calls(&lab, SERVICE, 300, &["--concurrency", "1"])?;
+    let failed = count(&report, "by_status", "Unavailable");
+    if !(3..=4).contains(&failed)
+        || waypoint_metric(&lab, "weft_waypoint_outlier_ejections_total", &[])? < 1.0
+    {
+        return Err(fail(
+            &lab,
+            format!("b3 should be ejected after 3 failures: {report}"),
+        ));
+    }
+    let b3 = lab.pod("b3").ip.to_string();
+    let attempts =
+        |lab: &Lab| waypoint_metric(lab, "weft_waypoint_upstream_attempts_total", &[&b3]);
+    let during = attempts(&lab)?;
+    calls(&lab, SERVICE, 100, &["--concurrency", "1"])?;
+    assert_eq!(attempts(&lab)?, during, "an ejected backend got calls");
+    std::thread::sleep(Duration::from_secs(5));
+    let report = calls(&lab, SERVICE, 30, &["--concurrency", "1"])?;
+    if attempts(&lab)? <= during {
+        return Err(fail(
+            &lab,
+            format!(
+                "b3 ({}) should be back after baseEjectionTime: {report}",
+                uuids["b3"]
+            ),
+        ));
+    }
+    lab.down()
+}
+
+#[test]
+fn consistent_hash_keeps_each_user_on_one_backend() -> Result<()> {
+    let lab = lab("wl-wp-hash")?;
+    apply(
+        &lab,
+        "hash.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: whoami, namespace: app }
+spec:
+  host: whoami
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: { httpHeaderName: x-user-id }
+"#,
+    )?;
+    let (_servers, _) = backends(&lab, &[])?;
+    let report = calls(&lab, SERVICE, 600, &["--header-cycle", "x-user-id=user:30"])?;
+    let users = report["by_header"].as_object().context("by_header")?;
+    assert_eq!(users.len(), 30, "{report}");
+    let mut used = std::collections::BTreeSet::new();
+    for (user, spread) in users {
+        let spread = spread.as_object().context("spread")?;
+        if spread.len() != 1 {
+            return Err(fail(
+                &lab,
+                format!("{user} reached {} backends: {report}", spread.len()),
+            ));
+        }
+        used.extend(spread.keys().cloned());
+    }
+    assert!(
+        used.len() >= 2,
+        "30 users should not all hash to one backend: {report}"
+    );
+    lab.down()
+}
+
+#[test]
+fn streams_pass_in_order_and_big_messages_intact() -> Result<()> {
+    let lab = lab("wl-wp-stream")?;
+    let (_servers, _) = backends(&lab, &[])?;
+    let url = format!("http://{SERVICE}");
+    for args in [
+        vec![
+            "echo",
+            "--connect",
+            &url,
+            "--messages",
+            "10000",
+            "--size",
+            "100",
+        ],
+        vec!["big", "--connect", &url, "--bytes", "4194304"],
+        vec![
+            "upload",
+            "--connect",
+            &url,
+            "--messages",
+            "2000",
+            "--size",
+            "1000",
+        ],
+        vec![
+            "download",
+            "--connect",
+            &url,
+            "--messages",
+            "2000",
+            "--size",
+            "1000",
+        ],
+    ] {
+        let report = lab
+            .run_json("client", "grpc-stream", &args, Duration::from_secs(120))
+            .map_err(|e| fail(&lab, format!("grpc-stream {args:?}: {e:#}")))?;
+        assert_eq!(report["ok"], true, "{args:?}: {report}");
+    }
+    lab.down()
+}
+
+#[test]
+fn clients_get_real_statuses_when_backends_fail() -> Result<()> {
+    let lab = lab("wl-wp-status")?;
+    apply(
+        &lab,
+        "timeout.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: whoami, namespace: app }
+spec:
+  hosts: [whoami]
+  http:
+  - match:
+    - headers:
+        x-slow: { exact: "yes" }
+    route:
+    - destination: { host: whoami }
+    timeout: 300ms
+  - route:
+    - destination: { host: whoami }
+"#,
+    )?;
+    {
+        let (_servers, _) = backends(&lab, &[])?;
+        // The route's timeout, and the client's own deadline (grpc-timeout).
+        let started = Instant::now();
+        let report = calls(
+            &lab,
+            SERVICE,
+            20,
+            &["--header", "x-slow=yes", "--header", "x-delay-ms=2000"],
+        )?;
+        assert_eq!(
+            count(&report, "by_status", "DeadlineExceeded"),
+            20,
+            "{report}"
+        );
+        let report = calls(
+            &lab,
+            SERVICE,
+            20,
+            &["--deadline-ms", "200", "--header", "x-delay-ms=2000"],
+        )?;
+        assert_eq!(
+            count(&report, "by_status", "DeadlineExceeded"),
+            20,
+            "{report}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
+        let report = calls(&lab, SERVICE, 20, &[])?;
+        assert_eq!(count(&report, "by_status", "OK"), 20, "{report}");
+    }
+    // The servers are gone (guards dropped): every call is UNAVAILABLE, promptly.
+    let started = Instant::now();
+    let report = calls(&lab, SERVICE, 20, &[])?;
+    if count(&report, "by_status", "Unavailable") != 20 {
+        return Err(fail(&lab, format!("with every backend down: {report}")));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    lab.down()
+}
+
+#[test]
+fn python_grpcio_client_spreads_through_the_waypoint() -> Result<()> {
+    let python = std::env::var("WEFT_PYTHON").context(
+        "WEFT_PYTHON is not set: run the tests with `cargo xtask test`, which installs grpcio",
+    )?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/whoami_client.py");
+    let lab = lab("wl-wp-python")?;
+    let (_servers, uuids) = backends(&lab, &[])?;
+    let report = lab.run_json(
+        "client",
+        &python,
+        &[script, "--target", SERVICE, "--calls", "600"],
+        Duration::from_secs(120),
+    )?;
+    assert_eq!(report["ok"], 600, "{report}");
+    for uuid in uuids.values() {
+        let n = report["by_uuid"][uuid].as_u64().unwrap_or(0);
+        assert!((150..=250).contains(&n), "{uuid}: {n} of 600: {report}");
+    }
+    lab.down()
+}

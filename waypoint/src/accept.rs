@@ -1,0 +1,156 @@
+//! The waypoint's HBONE server side. A source agent opens one CONNECT stream per client
+//! connection, addressed to the Service's cluster IP and port. If that port carries gRPC or
+//! HTTP/2, the waypoint speaks HTTP/2 as a server inside the stream and hands each call to
+//! the proxy on its own; any other port is carried at L4, to an endpoint the Service's
+//! balancer picks.
+
+use std::{convert::Infallible, sync::Arc};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
+use weft_mesh::{
+    config::{AppProtocol, Model, WaypointRef},
+    hbone::{ConnectRequest, H2Stream, Opener, Refusal, splice},
+    identity::{SpiffeId, peer_identity},
+};
+
+use crate::{
+    cluster::{Cluster, ClusterKey},
+    proxy::{Called, Proxy},
+};
+
+pub struct Accept {
+    pub proxy: Arc<Proxy>,
+    pub model: watch::Receiver<Arc<Model>>,
+    pub trust_domain: String,
+    /// This waypoint: it serves the Services bound to it and no others.
+    pub waypoint: WaypointRef,
+    /// HTTP/2 flow-control window of each call, towards the client.
+    pub window: u32,
+}
+
+pub enum Opened {
+    Http(Arc<Called>),
+    Tcp(Arc<Cluster>),
+}
+
+fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+impl Opener for Accept {
+    type Opened = Opened;
+    type Peer = Result<SpiffeId, String>;
+
+    fn identify(&self, certificates: &[CertificateDer<'static>]) -> Self::Peer {
+        peer_identity(certificates).map_err(|e| e.to_string())
+    }
+
+    async fn open(&self, request: ConnectRequest, peer: &Self::Peer) -> Result<Opened, Refusal> {
+        let peer = peer
+            .as_ref()
+            .map_err(|e| refuse(401, format!("peer identity: {e}")))?;
+        if peer.trust_domain() != self.trust_domain {
+            return Err(refuse(
+                401,
+                format!("{peer} is not in trust domain {}", self.trust_domain),
+            ));
+        }
+        let model = self.model.borrow().clone();
+        let target = request.authority;
+        let service = model
+            .service_by_ip(target.ip())
+            .filter(|s| model.service_waypoint(s).as_ref() == Some(&self.waypoint))
+            .ok_or_else(|| {
+                refuse(
+                    503,
+                    format!("{target} is no Service bound to this waypoint"),
+                )
+            })?;
+        let port = service
+            .ports
+            .iter()
+            .find(|p| p.port == target.port())
+            .ok_or_else(|| {
+                refuse(
+                    503,
+                    format!(
+                        "Service {}/{} has no port {}",
+                        service.namespace,
+                        service.name,
+                        target.port()
+                    ),
+                )
+            })?;
+        let client_ip = request.forwarded_for.unwrap_or(request.peer.ip());
+        match port.protocol {
+            AppProtocol::Grpc | AppProtocol::Http2 => Ok(Opened::Http(Arc::new(Called {
+                namespace: service.namespace.clone(),
+                service: service.name.clone(),
+                port: port.port,
+                client_ip,
+            }))),
+            AppProtocol::Tcp => {
+                let key = ClusterKey {
+                    namespace: service.namespace.clone(),
+                    service: service.name.clone(),
+                    subset: None,
+                    port: port.port,
+                };
+                Ok(Opened::Tcp(self.proxy.clusters.get(&model, service, &key)))
+            }
+        }
+    }
+
+    async fn carry(
+        &self,
+        request: ConnectRequest,
+        _peer: &Self::Peer,
+        mut tunnel: H2Stream,
+        opened: Opened,
+    ) {
+        match opened {
+            Opened::Http(called) => {
+                let proxy = self.proxy.clone();
+                let service = hyper::service::service_fn(move |call| {
+                    let (proxy, called) = (proxy.clone(), called.clone());
+                    async move { Ok::<_, Infallible>(proxy.handle(called, call).await) }
+                });
+                let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .initial_stream_window_size(self.window)
+                    .initial_connection_window_size(self.window.saturating_mul(4))
+                    .max_frame_size(64 * 1024)
+                    .serve_connection(TokioIo::new(tunnel), service)
+                    .await;
+                if let Err(err) = served {
+                    tracing::debug!(peer = %request.peer, %err, "client HTTP/2 connection ended");
+                }
+            }
+            Opened::Tcp(cluster) => {
+                let Some(endpoint) = cluster.pick(None, None) else {
+                    tracing::info!(cluster = %cluster.key, "no healthy endpoint for an L4 connection");
+                    return;
+                };
+                match self
+                    .proxy
+                    .dialer
+                    .stream(endpoint.address, endpoint.node)
+                    .await
+                {
+                    Ok(mut upstream) => {
+                        if let Err(err) = splice(&mut tunnel, &mut upstream).await {
+                            tracing::debug!(endpoint = %endpoint.address, %err, "L4 stream ended with an error");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::info!(endpoint = %endpoint.address, %err, "L4 upstream unreachable");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! A cluster: the endpoints one route destination leads to (a Service, or one subset of it,
+//! on one port), with the DestinationRule's policy for them. It picks an endpoint for each
+//! attempt (the balancer), keeps the ejections of outlier detection within
+//! `maxEjectionPercent`, limits the requests and retries in flight (`http2MaxRequests`,
+//! `maxRetries`), and keeps the retry budget.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{Hash, Hasher},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use weft_mesh::{
+    config::{LoadBalancer, Model, RetryBudget, ServiceInfo, TrafficPolicy},
+    hbone,
+};
+
+use crate::{
+    budget::Budget,
+    endpoint::{Ejection, Endpoint, Outcome},
+    upstream::Limits,
+};
+
+/// What a cluster is: a Service, a subset of it, and the service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterKey {
+    pub namespace: String,
+    pub service: String,
+    pub subset: Option<String>,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.service, self.port)?;
+        if let Some(subset) = &self.subset {
+            write!(f, "#{subset}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The policy a cluster applies, resolved from its DestinationRule (subset fields override
+/// the rule's top-level ones, as in Istio).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub balancer: LoadBalancer,
+    pub limits: Limits,
+    pub max_requests: Option<usize>,
+    pub max_retries: Option<usize>,
+    pub ejection: Option<Ejection>,
+    pub budget: RetryBudget,
+}
+
+/// With no rule: round robin, and Envoy's default retry budget (20%, at least 3/s here
+/// expressed per second over the budget's window).
+pub const DEFAULT_BUDGET: RetryBudget = RetryBudget {
+    percent: 20.0,
+    min_per_second: 10,
+};
+
+impl Policy {
+    pub fn resolve(
+        top: &TrafficPolicy,
+        subset: Option<&TrafficPolicy>,
+        budget: Option<&RetryBudget>,
+    ) -> Policy {
+        let balancer = subset
+            .and_then(|s| s.load_balancer.clone())
+            .or_else(|| top.load_balancer.clone())
+            .unwrap_or(LoadBalancer::RoundRobin);
+        let pool = |f: fn(&TrafficPolicy) -> Option<u32>| subset.and_then(f).or_else(|| f(top));
+        let dur = |f: fn(&TrafficPolicy) -> Option<Duration>| subset.and_then(f).or_else(|| f(top));
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_connections: pool(|p| p.connection_pool.max_connections)
+                .map_or(defaults.max_connections, |n| n.max(1) as usize),
+            max_streams: pool(|p| p.connection_pool.max_concurrent_streams)
+                .map_or(defaults.max_streams, |n| n.max(1) as usize),
+            max_requests_per_connection: pool(|p| p.connection_pool.max_requests_per_connection)
+                .filter(|n| *n > 0)
+                .map(u64::from),
+            idle_timeout: dur(|p| p.connection_pool.idle_timeout)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(defaults.idle_timeout),
+            connect_timeout: dur(|p| p.connection_pool.connect_timeout)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(defaults.connect_timeout),
+        };
+        let outlier = subset
+            .and_then(|s| s.outlier_detection.clone())
+            .or_else(|| top.outlier_detection.clone());
+        Policy {
+            balancer,
+            limits,
+            max_requests: pool(|p| p.connection_pool.http2_max_requests).map(|n| n as usize),
+            max_retries: pool(|p| p.connection_pool.max_retries).map(|n| n as usize),
+            ejection: outlier.map(|o| Ejection {
+                consecutive_5xx: o.consecutive_5xx_errors,
+                consecutive_gateway: o.consecutive_gateway_errors,
+                interval: o.interval,
+                base_time: o.base_ejection_time,
+                max_percent: o.max_ejection_percent,
+            }),
+            budget: budget.cloned().unwrap_or(DEFAULT_BUDGET),
+        }
+    }
+}
+
+pub struct Cluster {
+    pub key: ClusterKey,
+    pub policy: Policy,
+    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    next: AtomicUsize,
+    pub active: AtomicUsize,
+    pub retries_active: AtomicUsize,
+    pub budget: Mutex<Budget>,
+}
+
+/// A request slot within `http2MaxRequests`, released when dropped.
+pub struct Admission(Arc<Cluster>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A retry slot within `maxRetries`, released when dropped.
+pub struct RetrySlot(Arc<Cluster>);
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.0.retries_active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Cluster {
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Admits a request unless `http2MaxRequests` are already in flight.
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let now = self.active.fetch_add(1, Ordering::AcqRel);
+        if self.policy.max_requests.is_some_and(|max| now >= max) {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admission(self.clone()))
+    }
+
+    /// Takes a retry slot if `maxRetries` allows and the budget has room.
+    pub fn retry(self: &Arc<Self>) -> Option<RetrySlot> {
+        let now = self.retries_active.fetch_add(1, Ordering::AcqRel);
+        let slot = RetrySlot(self.clone());
+        if self.policy.max_retries.is_some_and(|max| now >= max) {
+            return None;
+        }
+        let allowed = self
+            .budget
+            .lock()
+            .is_ok_and(|mut b| b.try_retry(&self.policy.budget, Instant::now()));
+        allowed.then_some(slot)
+    }
+
+    pub fn count_request(&self) {
+        if let Ok(mut b) = self.budget.lock() {
+            b.request(Instant::now());
+        }
+    }
+
+    /// Picks an endpoint for an attempt: a healthy one by the balancer, avoiding `avoid`
+    /// (the previous attempt's) when another is healthy, as Istio's retry host predicate does.
+    pub fn pick(&self, hash: Option<u64>, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+        let all = self.endpoints();
+        let now = Instant::now();
+        let mut healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.ejected(now)).collect();
+        if healthy.len() > 1
+            && let Some(avoid) = avoid
+        {
+            healthy.retain(|e| e.address != avoid);
+        }
+        if healthy.is_empty() {
+            return None;
+        }
+        let chosen = match (&self.policy.balancer, hash) {
+            (LoadBalancer::ConsistentHash(_), Some(hash)) => rendezvous(&healthy, hash),
+            (LoadBalancer::Random, _) => healthy[rand::rng().random_range(0..healthy.len())],
+            (LoadBalancer::LeastRequest, _) => two_choices(&healthy, |e| e.in_flight() as f64),
+            (LoadBalancer::PeakEwma, _) => two_choices(&healthy, Endpoint::cost),
+            _ => healthy[self.next.fetch_add(1, Ordering::Relaxed) % healthy.len()],
+        };
+        Some(chosen.clone())
+    }
+
+    /// Counts an attempt's outcome, and ejects the endpoint if it crossed a threshold and
+    /// fewer than `maxEjectionPercent` of the endpoints are out.
+    pub fn report(&self, endpoint: &Endpoint, outcome: Outcome) -> Option<Duration> {
+        let rules = self.policy.ejection.as_ref()?;
+        if !endpoint.record(outcome, rules) {
+            return None;
+        }
+        let all = self.endpoints();
+        let now = Instant::now();
+        let out = all.iter().filter(|e| e.ejected(now)).count();
+        // Envoy ejects at least one endpoint whatever the percentage says.
+        if out == 0 || out * 100 < rules.max_percent as usize * all.len() {
+            let time = endpoint.eject(rules, now);
+            tracing::info!(cluster = %self.key, endpoint = %endpoint.address, ?time, "outlier ejected");
+            return Some(time);
+        }
+        None
+    }
+}
+
+/// Power of two choices (Mitzenmacher): two endpoints at random, the cheaper wins.
+fn two_choices<'a>(
+    healthy: &[&'a Arc<Endpoint>],
+    cost: impl Fn(&Endpoint) -> f64,
+) -> &'a Arc<Endpoint> {
+    if healthy.len() == 1 {
+        return healthy[0];
+    }
+    let mut rng = rand::rng();
+    let a = rng.random_range(0..healthy.len());
+    let mut b = rng.random_range(0..healthy.len() - 1);
+    if b >= a {
+        b += 1;
+    }
+    if cost(healthy[b]) < cost(healthy[a]) {
+        healthy[b]
+    } else {
+        healthy[a]
+    }
+}
+
+/// Rendezvous (highest random weight) hashing: each key goes to the endpoint with the
+/// highest mix of key and address, so a key stays put unless its endpoint leaves.
+fn rendezvous<'a>(healthy: &[&'a Arc<Endpoint>], key: u64) -> &'a Arc<Endpoint> {
+    healthy
+        .iter()
+        .max_by_key(|e| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            e.address.hash(&mut h);
+            mix(key ^ h.finish())
+        })
+        .copied()
+        .unwrap_or(healthy[0])
+}
+
+/// SplitMix64's finaliser: spreads similar inputs over the whole range.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A stable hash of a consistent-hash key.
+pub fn hash_key(value: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// The clusters of one waypoint, refreshed from the model: an endpoint that stays keeps
+/// its connections, counters and ejection.
+type Built = (Arc<Model>, Arc<Cluster>);
+
+#[derive(Default)]
+pub struct Clusters {
+    /// Each cluster with the model it was built from.
+    by_key: Mutex<HashMap<ClusterKey, Built>>,
+}
+
+impl Clusters {
+    /// The cluster for `key` as `model` describes it.
+    pub fn get(&self, model: &Arc<Model>, service: &ServiceInfo, key: &ClusterKey) -> Arc<Cluster> {
+        let Ok(mut by_key) = self.by_key.lock() else {
+            return Arc::new(build(model, service, key, None));
+        };
+        if let Some((seen, cluster)) = by_key.get(key)
+            && Arc::ptr_eq(seen, model)
+        {
+            return cluster.clone();
+        }
+        let old = by_key.get(key).map(|(_, c)| c.clone());
+        let cluster = Arc::new(build(model, service, key, old.as_deref()));
+        by_key.insert(key.clone(), (model.clone(), cluster.clone()));
+        cluster
+    }
+
+    /// Every cluster, for the admin page and the idle-connection reaper.
+    pub fn all(&self) -> Vec<Arc<Cluster>> {
+        self.by_key
+            .lock()
+            .map(|m| m.values().map(|(_, c)| c.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn build(model: &Model, service: &ServiceInfo, key: &ClusterKey, old: Option<&Cluster>) -> Cluster {
+    let rule = model.destination_rule_for(service);
+    let subset = rule.and_then(|r| {
+        key.subset
+            .as_ref()
+            .and_then(|name| r.subsets.iter().find(|s| &s.name == name))
+    });
+    let default_policy = TrafficPolicy::default();
+    let policy = Policy::resolve(
+        rule.map_or(&default_policy, |r| &r.traffic_policy),
+        subset.and_then(|s| s.traffic_policy.as_ref()),
+        rule.and_then(|r| r.retry_budget.as_ref()),
+    );
+    let subset_labels: BTreeMap<String, String> =
+        subset.map(|s| s.labels.clone()).unwrap_or_default();
+    // A subset named by a route but missing from the rule has no endpoints (Envoy: no cluster).
+    let unknown_subset = key.subset.is_some() && subset.is_none();
+    let target_port = service
+        .ports
+        .iter()
+        .find(|p| p.port == key.port)
+        .map(|p| p.target_port.unwrap_or(p.port))
+        .unwrap_or(key.port);
+    let previous: HashMap<SocketAddr, Arc<Endpoint>> = old
+        .map(|c| {
+            c.endpoints()
+                .iter()
+                .map(|e| (e.address, e.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let endpoints: Vec<Arc<Endpoint>> = model
+        .endpoints(service)
+        .filter(|pod| {
+            !unknown_subset
+                && subset_labels
+                    .iter()
+                    .all(|(k, v)| pod.labels.get(k) == Some(v))
+        })
+        .filter_map(|pod| {
+            let address = SocketAddr::new(pod.ip?, target_port);
+            let node = model.nodes.get(pod.node_name.as_deref()?)?.internal_ip?;
+            Some(previous.get(&address).cloned().unwrap_or_else(|| {
+                Arc::new(Endpoint::new(address, SocketAddr::new(node, hbone::PORT)))
+            }))
+        })
+        .collect();
+    let same_policy = old.is_some_and(|o| o.policy == policy);
+    Cluster {
+        key: key.clone(),
+        policy,
+        endpoints: RwLock::new(Arc::new(endpoints)),
+        next: AtomicUsize::new(old.map_or(0, |o| o.next.load(Ordering::Relaxed))),
+        active: AtomicUsize::new(0),
+        retries_active: AtomicUsize::new(0),
+        budget: Mutex::new(
+            old.filter(|_| same_policy)
+                .and_then(|o| o.budget.lock().ok().map(|b| b.clone()))
+                .unwrap_or_default(),
+        ),
+    }
+}

@@ -1,0 +1,399 @@
+//! One call through the waypoint: route it, admit it into its cluster, then attempt it on
+//! an endpoint the balancer picks, and retry while the route's policy, the replay buffer,
+//! the deadline and the retry budget allow. Errors the waypoint makes are gRPC statuses
+//! for gRPC calls: UNAVAILABLE for no healthy upstream or a failed connection,
+//! DEADLINE_EXCEEDED for a timeout, RESOURCE_EXHAUSTED for an overflowing cluster.
+
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::{HeaderValue, Request, Response, request::Parts};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use rand::Rng;
+use tokio::sync::watch;
+use weft_mesh::config::{HashKey, LoadBalancer, Model, RetryOn};
+
+use crate::{
+    cluster::{Cluster, Clusters, hash_key},
+    endpoint::{Endpoint, Outcome},
+    grpc::{self, Code},
+    metrics::{ClusterLabels, EndpointLabels, Flags, Metrics},
+    replay::Replay,
+    response::{InFlight, Record, ResponseBody, Streaming},
+    route::route,
+    upstream::{Dialer, Lease},
+};
+
+/// The Service (and port) a tunnelled connection was addressed to.
+#[derive(Debug, Clone)]
+pub struct Called {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+    /// The client's address, for `consistentHash.useSourceIp`.
+    pub client_ip: IpAddr,
+}
+
+pub struct Proxy {
+    pub model: watch::Receiver<Arc<Model>>,
+    pub clusters: Clusters,
+    pub dialer: Dialer,
+    pub metrics: Metrics,
+}
+
+/// Why an attempt got no response headers.
+enum Failure {
+    Connect(String),
+    Refused(String),
+    Reset(String),
+    Timeout,
+}
+
+impl Failure {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Failure::Connect(_) => Outcome::ConnectFailure,
+            Failure::Refused(_) | Failure::Reset(_) => Outcome::Reset,
+            Failure::Timeout => Outcome::Timeout,
+        }
+    }
+
+    fn retriable(&self, on: &RetryOn) -> bool {
+        match self {
+            Failure::Connect(_) => on.connect_failure || on.http_5xx || on.gateway_error,
+            Failure::Refused(_) => on.refused_stream || on.reset || on.http_5xx,
+            Failure::Reset(_) => on.reset || on.http_5xx,
+            // Envoy retries a per-try timeout on 5xx and gateway-error.
+            Failure::Timeout => on.http_5xx || on.gateway_error || on.grpc_deadline_exceeded,
+        }
+    }
+}
+
+/// Whether a response's status asks for a retry under `retryOn`.
+fn retry_on_answer(on: &RetryOn, http: u16, grpc: Option<u32>) -> bool {
+    let by_grpc = grpc.is_some_and(|code| match code {
+        1 => on.grpc_cancelled,
+        4 => on.grpc_deadline_exceeded,
+        8 => on.grpc_resource_exhausted,
+        13 => on.grpc_internal,
+        14 => on.grpc_unavailable,
+        _ => false,
+    });
+    by_grpc
+        || (on.http_5xx && http >= 500)
+        || (on.gateway_error && (502..=504).contains(&http))
+        || (on.retriable_status_codes && on.status_codes.contains(&http))
+}
+
+impl Proxy {
+    pub async fn handle(
+        self: Arc<Self>,
+        called: Arc<Called>,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let is_grpc = grpc::is_grpc(request.headers());
+        let model = self.model.borrow().clone();
+        let mut record = Record {
+            metrics: self.metrics.clone(),
+            service: format!("{}/{}", called.namespace, called.service),
+            route: "-".into(),
+            grpc: is_grpc,
+            flags: Flags::default(),
+        };
+        let Some(service) = model
+            .services
+            .get(&(called.namespace.clone(), called.service.clone()))
+        else {
+            return local(
+                record,
+                Code::Unavailable,
+                Flags::NR,
+                "the called Service is gone",
+            );
+        };
+        let (decision, target) = match route(
+            &model,
+            service,
+            called.port,
+            request.uri().path(),
+            request.headers(),
+        ) {
+            Ok(routed) => routed,
+            Err(no) => return local(record, Code::Unimplemented, Flags::NR, &no.0),
+        };
+        record.route = decision.route.clone();
+        let cluster = self.clusters.get(&model, &target, &decision.cluster);
+        let Some(admission) = cluster.admit() else {
+            return local(
+                record,
+                Code::ResourceExhausted,
+                Flags::UO,
+                "http2MaxRequests reached",
+            );
+        };
+        cluster.count_request();
+
+        let deadline = [decision.timeout, grpc::parse_timeout(request.headers())]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| Instant::now() + t);
+        let hash = match &cluster.policy.balancer {
+            LoadBalancer::ConsistentHash(HashKey::Header(name)) => request
+                .headers()
+                .get(name.as_str())
+                .map(|v| hash_key(v.as_bytes())),
+            LoadBalancer::ConsistentHash(HashKey::SourceIp) => {
+                Some(hash_key(called.client_ip.to_string().as_bytes()))
+            }
+            _ => None,
+        };
+        let (parts, body) = request.into_parts();
+        let replay = Replay::new(body);
+        let retries = &decision.retries;
+        let mut avoid = None;
+        let mut retry_slot = None;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let Some(endpoint) = cluster.pick(hash, avoid) else {
+                return local(record, Code::Unavailable, Flags::UH, "no healthy upstream");
+            };
+            avoid = Some(endpoint.address);
+            let now = Instant::now();
+            if deadline.is_some_and(|d| d <= now) {
+                return local(
+                    record,
+                    Code::DeadlineExceeded,
+                    Flags::UT,
+                    "deadline exceeded before an answer",
+                );
+            }
+            let try_deadline = [deadline, retries.per_try_timeout.map(|t| now + t)]
+                .into_iter()
+                .flatten()
+                .min();
+            self.metrics
+                .attempts
+                .get_or_create(&EndpointLabels {
+                    cluster: cluster.key.to_string(),
+                    endpoint: endpoint.address.to_string(),
+                })
+                .inc();
+            let in_flight = InFlight::new(endpoint.clone());
+            let started = Instant::now();
+            let answer = self
+                .attempt(&cluster, &endpoint, &parts, &replay, try_deadline)
+                .await;
+            let (retriable, why) = match &answer {
+                Ok((response, _)) => {
+                    let code = is_grpc.then(|| grpc::status(response.headers())).flatten();
+                    let http = match code {
+                        Some(code) => grpc::as_http_status(code),
+                        None => response.status().as_u16(),
+                    };
+                    (
+                        retry_on_answer(&retries.retry_on, http, code),
+                        Outcome::Status(http),
+                    )
+                }
+                Err(failure) => {
+                    record.flags.set(match failure {
+                        Failure::Connect(_) => Flags::UF,
+                        Failure::Timeout => Flags::UT,
+                        _ => Flags::UR,
+                    });
+                    (failure.retriable(&retries.retry_on), failure.outcome())
+                }
+            };
+            let may_retry = retriable
+                && tries <= retries.attempts
+                && replay.replayable()
+                && deadline.is_none_or(|d| Instant::now() < d);
+            if may_retry {
+                drop(retry_slot.take());
+                match cluster.retry() {
+                    Some(slot) => {
+                        retry_slot = Some(slot);
+                        self.note_failure(&cluster, &endpoint, why);
+                        drop(answer);
+                        drop(in_flight);
+                        self.metrics
+                            .retries
+                            .get_or_create(&ClusterLabels {
+                                cluster: cluster.key.to_string(),
+                            })
+                            .inc();
+                        backoff(tries, deadline).await;
+                        continue;
+                    }
+                    None => {
+                        self.metrics
+                            .retries_refused
+                            .get_or_create(&ClusterLabels {
+                                cluster: cluster.key.to_string(),
+                            })
+                            .inc();
+                        record.flags.set(Flags::URX);
+                    }
+                }
+            } else if retriable && tries > retries.attempts && retries.attempts > 0 {
+                record.flags.set(Flags::URX);
+            }
+            return match answer {
+                Ok((response, lease)) => {
+                    endpoint.observe_latency(started.elapsed());
+                    let (head, inner) = response.into_parts();
+                    if inner.is_end_stream() {
+                        // Trailers-only (or an empty answer): done already.
+                        self.note_failure(&cluster, &endpoint, why);
+                        record.finish(
+                            head.status.as_u16(),
+                            grpc::status(&head.headers),
+                            Flags::default(),
+                        );
+                        return Response::from_parts(head, ResponseBody::Empty);
+                    }
+                    let streaming = Streaming {
+                        inner,
+                        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
+                        record,
+                        cluster: cluster.clone(),
+                        in_flight,
+                        status: head.status.as_u16(),
+                        _lease: lease,
+                        _admission: admission,
+                    };
+                    Response::from_parts(head, ResponseBody::streaming(streaming))
+                }
+                Err(failure) => {
+                    self.note_failure(&cluster, &endpoint, why);
+                    let (code, message) = match &failure {
+                        Failure::Timeout => (
+                            Code::DeadlineExceeded,
+                            "upstream request timeout".to_string(),
+                        ),
+                        Failure::Connect(m) => {
+                            (Code::Unavailable, format!("upstream connect error: {m}"))
+                        }
+                        Failure::Refused(m) | Failure::Reset(m) => {
+                            (Code::Unavailable, format!("upstream reset: {m}"))
+                        }
+                    };
+                    local(record, code, Flags::default(), &message)
+                }
+            };
+        }
+    }
+
+    /// Reports an attempt's outcome to outlier detection, and counts an ejection.
+    fn note_failure(&self, cluster: &Cluster, endpoint: &Endpoint, outcome: Outcome) {
+        if cluster.report(endpoint, outcome).is_some() {
+            self.metrics
+                .ejections
+                .get_or_create(&EndpointLabels {
+                    cluster: cluster.key.to_string(),
+                    endpoint: endpoint.address.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// One attempt: a stream on a connection to `endpoint`, until its response headers.
+    async fn attempt(
+        &self,
+        cluster: &Cluster,
+        endpoint: &Endpoint,
+        parts: &Parts,
+        replay: &Replay,
+        deadline: Option<Instant>,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        let work = async {
+            let dial = self.dialer.dial(endpoint.address, endpoint.node);
+            let (mut send, lease) = endpoint
+                .connections
+                .acquire(&cluster.policy.limits, dial)
+                .await
+                .map_err(|e| Failure::Connect(e.to_string()))?;
+            let mut request = Request::new(replay.body());
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.headers_mut() = parts.headers.clone();
+            if let Some(deadline) = deadline
+                && parts.headers.contains_key(grpc::TIMEOUT)
+            {
+                // Tell the backend how long it really has.
+                let left = deadline.saturating_duration_since(Instant::now());
+                request
+                    .headers_mut()
+                    .insert(grpc::TIMEOUT, grpc::format_timeout(left));
+            }
+            send.ready()
+                .await
+                .map_err(|e| Failure::Connect(e.to_string()))?;
+            match send.send_request(request).await {
+                Ok(response) => Ok((response, lease)),
+                Err(err) => Err(classify(&err)),
+            }
+        };
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), work)
+                .await
+                .unwrap_or(Err(Failure::Timeout)),
+            None => work.await,
+        }
+    }
+}
+
+/// Tells a refused stream (safe to retry anywhere) from other resets.
+fn classify(err: &hyper::Error) -> Failure {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return Failure::Refused(err.to_string());
+        }
+        source = e.source();
+    }
+    Failure::Reset(err.to_string())
+}
+
+/// Envoy's default retry back-off: a random wait below 25 ms × 2^(n-1), at most 250 ms,
+/// and never past the deadline.
+async fn backoff(tries: u32, deadline: Option<Instant>) {
+    let ceiling =
+        Duration::from_millis(25u64 << (tries - 1).min(4)).min(Duration::from_millis(250));
+    let mut wait = Duration::from_micros(rand::rng().random_range(0..ceiling.as_micros() as u64));
+    if let Some(deadline) = deadline {
+        wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+    }
+    tokio::time::sleep(wait).await;
+}
+
+/// An answer of the waypoint's own: a trailers-only gRPC status for a gRPC call, else the
+/// matching HTTP status.
+fn local(mut record: Record, code: Code, flag: Flags, message: &str) -> Response<ResponseBody> {
+    record.flags.set(flag);
+    let response = if record.grpc {
+        grpc::trailers_only(code, message, ResponseBody::Empty)
+    } else {
+        let mut r = Response::new(ResponseBody::Empty);
+        *r.status_mut() = grpc::http_status(code);
+        if let Ok(v) = HeaderValue::from_str(message) {
+            r.headers_mut().insert("x-weft-error", v);
+        }
+        r
+    };
+    record.finish(
+        response.status().as_u16(),
+        record.grpc.then_some(code as u32),
+        Flags::default(),
+    );
+    tracing::debug!(service = %record.service, %message, "answered locally");
+    response
+}

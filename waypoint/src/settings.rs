@@ -1,0 +1,78 @@
+//! The waypoint's configuration: one typed struct, read once at start from flags and the
+//! environment (the Deployment's downward API gives the pod's namespace and IP).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use weft_mesh::ca::Enrolment;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "weft-waypoint",
+    version,
+    about = "Weft's L7 waypoint: per-call gRPC routing and balancing"
+)]
+pub struct Settings {
+    /// Directory of Kubernetes manifests (the lab's and the tests' configuration source).
+    #[arg(long, env = "WEFT_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+
+    /// The waypoint's name: workloads bind to it with `weft.dev/use-waypoint=<name>`.
+    #[arg(long, env = "WEFT_WAYPOINT_NAME")]
+    pub name: String,
+
+    /// The waypoint's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+
+    /// The service account the waypoint runs as (default: its name, as Istio names them).
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+
+    /// The pod's own address, which node agents see as the client of its calls.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: std::net::IpAddr,
+
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// The certificate authority.
+    #[arg(long, env = "WEFT_CA_ADDRESS")]
+    pub ca_address: SocketAddr,
+    #[arg(long, env = "WEFT_CA_TOKEN_FILE")]
+    pub ca_token_file: PathBuf,
+    #[arg(long, env = "WEFT_TRUST_BUNDLE")]
+    pub trust_bundle: PathBuf,
+    #[arg(long, default_value_t = 86_400)]
+    pub cert_ttl_seconds: u64,
+
+    /// The node agents' identity, which upstream tunnels must present.
+    #[arg(long, default_value = "weft-system")]
+    pub agent_namespace: String,
+    #[arg(long, default_value = "weft-agent")]
+    pub agent_service_account: String,
+
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    pub hbone_address: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15000")]
+    pub admin_address: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_address: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub ready_address: SocketAddr,
+
+    /// HTTP/2 flow-control window of each call, both towards clients and backends.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub window: u32,
+}
+
+impl Settings {
+    pub fn enrolment(&self) -> Enrolment {
+        Enrolment {
+            ca: self.ca_address,
+            token_file: self.ca_token_file.clone(),
+            trust_bundle: self.trust_bundle.clone(),
+            ttl: Duration::from_secs(self.cert_ttl_seconds),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The waypoint's connections to backends. Each is HTTP/2 inside one HBONE stream to the
+//! backend's node agent, which hands it to the pod, so the backend sees an ordinary h2c
+//! connection and the node agent still enforces L4 policy with the waypoint's identity.
+//!
+//! An endpoint keeps a few such connections and spreads calls over them. A connection
+//! takes calls up to the stream limit (`http.maxConcurrentStreams`, at most the backend's
+//! own SETTINGS_MAX_CONCURRENT_STREAMS, which h2 enforces by queueing) and up to
+//! `http.maxRequestsPerConnection`; past that the endpoint dials another, up to
+//! `tcp.maxConnections`. Connections idle longer than `http.idleTimeout` are closed.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use weft_mesh::hbone::{H2Stream, Pool, PoolKey};
+
+use crate::replay::ReplayBody;
+
+/// The limits a cluster puts on each endpoint's connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_streams: usize,
+    pub max_requests_per_connection: Option<u64>,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_streams: 100,
+            max_requests_per_connection: None,
+            // Istio's default idle timeout for upstream HTTP connections.
+            idle_timeout: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Connection {
+    send: SendRequest<ReplayBody>,
+    active: AtomicUsize,
+    served: AtomicU64,
+    idle_since: Mutex<Instant>,
+}
+
+/// One endpoint's connections.
+#[derive(Default)]
+pub struct Connections {
+    open: Mutex<Vec<Arc<Connection>>>,
+    dialling: tokio::sync::Mutex<()>,
+}
+
+/// A call's hold on a connection's stream slot, released when dropped.
+pub struct Lease(Arc<Connection>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Ok(mut idle) = self.0.idle_since.lock()
+        {
+            *idle = Instant::now();
+        }
+    }
+}
+
+impl Connections {
+    /// A connection with a free stream slot, if one is open.
+    fn pick(&self, limits: &Limits, overflow: bool) -> Option<(SendRequest<ReplayBody>, Lease)> {
+        let mut open = self.open.lock().ok()?;
+        open.retain(|c| !c.send.is_closed());
+        let usable = |c: &&Arc<Connection>| {
+            limits
+                .max_requests_per_connection
+                .is_none_or(|max| c.served.load(Ordering::Relaxed) < max)
+        };
+        let best = open
+            .iter()
+            .filter(usable)
+            .min_by_key(|c| c.active.load(Ordering::Relaxed))?;
+        if !overflow && best.active.load(Ordering::Relaxed) >= limits.max_streams {
+            return None;
+        }
+        best.active.fetch_add(1, Ordering::AcqRel);
+        best.served.fetch_add(1, Ordering::Relaxed);
+        Some((best.send.clone(), Lease(best.clone())))
+    }
+
+    /// A stream slot on an open connection, or on a new one from `dial`.
+    pub async fn acquire<F>(
+        &self,
+        limits: &Limits,
+        dial: F,
+    ) -> io::Result<(SendRequest<ReplayBody>, Lease)>
+    where
+        F: Future<Output = io::Result<SendRequest<ReplayBody>>>,
+    {
+        if let Some(lease) = self.pick(limits, false) {
+            return Ok(lease);
+        }
+        let _dialling = self.dialling.lock().await;
+        if let Some(lease) = self.pick(limits, false) {
+            return Ok(lease);
+        }
+        let count = self.open.lock().map(|o| o.len()).unwrap_or(0);
+        if count >= limits.max_connections {
+            // At the connection limit: share the least busy one; h2 queues what the
+            // backend's stream limit does not admit yet.
+            return self
+                .pick(limits, true)
+                .ok_or_else(|| io::Error::other("no usable connection within tcp.maxConnections"));
+        }
+        let send = tokio::time::timeout(limits.connect_timeout, dial)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let connection = Arc::new(Connection {
+            send: send.clone(),
+            active: AtomicUsize::new(1),
+            served: AtomicU64::new(1),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        if let Ok(mut open) = self.open.lock() {
+            open.push(connection.clone());
+        }
+        Ok((send, Lease(connection)))
+    }
+
+    /// Closes connections without calls for longer than `idle` (dropping the last sender
+    /// ends the connection).
+    pub fn reap(&self, idle: Duration) {
+        let now = Instant::now();
+        if let Ok(mut open) = self.open.lock() {
+            open.retain(|c| {
+                !c.send.is_closed()
+                    && (c.active.load(Ordering::Relaxed) > 0
+                        || c.idle_since
+                            .lock()
+                            .is_ok_and(|t| now.duration_since(*t) < idle))
+            });
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.lock().map(|o| o.len()).unwrap_or(0)
+    }
+}
+
+/// Opens HTTP/2 connections to pods through their node agents.
+pub struct Dialer {
+    pub pool: Arc<Pool>,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The waypoint's identity: connections are pooled per source identity.
+    pub identity: String,
+    /// The address the node agent sees as the client (`Forwarded: for=`): the waypoint's,
+    /// because one upstream connection carries the calls of many clients.
+    pub source_ip: IpAddr,
+    pub window: u32,
+}
+
+impl Dialer {
+    /// A byte stream to `pod`, tunnelled through its node agent at `node`.
+    pub async fn stream(&self, pod: SocketAddr, node: SocketAddr) -> io::Result<H2Stream> {
+        let key = PoolKey {
+            source: self.identity.clone(),
+            destination: node,
+        };
+        let tls = self.tls.clone();
+        Ok(self.pool.connect(&key, || tls, pod, self.source_ip).await?)
+    }
+
+    /// A new HTTP/2 connection to `pod`.
+    pub async fn dial(
+        &self,
+        pod: SocketAddr,
+        node: SocketAddr,
+    ) -> io::Result<SendRequest<ReplayBody>> {
+        let stream = self.stream(pod, node).await?;
+        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(self.window)
+            .initial_connection_window_size(self.window.saturating_mul(4))
+            .max_frame_size(64 * 1024)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%pod, ?err, "upstream connection ended");
+            }
+        });
+        Ok(send)
+    }
+}

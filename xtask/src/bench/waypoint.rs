@@ -1,0 +1,193 @@
+//! `bench waypoint`: unary gRPC with 1 KiB requests and replies, over one HTTP/2 connection
+//! from a client on node 1, measured three ways in one run, interleaved:
+//! - direct: a client outside the mesh calls a server outside the mesh (pod to pod);
+//! - l4: a meshed client calls a meshed Service without a waypoint (agents, HBONE);
+//! - waypoint: the same through the waypoint, which balances each call over 3 backends.
+//!
+//! Maximum rate at fixed concurrency for each; latency at a fixed 1000 calls/s for direct
+//! and waypoint; and the waypoint's memory and CPU while it serves those 1000 calls/s.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, Result};
+use serde_json::{Map, Value};
+use weft_lab::{Lab, LabSpec, ServicePort, ServiceSpec};
+
+use super::{median, round3, rounds, rss_mb};
+
+const CONCURRENCY: &str = "32";
+const MAX_CALLS: &str = "20000";
+const RATE: &str = "1000";
+const RATE_CALLS: &str = "5000";
+
+fn service(name: &str, ns: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        namespace: ns.into(),
+        cluster_ip: ip.into(),
+        selector: vec![("app".into(), "whoami".into())],
+        ports: vec![ServicePort {
+            name: "grpc".into(),
+            port: 50051,
+            target_port: 50051,
+            app_protocol: None,
+        }],
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn spec() -> LabSpec {
+    LabSpec::new("wl-bench-wp", 2)
+        .with_namespace("plain", false)
+        .with_namespace("mesh", true)
+        .with_pod("plain-client", "plain", 1, &[])
+        .with_pod("plain-server", "plain", 2, &[("app", "whoami")])
+        .with_waypoint("wp", "mesh", 1)
+        .with_pod("client", "mesh", 1, &[])
+        .with_pod("m1", "mesh", 1, &[("app", "whoami")])
+        .with_pod("m2", "mesh", 2, &[("app", "whoami")])
+        .with_pod("m3", "mesh", 2, &[("app", "whoami")])
+        .with_service(service(
+            "whoami",
+            "mesh",
+            [10, 96, 0, 20],
+            &[("weft.dev/use-waypoint", "wp")],
+        ))
+        .with_service(service("whoami-l4", "mesh", [10, 96, 0, 21], &[]))
+}
+
+/// Process CPU time (user + system) in seconds, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+fn load(lab: &Lab, client: &str, target: &str, extra: &[&str]) -> Result<Value> {
+    let url = format!("http://{target}");
+    let mut args = vec![
+        "--connect",
+        &url,
+        "--request-bytes",
+        "1024",
+        "--reply-bytes",
+        "1024",
+    ];
+    args.extend_from_slice(extra);
+    let out = lab.run_json(client, "uuid-client", &args, Duration::from_secs(180))?;
+    Ok(out)
+}
+
+pub fn run() -> Result<Map<String, Value>> {
+    let mut lab = Lab::up(spec())?;
+    lab.start_agents()?;
+    lab.start_waypoint("wp", &[])?;
+    let mut servers = Vec::new();
+    for pod in ["plain-server", "m1", "m2", "m3"] {
+        servers.push(lab.serve(pod, "uuid-server", &["--listen", "0.0.0.0:50051"])?);
+    }
+    let direct = format!("{}:50051", lab.pod("plain-server").ip);
+    let cases = [
+        ("direct", "plain-client", direct.as_str()),
+        ("l4", "client", "10.96.0.21:50051"),
+        ("waypoint", "client", "10.96.0.20:50051"),
+    ];
+    let pid = lab
+        .waypoint_pid("wp")
+        .context("the waypoint is not running")?;
+    // Warm up every path (connections, certificates, the waypoint's pools).
+    for (_, client, target) in cases {
+        load(
+            &lab,
+            client,
+            target,
+            &["--calls", "2000", "--concurrency", CONCURRENCY],
+        )?;
+    }
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for round in 1..=rounds() {
+        eprintln!("==> round {round} of {}", rounds());
+        for (name, client, target) in cases {
+            let out = load(
+                &lab,
+                client,
+                target,
+                &["--calls", MAX_CALLS, "--concurrency", CONCURRENCY],
+            )?;
+            let ok = out["by_status"]["OK"].as_f64().unwrap_or(0.0);
+            let seconds = out["seconds"].as_f64().context("no seconds")?;
+            let rps = ok / seconds;
+            eprintln!("    {name}_rps: {rps:.0}");
+            samples.entry(format!("{name}_rps")).or_default().push(rps);
+        }
+        for (name, client, target) in [cases[0], cases[2]] {
+            let cpu_before = cpu_seconds(pid).unwrap_or(0.0);
+            let out = load(
+                &lab,
+                client,
+                target,
+                &[
+                    "--calls",
+                    RATE_CALLS,
+                    "--concurrency",
+                    CONCURRENCY,
+                    "--rate",
+                    RATE,
+                ],
+            )?;
+            let seconds = out["seconds"].as_f64().context("no seconds")?;
+            let p50 = out["latency_ms"]["p50"].as_f64().context("no p50")?;
+            let p99 = out["latency_ms"]["p99"].as_f64().context("no p99")?;
+            eprintln!("    {name} at {RATE}/s: p50 {p50:.3} ms, p99 {p99:.3} ms");
+            samples
+                .entry(format!("{name}_p50_ms"))
+                .or_default()
+                .push(p50);
+            if name == "waypoint" {
+                samples
+                    .entry("waypoint_p99_ms".into())
+                    .or_default()
+                    .push(p99);
+                let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
+                let rate = out["calls"].as_f64().unwrap_or(0.0) / seconds;
+                samples
+                    .entry("waypoint_cpu_per_1000rps".into())
+                    .or_default()
+                    .push(cpu / seconds / (rate / 1000.0));
+                samples
+                    .entry("waypoint_rss_mb".into())
+                    .or_default()
+                    .push(rss_mb(pid).unwrap_or(0.0));
+            }
+        }
+    }
+    let mut figures = Map::new();
+    for (key, values) in &samples {
+        figures.insert(key.clone(), Value::from(round3(median(values.clone()))));
+    }
+    let direct_p50 = median(samples["direct_p50_ms"].clone());
+    let waypoint_p50 = median(samples["waypoint_p50_ms"].clone());
+    figures.insert(
+        "waypoint_added_p50_ms_at_1000rps".into(),
+        Value::from(round3(waypoint_p50 - direct_p50)),
+    );
+    let (direct, waypoint) = (
+        median(samples["direct_rps"].clone()),
+        median(samples["waypoint_rps"].clone()),
+    );
+    figures.insert(
+        "waypoint_rps_ratio".into(),
+        Value::from(round3(waypoint / direct)),
+    );
+    drop(servers);
+    lab.down()?;
+    Ok(figures)
+}
