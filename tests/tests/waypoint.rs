@@ -107,10 +107,11 @@ fn calls(lab: &Lab, target: &str, calls: u64, extra: &[&str]) -> Result<Value> {
         &url,
         "--calls",
         &calls,
-        "--concurrency",
-        "8",
         "--allow-errors",
     ];
+    if !extra.contains(&"--concurrency") {
+        args.extend_from_slice(&["--concurrency", "8"]);
+    }
     args.extend_from_slice(extra);
     lab.run_json("client", "uuid-client", &args, Duration::from_secs(120))
 }
