@@ -102,13 +102,7 @@ fn server_uuid(lab: &Lab, pod: &str) -> Result<String> {
 fn calls(lab: &Lab, target: &str, calls: u64, extra: &[&str]) -> Result<Value> {
     let url = format!("http://{target}");
     let calls = calls.to_string();
-    let mut args = vec![
-        "--connect",
-        &url,
-        "--calls",
-        &calls,
-        "--allow-errors",
-    ];
+    let mut args = vec!["--connect", &url, "--calls", &calls, "--allow-errors"];
     if !extra.contains(&"--concurrency") {
         args.extend_from_slice(&["--concurrency", "8"]);
     }

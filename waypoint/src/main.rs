@@ -44,10 +44,11 @@ fn main() -> ExitCode {
         )
         .init();
     let settings = Settings::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if settings.worker_threads > 0 {
+        runtime.worker_threads(settings.worker_threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("weft-waypoint: cannot start the runtime: {err}");

@@ -64,6 +64,10 @@ pub struct Settings {
     /// HTTP/2 flow-control window of each call, both towards clients and backends.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub window: u32,
+
+    /// Worker threads (Envoy's `--concurrency`); 0 means one per core.
+    #[arg(long, env = "WEFT_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 }
 
 impl Settings {

@@ -89,7 +89,8 @@ fn load(lab: &Lab, client: &str, target: &str, extra: &[&str]) -> Result<Value> 
 pub fn run() -> Result<Map<String, Value>> {
     let mut lab = Lab::up(spec())?;
     lab.start_agents()?;
-    lab.start_waypoint("wp", &[])?;
+    let threads = std::env::var("WEFT_WAYPOINT_THREADS").unwrap_or_else(|_| "0".into());
+    lab.start_waypoint("wp", &["--worker-threads", &threads])?;
     let mut servers = Vec::new();
     for pod in ["plain-server", "m1", "m2", "m3"] {
         servers.push(lab.serve(pod, "uuid-server", &["--listen", "0.0.0.0:50051"])?);
