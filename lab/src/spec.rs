@@ -162,6 +162,29 @@ impl LabSpec {
 /// The label that selects a waypoint's pods for its Service.
 pub const WAYPOINT_LABEL: &str = "weft.dev/waypoint";
 
+impl ServiceSpec {
+    /// The lab's gRPC Service: port 50051 named `grpc-api`, selecting `app=whoami`, with
+    /// `labels` on the Service itself (`weft.dev/use-waypoint`, say).
+    pub fn whoami(name: &str, namespace: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> Self {
+        ServiceSpec {
+            name: name.into(),
+            namespace: namespace.into(),
+            cluster_ip: ip.into(),
+            selector: vec![("app".into(), "whoami".into())],
+            ports: vec![ServicePort {
+                name: "grpc-api".into(),
+                port: 50051,
+                target_port: 50051,
+                app_protocol: None,
+            }],
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
 pub fn node_name(node: usize) -> String {
     format!("node-{node}")
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use weft_lab::{Guarded, Lab, LabSpec, ServicePort, ServiceSpec};
+use weft_lab::{Guarded, Lab, LabSpec, ServiceSpec};
 
 const WAYPOINT: &str = "wp";
 const NS: &str = "app";
@@ -19,25 +19,6 @@ const SERVICE: &str = "10.96.0.10:50051";
 /// The same backends, not bound: L4 only.
 const DIRECT: &str = "10.96.0.11:50051";
 const BACKENDS: [&str; 3] = ["b1", "b2", "b3"];
-
-fn grpc_service(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> ServiceSpec {
-    ServiceSpec {
-        name: name.into(),
-        namespace: NS.into(),
-        cluster_ip: ip.into(),
-        selector: vec![("app".into(), "whoami".into())],
-        ports: vec![ServicePort {
-            name: "grpc-api".into(),
-            port: 50051,
-            target_port: 50051,
-            app_protocol: None,
-        }],
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
 
 /// Two nodes: the waypoint and the client on node 1, backends b1 (node 1, v1), b2 (node 2,
 /// v1) and b3 (node 2, v2).
@@ -49,12 +30,18 @@ fn lab(name: &str) -> Result<Lab> {
         .with_pod("b1", NS, 1, &[("app", "whoami"), ("version", "v1")])
         .with_pod("b2", NS, 2, &[("app", "whoami"), ("version", "v1")])
         .with_pod("b3", NS, 2, &[("app", "whoami"), ("version", "v2")])
-        .with_service(grpc_service(
+        .with_service(ServiceSpec::whoami(
             "whoami",
+            NS,
             [10, 96, 0, 10],
             &[("weft.dev/use-waypoint", WAYPOINT)],
         ))
-        .with_service(grpc_service("whoami-direct", [10, 96, 0, 11], &[]));
+        .with_service(ServiceSpec::whoami(
+            "whoami-direct",
+            NS,
+            [10, 96, 0, 11],
+            &[],
+        ));
     let mut lab = Lab::up(spec)?;
     lab.start_agents()?;
     lab.start_waypoint(WAYPOINT, &[])?;

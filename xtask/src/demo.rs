@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use weft_lab::{Lab, LabSpec, ServicePort, ServiceSpec};
+use weft_lab::{Lab, LabSpec, ServiceSpec};
 
 use crate::{setup, workspace};
 
@@ -37,25 +37,6 @@ fn check_interrupt() -> Result<()> {
     Ok(())
 }
 
-fn whoami(name: &str, ip: Ipv4Addr, labels: &[(&str, &str)]) -> ServiceSpec {
-    ServiceSpec {
-        name: name.into(),
-        namespace: "demo".into(),
-        cluster_ip: ip,
-        selector: vec![("app".into(), "whoami".into())],
-        ports: vec![ServicePort {
-            name: "grpc-api".into(),
-            port: 50051,
-            target_port: 50051,
-            app_protocol: Some("grpc".into()),
-        }],
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
 pub fn spec() -> LabSpec {
     LabSpec::new("wl-demo", 2)
         .with_namespace("demo", true)
@@ -64,12 +45,18 @@ pub fn spec() -> LabSpec {
         .with_pod("whoami-2", "demo", 2, &[("app", "whoami")])
         .with_pod("whoami-3", "demo", 2, &[("app", "whoami")])
         .with_pod("client", "demo", 1, &[("app", "client")])
-        .with_service(whoami(
+        .with_service(ServiceSpec::whoami(
             "whoami",
-            SERVICE_IP,
+            "demo",
+            SERVICE_IP.octets(),
             &[("weft.dev/use-waypoint", "waypoint")],
         ))
-        .with_service(whoami("whoami-l4", L4_IP, &[]))
+        .with_service(ServiceSpec::whoami(
+            "whoami-l4",
+            "demo",
+            L4_IP.octets(),
+            &[],
+        ))
 }
 
 pub fn run() -> Result<()> {

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
-use weft_lab::{Lab, LabSpec, ServicePort, ServiceSpec};
+use weft_lab::{Lab, LabSpec, ServiceSpec};
 
 use super::{median, round3, rounds, rss_mb};
 
@@ -19,25 +19,6 @@ const CONCURRENCY: &str = "32";
 const MAX_CALLS: &str = "20000";
 const RATE: &str = "1000";
 const RATE_CALLS: &str = "5000";
-
-fn service(name: &str, ns: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> ServiceSpec {
-    ServiceSpec {
-        name: name.into(),
-        namespace: ns.into(),
-        cluster_ip: ip.into(),
-        selector: vec![("app".into(), "whoami".into())],
-        ports: vec![ServicePort {
-            name: "grpc".into(),
-            port: 50051,
-            target_port: 50051,
-            app_protocol: None,
-        }],
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
 
 fn spec() -> LabSpec {
     LabSpec::new("wl-bench-wp", 2)
@@ -50,13 +31,18 @@ fn spec() -> LabSpec {
         .with_pod("m1", "mesh", 1, &[("app", "whoami")])
         .with_pod("m2", "mesh", 2, &[("app", "whoami")])
         .with_pod("m3", "mesh", 2, &[("app", "whoami")])
-        .with_service(service(
+        .with_service(ServiceSpec::whoami(
             "whoami",
             "mesh",
             [10, 96, 0, 20],
             &[("weft.dev/use-waypoint", "wp")],
         ))
-        .with_service(service("whoami-l4", "mesh", [10, 96, 0, 21], &[]))
+        .with_service(ServiceSpec::whoami(
+            "whoami-l4",
+            "mesh",
+            [10, 96, 0, 21],
+            &[],
+        ))
 }
 
 /// Process CPU time (user + system) in seconds, from /proc/PID/stat.
