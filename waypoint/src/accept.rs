@@ -4,7 +4,7 @@
 //! the proxy on its own; any other port is carried at L4, to an endpoint the Service's
 //! balancer picks.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::CertificateDer;
@@ -33,6 +33,12 @@ pub struct Accept {
 pub enum Opened {
     Http(Arc<Called>),
     Tcp(Arc<Cluster>),
+    /// Traffic to a pod's own address (a workload bound by its service account or pod
+    /// label): carried at L4 to that pod.
+    Pod {
+        address: SocketAddr,
+        node: SocketAddr,
+    },
 }
 
 fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
@@ -62,6 +68,21 @@ impl Opener for Accept {
         }
         let model = self.model.borrow().clone();
         let target = request.authority;
+        if let Some(pod) = model
+            .pod_by_ip(target.ip())
+            .filter(|pod| model.workload_waypoint(pod).as_ref() == Some(&self.waypoint))
+        {
+            let node = pod
+                .node_name
+                .as_deref()
+                .and_then(|n| model.nodes.get(n))
+                .and_then(|n| n.internal_ip)
+                .ok_or_else(|| refuse(503, format!("no node address for pod {}", pod.name)))?;
+            return Ok(Opened::Pod {
+                address: target,
+                node: SocketAddr::new(node, weft_mesh::hbone::PORT),
+            });
+        }
         let service = model
             .service_by_ip(target.ip())
             .filter(|s| model.service_waypoint(s).as_ref() == Some(&self.waypoint))
@@ -135,22 +156,23 @@ impl Opener for Accept {
                     tracing::info!(cluster = %cluster.key, "no healthy endpoint for an L4 connection");
                     return;
                 };
-                match self
-                    .proxy
-                    .dialer
-                    .stream(endpoint.address, endpoint.node)
-                    .await
-                {
-                    Ok(mut upstream) => {
-                        if let Err(err) = splice(&mut tunnel, &mut upstream).await {
-                            tracing::debug!(endpoint = %endpoint.address, %err, "L4 stream ended with an error");
-                        }
-                    }
-                    Err(err) => {
-                        tracing::info!(endpoint = %endpoint.address, %err, "L4 upstream unreachable");
-                    }
+                self.l4(&mut tunnel, endpoint.address, endpoint.node).await;
+            }
+            Opened::Pod { address, node } => self.l4(&mut tunnel, address, node).await,
+        }
+    }
+}
+
+impl Accept {
+    /// Carries a tunnelled stream to `pod` as bytes, through its node agent.
+    async fn l4(&self, tunnel: &mut H2Stream, pod: SocketAddr, node: SocketAddr) {
+        match self.proxy.dialer.stream(pod, node).await {
+            Ok(mut upstream) => {
+                if let Err(err) = splice(tunnel, &mut upstream).await {
+                    tracing::debug!(%pod, %err, "L4 stream ended with an error");
                 }
             }
+            Err(err) => tracing::info!(%pod, %err, "L4 upstream unreachable"),
         }
     }
 }

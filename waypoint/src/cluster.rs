@@ -6,7 +6,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    hash::{Hash, Hasher},
     net::SocketAddr,
     sync::{
         Arc, Mutex, RwLock,
@@ -15,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use rand::Rng;
 use weft_mesh::{
     config::{LoadBalancer, Model, RetryBudget, ServiceInfo, TrafficPolicy},
@@ -24,6 +24,7 @@ use weft_mesh::{
 use crate::{
     budget::Budget,
     endpoint::{Ejection, Endpoint, Outcome},
+    metrics::EndpointLabels,
     upstream::Limits,
 };
 
@@ -58,8 +59,8 @@ pub struct Policy {
     pub budget: RetryBudget,
 }
 
-/// With no rule: round robin, and Envoy's default retry budget (20%, at least 3/s here
-/// expressed per second over the budget's window).
+/// Without a rule's annotations: retries up to 20% of requests (Envoy's default budget
+/// share), or 10 per second when that is more, over the budget's 10-second window.
 pub const DEFAULT_BUDGET: RetryBudget = RetryBudget {
     percent: 20.0,
     min_per_second: 10,
@@ -118,26 +119,29 @@ pub struct Cluster {
     pub policy: Policy,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     next: AtomicUsize,
-    pub active: AtomicUsize,
-    pub retries_active: AtomicUsize,
+    /// Requests and retries in flight. Shared with the cluster's next versions (a rebuild
+    /// after a configuration change), so that calls started before it still count.
+    pub active: Arc<AtomicUsize>,
+    pub retries_active: Arc<AtomicUsize>,
     pub budget: Mutex<Budget>,
+    ejections: Family<EndpointLabels, Counter>,
 }
 
 /// A request slot within `http2MaxRequests`, released when dropped.
-pub struct Admission(Arc<Cluster>);
+pub struct Admission(Arc<AtomicUsize>);
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// A retry slot within `maxRetries`, released when dropped.
-pub struct RetrySlot(Arc<Cluster>);
+pub struct RetrySlot(Arc<AtomicUsize>);
 
 impl Drop for RetrySlot {
     fn drop(&mut self) {
-        self.0.retries_active.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -149,17 +153,17 @@ impl Cluster {
     /// Admits a request unless `http2MaxRequests` are already in flight.
     pub fn admit(self: &Arc<Self>) -> Option<Admission> {
         let now = self.active.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission(self.active.clone());
         if self.policy.max_requests.is_some_and(|max| now >= max) {
-            self.active.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Admission(self.clone()))
+        Some(admission)
     }
 
     /// Takes a retry slot if `maxRetries` allows and the budget has room.
     pub fn retry(self: &Arc<Self>) -> Option<RetrySlot> {
         let now = self.retries_active.fetch_add(1, Ordering::AcqRel);
-        let slot = RetrySlot(self.clone());
+        let slot = RetrySlot(self.retries_active.clone());
         if self.policy.max_retries.is_some_and(|max| now >= max) {
             return None;
         }
@@ -210,10 +214,18 @@ impl Cluster {
         let all = self.endpoints();
         let now = Instant::now();
         let out = all.iter().filter(|e| e.ejected(now)).count();
-        // Envoy ejects at least one endpoint whatever the percentage says.
-        if out == 0 || out * 100 < rules.max_percent as usize * all.len() {
+        // Envoy ejects at least one endpoint whatever a non-zero percentage says; past that,
+        // an ejection must keep the ejected share within it.
+        let max = rules.max_percent as usize;
+        if max > 0 && (out == 0 || (out + 1) * 100 <= max * all.len()) {
             let time = endpoint.eject(rules, now);
             tracing::info!(cluster = %self.key, endpoint = %endpoint.address, ?time, "outlier ejected");
+            self.ejections
+                .get_or_create(&EndpointLabels {
+                    cluster: self.key.to_string(),
+                    endpoint: endpoint.address.to_string(),
+                })
+                .inc();
             return Some(time);
         }
         None
@@ -246,11 +258,7 @@ fn two_choices<'a>(
 fn rendezvous<'a>(healthy: &[&'a Arc<Endpoint>], key: u64) -> &'a Arc<Endpoint> {
     healthy
         .iter()
-        .max_by_key(|e| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            e.address.hash(&mut h);
-            mix(key ^ h.finish())
-        })
+        .max_by_key(|e| mix(key ^ e.hash))
         .copied()
         .unwrap_or(healthy[0])
 }
@@ -262,28 +270,38 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// A stable hash of a consistent-hash key.
+/// A stable hash of a consistent-hash key: FNV-1a (64-bit), fixed by its specification, so
+/// that every waypoint replica and every build sends a key to the same endpoint.
 pub fn hash_key(value: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
+    value.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
+
+/// A cluster, with the model it was built from.
+type Built = (Arc<Model>, Arc<Cluster>);
 
 /// The clusters of one waypoint, refreshed from the model: an endpoint that stays keeps
 /// its connections, counters and ejection.
-type Built = (Arc<Model>, Arc<Cluster>);
-
 #[derive(Default)]
 pub struct Clusters {
-    /// Each cluster with the model it was built from.
     by_key: Mutex<HashMap<ClusterKey, Built>>,
+    /// Where ejections are counted.
+    pub ejections: Family<EndpointLabels, Counter>,
 }
 
 impl Clusters {
+    pub fn new(ejections: Family<EndpointLabels, Counter>) -> Self {
+        Clusters {
+            by_key: Mutex::default(),
+            ejections,
+        }
+    }
+
     /// The cluster for `key` as `model` describes it.
     pub fn get(&self, model: &Arc<Model>, service: &ServiceInfo, key: &ClusterKey) -> Arc<Cluster> {
         let Ok(mut by_key) = self.by_key.lock() else {
-            return Arc::new(build(model, service, key, None));
+            return Arc::new(build(model, service, key, None, &self.ejections));
         };
         if let Some((seen, cluster)) = by_key.get(key)
             && Arc::ptr_eq(seen, model)
@@ -291,7 +309,7 @@ impl Clusters {
             return cluster.clone();
         }
         let old = by_key.get(key).map(|(_, c)| c.clone());
-        let cluster = Arc::new(build(model, service, key, old.as_deref()));
+        let cluster = Arc::new(build(model, service, key, old.as_deref(), &self.ejections));
         by_key.insert(key.clone(), (model.clone(), cluster.clone()));
         cluster
     }
@@ -305,7 +323,13 @@ impl Clusters {
     }
 }
 
-fn build(model: &Model, service: &ServiceInfo, key: &ClusterKey, old: Option<&Cluster>) -> Cluster {
+fn build(
+    model: &Model,
+    service: &ServiceInfo,
+    key: &ClusterKey,
+    old: Option<&Cluster>,
+    ejections: &Family<EndpointLabels, Counter>,
+) -> Cluster {
     let rule = model.destination_rule_for(service);
     let subset = rule.and_then(|r| {
         key.subset
@@ -328,11 +352,12 @@ fn build(model: &Model, service: &ServiceInfo, key: &ClusterKey, old: Option<&Cl
         .find(|p| p.port == key.port)
         .map(|p| p.target_port.unwrap_or(p.port))
         .unwrap_or(key.port);
-    let previous: HashMap<SocketAddr, Arc<Endpoint>> = old
+    // An endpoint stays the same endpoint while its pod keeps its address and node.
+    let previous: HashMap<(SocketAddr, SocketAddr), Arc<Endpoint>> = old
         .map(|c| {
             c.endpoints()
                 .iter()
-                .map(|e| (e.address, e.clone()))
+                .map(|e| ((e.address, e.node), e.clone()))
                 .collect()
         })
         .unwrap_or_default();
@@ -346,10 +371,16 @@ fn build(model: &Model, service: &ServiceInfo, key: &ClusterKey, old: Option<&Cl
         })
         .filter_map(|pod| {
             let address = SocketAddr::new(pod.ip?, target_port);
-            let node = model.nodes.get(pod.node_name.as_deref()?)?.internal_ip?;
-            Some(previous.get(&address).cloned().unwrap_or_else(|| {
-                Arc::new(Endpoint::new(address, SocketAddr::new(node, hbone::PORT)))
-            }))
+            let node = SocketAddr::new(
+                model.nodes.get(pod.node_name.as_deref()?)?.internal_ip?,
+                hbone::PORT,
+            );
+            Some(
+                previous
+                    .get(&(address, node))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(address, node))),
+            )
         })
         .collect();
     let same_policy = old.is_some_and(|o| o.policy == policy);
@@ -358,8 +389,9 @@ fn build(model: &Model, service: &ServiceInfo, key: &ClusterKey, old: Option<&Cl
         policy,
         endpoints: RwLock::new(Arc::new(endpoints)),
         next: AtomicUsize::new(old.map_or(0, |o| o.next.load(Ordering::Relaxed))),
-        active: AtomicUsize::new(0),
-        retries_active: AtomicUsize::new(0),
+        active: old.map_or_else(Default::default, |o| o.active.clone()),
+        retries_active: old.map_or_else(Default::default, |o| o.retries_active.clone()),
+        ejections: ejections.clone(),
         budget: Mutex::new(
             old.filter(|_| same_policy)
                 .and_then(|o| o.budget.lock().ok().map(|b| b.clone()))

@@ -76,6 +76,8 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// The HBONE address of the node agent in front of the pod.
     pub node: SocketAddr,
+    /// The address's hash, for rendezvous hashing.
+    pub hash: u64,
     pub active: AtomicUsize,
     latency: Mutex<Latency>,
     health: Mutex<Health>,
@@ -87,6 +89,7 @@ impl Endpoint {
         Endpoint {
             address,
             node,
+            hash: crate::cluster::hash_key(address.to_string().as_bytes()),
             active: AtomicUsize::new(0),
             latency: Mutex::new(Latency {
                 nanos: 0.0,

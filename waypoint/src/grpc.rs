@@ -64,17 +64,18 @@ pub fn parse_timeout(headers: &HeaderMap) -> Option<Duration> {
 pub fn format_timeout(timeout: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let nanos = timeout.as_nanos();
-    let (n, unit) = if nanos <= MAX {
-        (nanos, "n")
-    } else if nanos / 1_000 <= MAX {
-        (nanos.div_ceil(1_000), "u")
-    } else if nanos / 1_000_000 <= MAX {
-        (nanos.div_ceil(1_000_000), "m")
-    } else if nanos / 1_000_000_000 <= MAX {
-        (nanos.div_ceil(1_000_000_000), "S")
-    } else {
-        ((nanos / 60_000_000_000).min(MAX), "M")
-    };
+    // Rounded up, so that the backend never gets more time than is left; the rounded count
+    // must fit in 8 digits.
+    let (n, unit) = [
+        (1, "n"),
+        (1_000, "u"),
+        (1_000_000, "m"),
+        (1_000_000_000, "S"),
+    ]
+    .into_iter()
+    .map(|(per, unit)| (nanos.div_ceil(per), unit))
+    .find(|(n, _)| *n <= MAX)
+    .unwrap_or(((nanos / 60_000_000_000).min(MAX), "M"));
     HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("1S"))
 }
 
@@ -115,6 +116,7 @@ fn percent_encode(message: &str) -> String {
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unimplemented => StatusCode::NOT_FOUND,
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
@@ -127,11 +129,12 @@ pub fn http_status(code: Code) -> StatusCode {
 pub fn as_http_status(code: u32) -> u16 {
     match code {
         0 => 200,
-        4 => 504,      // DEADLINE_EXCEEDED
-        8 => 429,      // RESOURCE_EXHAUSTED
-        14 => 503,     // UNAVAILABLE
-        2 | 13 => 500, // UNKNOWN, INTERNAL
-        12 => 501,     // UNIMPLEMENTED
+        1 => 499,           // CANCELLED: the client's doing
+        4 => 504,           // DEADLINE_EXCEEDED
+        8 => 429,           // RESOURCE_EXHAUSTED
+        14 => 503,          // UNAVAILABLE
+        2 | 13 | 15 => 500, // UNKNOWN, INTERNAL, DATA_LOSS
+        12 => 501,          // UNIMPLEMENTED
         _ => 400,
     }
 }
@@ -177,6 +180,7 @@ mod tests {
             Duration::from_millis(1500),
             Duration::from_secs(300),
             Duration::from_nanos(17),
+            Duration::from_nanos(99_999_999_999),
         ] {
             let v = format_timeout(d);
             let back = parse_timeout(&with_timeout(v.to_str().unwrap())).unwrap();

@@ -99,7 +99,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let tunnel = hbone::Settings::default();
     let proxy = Arc::new(Proxy {
         model: model.clone(),
-        clusters: Clusters::default(),
+        clusters: Clusters::new(metrics.ejections.clone()),
         dialer: Dialer {
             pool: Pool::new(tunnel.clone()),
             tls: upstream_tls,

@@ -73,7 +73,9 @@ impl Failure {
     }
 }
 
-/// Whether a response's status asks for a retry under `retryOn`.
+/// Whether an answer asks for a retry under `retryOn`: the gRPC conditions read
+/// `grpc-status`, the HTTP ones `:status` (as Envoy does, so `5xx` alone does not retry a
+/// gRPC error, which travels with status 200).
 fn retry_on_answer(on: &RetryOn, http: u16, grpc: Option<u32>) -> bool {
     let by_grpc = grpc.is_some_and(|code| match code {
         1 => on.grpc_cancelled,
@@ -192,13 +194,14 @@ impl Proxy {
             let (retriable, why) = match &answer {
                 Ok((response, _)) => {
                     let code = is_grpc.then(|| grpc::status(response.headers())).flatten();
-                    let http = match code {
+                    let status = response.status().as_u16();
+                    let health = match code {
                         Some(code) => grpc::as_http_status(code),
-                        None => response.status().as_u16(),
+                        None => status,
                     };
                     (
-                        retry_on_answer(&retries.retry_on, http, code),
-                        Outcome::Status(http),
+                        retry_on_answer(&retries.retry_on, status, code),
+                        Outcome::Status(health),
                     )
                 }
                 Err(failure) => {
@@ -219,7 +222,7 @@ impl Proxy {
                 match cluster.retry() {
                     Some(slot) => {
                         retry_slot = Some(slot);
-                        self.note_failure(&cluster, &endpoint, why);
+                        cluster.report(&endpoint, why);
                         drop(answer);
                         drop(in_flight);
                         self.metrics
@@ -246,11 +249,15 @@ impl Proxy {
             }
             return match answer {
                 Ok((response, lease)) => {
+                    // Earlier tries' failures do not describe an answered call.
+                    if !record.flags.contains(Flags::URX) {
+                        record.flags = Flags::default();
+                    }
                     endpoint.observe_latency(started.elapsed());
                     let (head, inner) = response.into_parts();
                     if inner.is_end_stream() {
                         // Trailers-only (or an empty answer): done already.
-                        self.note_failure(&cluster, &endpoint, why);
+                        cluster.report(&endpoint, why);
                         record.finish(
                             head.status.as_u16(),
                             grpc::status(&head.headers),
@@ -271,7 +278,7 @@ impl Proxy {
                     Response::from_parts(head, ResponseBody::streaming(streaming))
                 }
                 Err(failure) => {
-                    self.note_failure(&cluster, &endpoint, why);
+                    cluster.report(&endpoint, why);
                     let (code, message) = match &failure {
                         Failure::Timeout => (
                             Code::DeadlineExceeded,
@@ -287,19 +294,6 @@ impl Proxy {
                     local(record, code, Flags::default(), &message)
                 }
             };
-        }
-    }
-
-    /// Reports an attempt's outcome to outlier detection, and counts an ejection.
-    fn note_failure(&self, cluster: &Cluster, endpoint: &Endpoint, outcome: Outcome) {
-        if cluster.report(endpoint, outcome).is_some() {
-            self.metrics
-                .ejections
-                .get_or_create(&EndpointLabels {
-                    cluster: cluster.key.to_string(),
-                    endpoint: endpoint.address.to_string(),
-                })
-                .inc();
         }
     }
 
@@ -323,6 +317,9 @@ impl Proxy {
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = parts.uri.clone();
             *request.headers_mut() = parts.headers.clone();
+            // Only a deadline the client set is passed on: the route's own timeout is the
+            // waypoint's to enforce (a backend that enforced it too would race it with a
+            // status of its own, CANCELLED in tonic's case).
             if let Some(deadline) = deadline
                 && parts.headers.contains_key(grpc::TIMEOUT)
             {
@@ -351,6 +348,10 @@ impl Proxy {
 
 /// Tells a refused stream (safe to retry anywhere) from other resets.
 fn classify(err: &hyper::Error) -> Failure {
+    if err.is_canceled() {
+        // Never sent (the connection was closing): safe to send again anywhere.
+        return Failure::Refused(err.to_string());
+    }
     let mut source = std::error::Error::source(err);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>()

@@ -27,6 +27,10 @@ struct State<B> {
     ended: bool,
     overflowed: bool,
     failed: Option<String>,
+    /// Bumped by each new attempt's body: only the newest may read, so that an abandoned
+    /// attempt (whose stream hyper may still be feeding) can neither steal the client's
+    /// frames nor their wake-ups.
+    generation: u64,
 }
 
 /// The shared record of one request body.
@@ -49,6 +53,7 @@ impl<B: Body> Replay<B> {
             ended,
             overflowed: false,
             failed: None,
+            generation: 0,
         })))
     }
 
@@ -61,8 +66,13 @@ impl<B: Body> Replay<B> {
 
     /// A body for the next attempt: from the start.
     pub fn body(&self) -> ReplayBody<B> {
+        let generation = self.0.lock().map_or(0, |mut s| {
+            s.generation += 1;
+            s.generation
+        });
         ReplayBody {
             replay: self.0.clone(),
+            generation,
             next: 0,
             trailers_sent: false,
         }
@@ -71,6 +81,7 @@ impl<B: Body> Replay<B> {
 
 pub struct ReplayBody<B = Incoming> {
     replay: Arc<Mutex<State<B>>>,
+    generation: u64,
     next: usize,
     trailers_sent: bool,
 }
@@ -91,6 +102,10 @@ where
         let Ok(mut state) = replay.lock() else {
             return Poll::Ready(Some(Err("request body state poisoned".into())));
         };
+        if state.generation != self.generation {
+            // Superseded by a retry: fail, so that hyper resets this attempt's stream.
+            return Poll::Ready(Some(Err("request body superseded by a retry".into())));
+        }
         if let Some(err) = &state.failed {
             return Poll::Ready(Some(Err(err.clone().into())));
         }
@@ -218,6 +233,16 @@ mod tests {
         assert_eq!(frame.into_data().unwrap(), "ab");
         drop(first);
         assert_eq!(read(replay.body()).await.0, b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_attempt_can_no_longer_read() {
+        let replay = Replay::new(source(&[b"ab", b"cd"], false));
+        let mut first = replay.body();
+        let _ = first.frame().await.unwrap().unwrap();
+        let second = replay.body();
+        assert!(first.frame().await.unwrap().is_err());
+        assert_eq!(read(second).await.0, b"abcd");
     }
 
     #[tokio::test]

@@ -59,6 +59,9 @@ struct Connection {
 pub struct Connections {
     open: Mutex<Vec<Arc<Connection>>>,
     dialling: tokio::sync::Mutex<()>,
+    /// When the last dial failed, and why: calls that queued behind it fail with it rather
+    /// than each waiting out a connect timeout of its own.
+    failed: Mutex<Option<(Instant, String)>>,
 }
 
 /// A call's hold on a connection's stream slot, released when dropped.
@@ -78,15 +81,16 @@ impl Connections {
     /// A connection with a free stream slot, if one is open.
     fn pick(&self, limits: &Limits, overflow: bool) -> Option<(SendRequest<ReplayBody>, Lease)> {
         let mut open = self.open.lock().ok()?;
-        open.retain(|c| !c.send.is_closed());
-        let usable = |c: &&Arc<Connection>| {
-            limits
-                .max_requests_per_connection
-                .is_none_or(|max| c.served.load(Ordering::Relaxed) < max)
-        };
+        // A connection that served `maxRequestsPerConnection` leaves the pool; the calls
+        // still on it hold it open until they finish.
+        open.retain(|c| {
+            !c.send.is_closed()
+                && limits
+                    .max_requests_per_connection
+                    .is_none_or(|max| c.served.load(Ordering::Relaxed) < max)
+        });
         let best = open
             .iter()
-            .filter(usable)
             .min_by_key(|c| c.active.load(Ordering::Relaxed))?;
         if !overflow && best.active.load(Ordering::Relaxed) >= limits.max_streams {
             return None;
@@ -108,9 +112,15 @@ impl Connections {
         if let Some(lease) = self.pick(limits, false) {
             return Ok(lease);
         }
+        let queued = Instant::now();
         let _dialling = self.dialling.lock().await;
         if let Some(lease) = self.pick(limits, false) {
             return Ok(lease);
+        }
+        if let Some((at, why)) = self.failed.lock().ok().and_then(|f| f.clone())
+            && at >= queued
+        {
+            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, why));
         }
         let count = self.open.lock().map(|o| o.len()).unwrap_or(0);
         if count >= limits.max_connections {
@@ -120,9 +130,18 @@ impl Connections {
                 .pick(limits, true)
                 .ok_or_else(|| io::Error::other("no usable connection within tcp.maxConnections"));
         }
-        let send = tokio::time::timeout(limits.connect_timeout, dial)
+        let dialled = tokio::time::timeout(limits.connect_timeout, dial)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
+        let send = match dialled {
+            Ok(send) => send,
+            Err(err) => {
+                if let Ok(mut failed) = self.failed.lock() {
+                    *failed = Some((Instant::now(), err.to_string()));
+                }
+                return Err(err);
+            }
+        };
         let connection = Arc::new(Connection {
             send: send.clone(),
             active: AtomicUsize::new(1),
