@@ -166,11 +166,7 @@ impl<U: Upstream> Outbound<U> {
     /// Service's name; a pod address stays as it is.
     fn resolve(&self, orig: SocketAddrV4) -> Option<(SocketAddrV4, Option<String>)> {
         let model = self.model.borrow().clone();
-        let Some(service) = model
-            .services
-            .values()
-            .find(|s| s.cluster_ip == Some(IpAddr::V4(*orig.ip())))
-        else {
+        let Some(service) = model.service_by_ip(IpAddr::V4(*orig.ip())) else {
             return Some((orig, None));
         };
         let name = format!("{}.{}.svc.cluster.local", service.name, service.namespace);

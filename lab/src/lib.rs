@@ -307,7 +307,7 @@ impl Lab {
             ca.join("root-cert.pem").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let waypoint = process::spawn(
+        let mut waypoint = process::spawn(
             &bin_dir()?.join("weft-waypoint"),
             &args,
             &pod.netns,
@@ -315,23 +315,20 @@ impl Lab {
             &[("WEFT_LOG", agent_log_filter().as_str())],
             Some(&log),
         )?;
+        wait_ready(
+            &mut waypoint,
+            &format!("waypoint {name}"),
+            &log,
+            Duration::from_secs(30),
+            || {
+                matches!(
+                    net::http_get(&pod.netns, 15021, "/healthz/ready"),
+                    Ok((200, _))
+                )
+            },
+        )?;
         self.waypoints.insert(name.to_string(), waypoint);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = net::http_get(&pod.netns, 15021, "/healthz/ready") {
-                return Ok(());
-            }
-            if let Some(w) = self.waypoints.get_mut(name)
-                && let Some(status) = w.try_wait()?
-            {
-                self.waypoints.remove(name);
-                bail!("waypoint {name} exited ({status}): {}", tail(&log));
-            }
-            if Instant::now() > deadline {
-                bail!("waypoint {name} did not become ready: {}", tail(&log));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        Ok(())
     }
 
     /// An HTTP GET to the waypoint `name` on `port` (15000 admin, 15020 metrics).
@@ -380,7 +377,7 @@ impl Lab {
             format!("{}:15008", spec::node_ip(node)),
         ];
         args.extend(self.agent_args[node - 1].iter().cloned());
-        let agent = process::spawn(
+        let mut agent = process::spawn(
             &bin_dir()?.join("weft-agent"),
             &args,
             &self.node_netns(node),
@@ -388,26 +385,15 @@ impl Lab {
             &[("RUST_LOG", agent_log_filter().as_str())],
             Some(&log),
         )?;
+        wait_ready(
+            &mut agent,
+            &format!("the agent of node {node}"),
+            &log,
+            Duration::from_secs(20),
+            || matches!(self.agent_get(node, 15000, "/healthz"), Ok((200, _))),
+        )?;
         self.agents[node - 1] = Some(agent);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok((200, _)) = self.agent_get(node, 15000, "/healthz") {
-                return Ok(());
-            }
-            if let Some(agent) = self.agents[node - 1].as_mut()
-                && let Some(status) = agent.try_wait()?
-            {
-                self.agents[node - 1] = None;
-                bail!("the agent of node {node} exited ({status}): {}", tail(&log));
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the agent of node {node} did not become healthy: {}",
-                    tail(&log)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        Ok(())
     }
 
     /// Stops the agent of `node` with SIGTERM and waits for it; returns its exit status.
@@ -479,22 +465,14 @@ impl Lab {
         let log = self.log_path(pod, program, args);
         let _ = std::fs::remove_file(&log);
         let mut server = self.spawn(pod, program, args)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"listen\"")) {
-                return Ok(server);
-            }
-            if let Some(status) = server.try_wait()? {
-                bail!("{program} in pod {pod} exited ({status}): {}", tail(&log));
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{program} in pod {pod} did not start listening: {}",
-                    tail(&log)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_ready(
+            &mut server,
+            &format!("{program} in pod {pod}"),
+            &log,
+            Duration::from_secs(10),
+            || std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"listen\"")),
+        )?;
+        Ok(server)
     }
 
     fn log_path(&self, pod: &str, program: &str, args: &[&str]) -> PathBuf {
@@ -725,6 +703,30 @@ fn program_path(program: &str) -> Result<PathBuf> {
         Ok(local)
     } else {
         Ok(PathBuf::from(program))
+    }
+}
+
+/// Waits until `ready()` holds for a process just started; fails, with the end of its log,
+/// if it exits first or `timeout` passes.
+fn wait_ready(
+    process: &mut Guarded,
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(status) = process.try_wait()? {
+            bail!("{what} exited ({status}): {}", tail(log));
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not become ready: {}", tail(log));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

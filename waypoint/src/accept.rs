@@ -110,8 +110,8 @@ impl Opener for Accept {
         let client_ip = request.forwarded_for.unwrap_or(request.peer.ip());
         match port.protocol {
             AppProtocol::Grpc | AppProtocol::Http2 => Ok(Opened::Http(Arc::new(Called {
-                namespace: service.namespace.clone(),
-                service: service.name.clone(),
+                service: (service.namespace.clone(), service.name.clone()),
+                label: format!("{}/{}", service.namespace, service.name).into(),
                 port: port.port,
                 client_ip,
             }))),

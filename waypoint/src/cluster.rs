@@ -24,7 +24,7 @@ use weft_mesh::{
 use crate::{
     budget::Budget,
     endpoint::{Ejection, Endpoint, Outcome},
-    metrics::EndpointLabels,
+    metrics::{EndpointLabels, Metrics},
     upstream::Limits,
 };
 
@@ -286,22 +286,24 @@ type Built = (Arc<Model>, Arc<Cluster>);
 #[derive(Default)]
 pub struct Clusters {
     by_key: Mutex<HashMap<ClusterKey, Built>>,
-    /// Where ejections are counted.
-    pub ejections: Family<EndpointLabels, Counter>,
+    /// Where attempts and ejections are counted, per endpoint.
+    attempts: Family<EndpointLabels, Counter>,
+    ejections: Family<EndpointLabels, Counter>,
 }
 
 impl Clusters {
-    pub fn new(ejections: Family<EndpointLabels, Counter>) -> Self {
+    pub fn new(metrics: &Metrics) -> Self {
         Clusters {
             by_key: Mutex::default(),
-            ejections,
+            attempts: metrics.attempts.clone(),
+            ejections: metrics.ejections.clone(),
         }
     }
 
     /// The cluster for `key` as `model` describes it.
     pub fn get(&self, model: &Arc<Model>, service: &ServiceInfo, key: &ClusterKey) -> Arc<Cluster> {
         let Ok(mut by_key) = self.by_key.lock() else {
-            return Arc::new(build(model, service, key, None, &self.ejections));
+            return Arc::new(build(model, service, key, None, self));
         };
         if let Some((seen, cluster)) = by_key.get(key)
             && Arc::ptr_eq(seen, model)
@@ -309,7 +311,7 @@ impl Clusters {
             return cluster.clone();
         }
         let old = by_key.get(key).map(|(_, c)| c.clone());
-        let cluster = Arc::new(build(model, service, key, old.as_deref(), &self.ejections));
+        let cluster = Arc::new(build(model, service, key, old.as_deref(), self));
         by_key.insert(key.clone(), (model.clone(), cluster.clone()));
         cluster
     }
@@ -328,7 +330,7 @@ fn build(
     service: &ServiceInfo,
     key: &ClusterKey,
     old: Option<&Cluster>,
-    ejections: &Family<EndpointLabels, Counter>,
+    clusters: &Clusters,
 ) -> Cluster {
     let rule = model.destination_rule_for(service);
     let subset = rule.and_then(|r| {
@@ -375,12 +377,16 @@ fn build(
                 model.nodes.get(pod.node_name.as_deref()?)?.internal_ip?,
                 hbone::PORT,
             );
-            Some(
-                previous
-                    .get(&(address, node))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(address, node))),
-            )
+            Some(previous.get(&(address, node)).cloned().unwrap_or_else(|| {
+                let attempts = clusters
+                    .attempts
+                    .get_or_create(&EndpointLabels {
+                        cluster: key.to_string(),
+                        endpoint: address.to_string(),
+                    })
+                    .clone();
+                Arc::new(Endpoint::new(address, node, attempts))
+            }))
         })
         .collect();
     let same_policy = old.is_some_and(|o| o.policy == policy);
@@ -391,7 +397,7 @@ fn build(
         next: AtomicUsize::new(old.map_or(0, |o| o.next.load(Ordering::Relaxed))),
         active: old.map_or_else(Default::default, |o| o.active.clone()),
         retries_active: old.map_or_else(Default::default, |o| o.retries_active.clone()),
-        ejections: ejections.clone(),
+        ejections: clusters.ejections.clone(),
         budget: Mutex::new(
             old.filter(|_| same_policy)
                 .and_then(|o| o.budget.lock().ok().map(|b| b.clone()))

@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::upstream::Connections;
 
 /// How an attempt on an endpoint ended, as far as its health goes.
@@ -79,18 +81,21 @@ pub struct Endpoint {
     /// The address's hash, for rendezvous hashing.
     pub hash: u64,
     pub active: AtomicUsize,
+    /// Attempts sent here (`weft_waypoint_upstream_attempts_total`).
+    pub attempts: Counter,
     latency: Mutex<Latency>,
     health: Mutex<Health>,
     pub connections: Connections,
 }
 
 impl Endpoint {
-    pub fn new(address: SocketAddr, node: SocketAddr) -> Self {
+    pub fn new(address: SocketAddr, node: SocketAddr, attempts: Counter) -> Self {
         Endpoint {
             address,
             node,
             hash: crate::cluster::hash_key(address.to_string().as_bytes()),
             active: AtomicUsize::new(0),
+            attempts,
             latency: Mutex::new(Latency {
                 nanos: 0.0,
                 at: Instant::now(),
@@ -204,6 +209,7 @@ mod tests {
         Endpoint::new(
             "10.0.0.1:80".parse().unwrap(),
             "10.99.0.1:15008".parse().unwrap(),
+            Counter::default(),
         )
     }
 

@@ -99,7 +99,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let tunnel = hbone::Settings::default();
     let proxy = Arc::new(Proxy {
         model: model.clone(),
-        clusters: Clusters::new(metrics.ejections.clone()),
+        clusters: Clusters::new(&metrics),
         dialer: Dialer {
             pool: Pool::new(tunnel.clone()),
             tls: upstream_tls,

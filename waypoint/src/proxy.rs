@@ -21,7 +21,7 @@ use crate::{
     cluster::{Cluster, Clusters, hash_key},
     endpoint::{Endpoint, Outcome},
     grpc::{self, Code},
-    metrics::{ClusterLabels, EndpointLabels, Flags, Metrics},
+    metrics::{ClusterLabels, Flags, Metrics},
     replay::Replay,
     response::{InFlight, Record, ResponseBody, Streaming},
     route::route,
@@ -31,8 +31,10 @@ use crate::{
 /// The Service (and port) a tunnelled connection was addressed to.
 #[derive(Debug, Clone)]
 pub struct Called {
-    pub namespace: String,
-    pub service: String,
+    /// The Service's (namespace, name), its key in the model.
+    pub service: (String, String),
+    /// `namespace/name`, the metrics' label, made once per connection.
+    pub label: Arc<str>,
     pub port: u16,
     /// The client's address, for `consistentHash.useSourceIp`.
     pub client_ip: IpAddr,
@@ -100,16 +102,13 @@ impl Proxy {
         let is_grpc = grpc::is_grpc(request.headers());
         let model = self.model.borrow().clone();
         let mut record = Record {
-            metrics: self.metrics.clone(),
-            service: format!("{}/{}", called.namespace, called.service),
+            requests: self.metrics.requests.clone(),
+            service: called.label.clone(),
             route: "-".into(),
             grpc: is_grpc,
             flags: Flags::default(),
         };
-        let Some(service) = model
-            .services
-            .get(&(called.namespace.clone(), called.service.clone()))
-        else {
+        let Some(service) = model.services.get(&called.service) else {
             return local(
                 record,
                 Code::Unavailable,
@@ -128,7 +127,7 @@ impl Proxy {
             Err(no) => return local(record, Code::Unimplemented, Flags::NR, &no.0),
         };
         record.route = decision.route.clone();
-        let cluster = self.clusters.get(&model, &target, &decision.cluster);
+        let cluster = self.clusters.get(&model, target, &decision.cluster);
         let Some(admission) = cluster.admit() else {
             return local(
                 record,
@@ -149,9 +148,10 @@ impl Proxy {
                 .headers()
                 .get(name.as_str())
                 .map(|v| hash_key(v.as_bytes())),
-            LoadBalancer::ConsistentHash(HashKey::SourceIp) => {
-                Some(hash_key(called.client_ip.to_string().as_bytes()))
-            }
+            LoadBalancer::ConsistentHash(HashKey::SourceIp) => Some(match called.client_ip {
+                IpAddr::V4(ip) => hash_key(&ip.octets()),
+                IpAddr::V6(ip) => hash_key(&ip.octets()),
+            }),
             _ => None,
         };
         let (parts, body) = request.into_parts();
@@ -179,13 +179,7 @@ impl Proxy {
                 .into_iter()
                 .flatten()
                 .min();
-            self.metrics
-                .attempts
-                .get_or_create(&EndpointLabels {
-                    cluster: cluster.key.to_string(),
-                    endpoint: endpoint.address.to_string(),
-                })
-                .inc();
+            endpoint.attempts.inc();
             let in_flight = InFlight::new(endpoint.clone());
             let started = Instant::now();
             let answer = self

@@ -15,21 +15,22 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio::time::Sleep;
 
 use crate::{
     cluster::{Admission, Cluster},
     endpoint::{Endpoint, Outcome},
     grpc::{self, Code},
-    metrics::{Flags, Metrics, RequestLabels},
+    metrics::{Flags, RequestLabels},
     replay::BoxError,
     upstream::Lease,
 };
 
 /// What is known of a call when it is answered, to count it when it ends.
 pub struct Record {
-    pub metrics: Metrics,
-    pub service: String,
+    pub requests: Family<RequestLabels, Counter>,
+    pub service: Arc<str>,
     pub route: String,
     pub grpc: bool,
     pub flags: Flags,
@@ -46,10 +47,9 @@ impl Record {
         };
         let mut all = self.flags;
         all.set(flags);
-        self.metrics
-            .requests
+        self.requests
             .get_or_create(&RequestLabels {
-                destination_service: self.service.clone(),
+                destination_service: self.service.to_string(),
                 route: self.route.clone(),
                 grpc_response_status,
                 response_code: status,

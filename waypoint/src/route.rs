@@ -47,13 +47,13 @@ pub fn default_retries() -> RetryPolicy {
 pub struct NoRoute(pub String);
 
 /// Routes a call to `service` on `port` with `path` and `headers`.
-pub fn route(
-    model: &Model,
-    service: &ServiceInfo,
+pub fn route<'a>(
+    model: &'a Model,
+    service: &'a ServiceInfo,
     port: u16,
     path: &str,
     headers: &HeaderMap,
-) -> Result<(Decision, ServiceInfo), NoRoute> {
+) -> Result<(Decision, &'a ServiceInfo), NoRoute> {
     for vs in model.virtual_services_for(service) {
         for (index, route) in vs.http.iter().enumerate() {
             if !route.matches.is_empty()
@@ -103,7 +103,7 @@ pub fn route(
             timeout: None,
             retries: default_retries(),
         },
-        service.clone(),
+        service,
     ))
 }
 
@@ -119,13 +119,13 @@ fn matches(m: &HttpMatch, port: u16, path: &str, headers: &HeaderMap) -> bool {
 }
 
 /// Picks one of the route's destinations by weight, and resolves it to a cluster.
-fn destination(
-    model: &Model,
+fn destination<'a>(
+    model: &'a Model,
     namespace: &str,
     route: &HttpRoute,
     called: &ServiceInfo,
     port: u16,
-) -> Result<(ClusterKey, ServiceInfo), String> {
+) -> Result<(ClusterKey, &'a ServiceInfo), String> {
     let total: u64 = route.destinations.iter().map(|d| u64::from(d.weight)).sum();
     let chosen = if total == 0 || route.destinations.len() == 1 {
         route.destinations.first()
@@ -158,6 +158,6 @@ fn destination(
             subset: chosen.subset.clone(),
             port,
         },
-        service.clone(),
+        service,
     ))
 }
