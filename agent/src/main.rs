@@ -97,6 +97,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
         .with_context(|| format!("binding the outbound listener {outbound_addr}"))?;
     let admin_listener = bind_http(settings.admin_port).await?;
     let metrics_listener = bind_http(settings.metrics_port).await?;
+    let ready_listener = bind_http(settings.ready_port).await?;
     let direct = DirectTcp {
         connect_timeout: Duration::from_secs(5),
         source_ip: settings.agent_ip,
@@ -151,8 +152,24 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     serve_http(
         metrics_listener,
         admin::metrics_handler(Arc::new(registry)),
-        stop_rx,
+        stop_rx.clone(),
     );
+    // Ready once the programs are loaded and the tunnel is up: both happened above.
+    let (health, health_service) = weft_mesh::admin::health();
+    let ready: weft_mesh::admin::Handler = Arc::new(|path| match path {
+        "/healthz/ready" | "/healthz" => weft_mesh::admin::Reply::text(200, "ready\n"),
+        _ => weft_mesh::admin::Reply::not_found(),
+    });
+    let mut stop = stop_rx;
+    tokio::spawn(weft_mesh::admin::serve_ready(
+        ready_listener,
+        ready,
+        health_service,
+        async move {
+            let _ = stop.changed().await;
+        },
+    ));
+    weft_mesh::admin::set_serving(&health, "weft-agent", true).await;
     tracing::info!(node = %settings.node_name, outbound = %outbound_addr, "weft-agent running");
 
     let result = reconcile_until_signal(
@@ -165,6 +182,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     )
     .await;
     tracing::info!("stopping");
+    weft_mesh::admin::set_serving(&health, "weft-agent", false).await;
     let _ = stop_tx.send(true);
     datapath.shutdown();
     result

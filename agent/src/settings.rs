@@ -38,6 +38,10 @@ pub struct AgentSettings {
     #[arg(long, default_value_t = 15020)]
     pub metrics_port: u16,
 
+    /// Readiness port: `/healthz/ready`, and `grpc.health.v1.Health` for gRPC probes.
+    #[arg(long, default_value_t = 15021)]
+    pub ready_port: u16,
+
     /// Destination ports never captured (repeatable).
     #[arg(long = "exclude-port")]
     pub exclude_ports: Vec<u16>,

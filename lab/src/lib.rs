@@ -527,6 +527,36 @@ impl Lab {
         )
     }
 
+    /// Runs a program in a node's network namespace (beside its agent) and parses the JSON
+    /// object it prints; fails if it fails.
+    pub fn run_json_in_node(
+        &self,
+        node: usize,
+        program: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let out = process::run(
+            &program_path(program)?,
+            &args,
+            &self.node_netns(node),
+            &self.node_cgroup(node),
+            &[],
+            timeout,
+        )?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "{program} {args:?} in node {node} failed ({}): {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_str(stdout.trim())
+            .with_context(|| format!("{program} printed no JSON: {stdout}"))
+    }
+
     /// Runs a program in a pod and parses the JSON object it prints; fails if it fails.
     pub fn run_json(
         &self,

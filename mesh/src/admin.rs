@@ -1,6 +1,10 @@
 //! The small HTTP/1.1 server behind the admin (:15000), metrics (:15020) and readiness
 //! (:15021) ports of both the agent and the waypoint. Each port gets a handler that maps a
 //! path to a response; there is no routing framework because there are five paths.
+//!
+//! The readiness port also speaks gRPC ([`serve_ready`]): `grpc.health.v1.Health` (`Check`
+//! and `Watch`, from tonic-health), so that a Kubernetes `grpc:` probe works as well as an
+//! `httpGet:` one on `/healthz/ready`.
 
 use std::{convert::Infallible, future::Future, sync::Arc};
 
@@ -87,6 +91,88 @@ fn to_response(reply: Reply) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static(reply.content_type),
     );
     response
+}
+
+/// The health service of a process: set `""` and its own name SERVING once it is ready,
+/// NOT_SERVING when it stops.
+pub type HealthReporter = tonic_health::server::HealthReporter;
+pub type HealthService =
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+
+/// A health service, and the reporter that sets its statuses.
+pub fn health() -> (HealthReporter, HealthService) {
+    let reporter = HealthReporter::new();
+    let service = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+    (
+        reporter,
+        tonic_health::pb::health_server::HealthServer::new(service),
+    )
+}
+
+/// Sets the overall status (`""`) and `name`'s together.
+pub async fn set_serving(reporter: &HealthReporter, name: &str, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for service in ["", name] {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves the readiness port: gRPC health checks to `health` (over HTTP/2), everything
+/// else to `handler` (over HTTP/1.1 or HTTP/2), until `shutdown` completes.
+pub async fn serve_ready(
+    listener: TcpListener,
+    handler: Handler,
+    health: HealthService,
+    shutdown: impl Future<Output = ()>,
+) {
+    use http_body_util::BodyExt;
+    use tonic::codegen::Service;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::warn!(%err, "readiness accept failed");
+                    continue;
+                }
+            },
+        };
+        let (handler, health) = (handler.clone(), health.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let (handler, mut health) = (handler.clone(), health.clone());
+                async move {
+                    if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+                        let response = match health.call(req).await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        };
+                        return Ok::<_, Infallible>(
+                            response.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+                        );
+                    }
+                    let reply = to_response(handler(req.uri().path()));
+                    Ok(reply.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+                }
+            });
+            let served =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            if let Err(err) = served {
+                tracing::debug!(%err, "readiness connection ended with an error");
+            }
+        });
+    }
 }
 
 /// Encodes a prometheus-client registry in the text exposition format.

@@ -4,20 +4,25 @@
 //! the proxy on its own; any other port is carried at L4, to an endpoint the Service's
 //! balancer picks.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use weft_mesh::{
-    config::{AppProtocol, Model, WaypointRef},
+    config::{AppProtocol, Model, WaypointRef, workload_name},
     hbone::{ConnectRequest, H2Stream, Opener, Refusal, splice},
     identity::{SpiffeId, peer_identity},
+    policy::Peer,
 };
 
 use crate::{
     cluster::{Cluster, ClusterKey},
-    proxy::{Called, Proxy},
+    proxy::{Called, Proxy, Source},
 };
 
 pub struct Accept {
@@ -112,8 +117,10 @@ impl Opener for Accept {
             AppProtocol::Grpc | AppProtocol::Http2 => Ok(Opened::Http(Arc::new(Called {
                 service: (service.namespace.clone(), service.name.clone()),
                 label: format!("{}/{}", service.namespace, service.name).into(),
+                host: format!("{}.{}.svc.cluster.local", service.name, service.namespace).into(),
                 port: port.port,
                 client_ip,
+                source: source(&model, peer, client_ip),
             }))),
             AppProtocol::Tcp => {
                 let key = ClusterKey {
@@ -160,6 +167,27 @@ impl Opener for Accept {
             }
             Opened::Pod { address, node } => self.l4(&mut tunnel, address, node).await,
         }
+    }
+}
+
+/// The client as its certificate proves it; its workload is looked up by address (a name
+/// for metrics only, never trusted for policy).
+fn source(model: &Model, peer: &SpiffeId, client_ip: IpAddr) -> Source {
+    let principal = peer.to_string();
+    let bare = principal.strip_prefix("spiffe://").unwrap_or(&principal);
+    let policy_peer = Peer::authenticated(bare, client_ip);
+    Source {
+        namespace: policy_peer
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "unknown".into())
+            .into(),
+        workload: model
+            .pod_by_ip(client_ip)
+            .map_or_else(|| "unknown".to_string(), workload_name)
+            .into(),
+        principal: principal.into(),
+        peer: policy_peer,
     }
 }
 

@@ -16,6 +16,7 @@ use std::{
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use rand::Rng;
+use weft_mesh::config::workload_name;
 use weft_mesh::{
     config::{LoadBalancer, Model, RetryBudget, ServiceInfo, TrafficPolicy},
     hbone,
@@ -289,12 +290,15 @@ pub struct Clusters {
     /// Where attempts and ejections are counted, per endpoint.
     attempts: Family<EndpointLabels, Counter>,
     ejections: Family<EndpointLabels, Counter>,
+    /// For the endpoints' SPIFFE identities.
+    trust_domain: String,
 }
 
 impl Clusters {
-    pub fn new(metrics: &Metrics) -> Self {
+    pub fn new(metrics: &Metrics, trust_domain: &str) -> Self {
         Clusters {
             by_key: Mutex::default(),
+            trust_domain: trust_domain.to_string(),
             attempts: metrics.attempts.clone(),
             ejections: metrics.ejections.clone(),
         }
@@ -385,7 +389,14 @@ fn build(
                         endpoint: address.to_string(),
                     })
                     .clone();
-                Arc::new(Endpoint::new(address, node, attempts))
+                let mut endpoint = Endpoint::new(address, node, attempts);
+                endpoint.workload = workload_name(pod).into();
+                endpoint.principal = format!(
+                    "spiffe://{}/ns/{}/sa/{}",
+                    clusters.trust_domain, pod.namespace, pod.service_account
+                )
+                .into();
+                Arc::new(endpoint)
             }))
         })
         .collect();

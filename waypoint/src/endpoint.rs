@@ -6,6 +6,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -83,6 +84,9 @@ pub struct Endpoint {
     pub active: AtomicUsize,
     /// Attempts sent here (`weft_waypoint_upstream_attempts_total`).
     pub attempts: Counter,
+    /// The pod's workload name and SPIFFE identity, for metrics and the access log.
+    pub workload: Arc<str>,
+    pub principal: Arc<str>,
     latency: Mutex<Latency>,
     health: Mutex<Health>,
     pub connections: Connections,
@@ -93,6 +97,8 @@ impl Endpoint {
         Endpoint {
             address,
             node,
+            workload: "unknown".into(),
+            principal: "unknown".into(),
             hash: crate::cluster::hash_key(address.to_string().as_bytes()),
             active: AtomicUsize::new(0),
             attempts,

@@ -13,10 +13,13 @@ mod endpoint;
 mod grpc;
 mod metrics;
 mod proxy;
+mod ratelimit;
 mod replay;
 mod response;
 mod route;
 mod settings;
+mod telemetry;
+mod trace;
 mod upstream;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
@@ -97,9 +100,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let metrics = metrics::Metrics::new();
     let tunnel = hbone::Settings::default();
+    let access_log = match &settings.access_log {
+        Some(path) => Some(
+            telemetry::AccessLog::start(path.clone(), settings.access_log_filter)
+                .with_context(|| format!("opening the access log {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let tracer = trace::Tracer {
+        sampling: settings.trace_sampling,
+        exporter: settings.otlp_endpoint.clone().map(|endpoint| {
+            trace::start_exporter(
+                endpoint,
+                format!("{}.{}", settings.name, settings.namespace),
+            )
+        }),
+    };
     let proxy = Arc::new(Proxy {
         model: model.clone(),
-        clusters: Clusters::new(&metrics),
+        clusters: Clusters::new(&metrics, &settings.trust_domain),
         dialer: Dialer {
             pool: Pool::new(tunnel.clone()),
             tls: upstream_tls,
@@ -108,6 +127,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             window: settings.window,
         },
         metrics: metrics.clone(),
+        waypoint: proxy::Waypoint {
+            namespace: settings.namespace.clone(),
+            name: settings.name.clone(),
+            pod_ip: settings.pod_ip,
+            root: settings.root_namespace.clone().into(),
+        },
+        limiter: ratelimit::Limiter::default(),
+        tracer,
+        access_log,
     });
     let accept = Arc::new(Accept {
         proxy: proxy.clone(),
@@ -146,10 +174,19 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "/healthz/ready" | "/healthz" => Reply::text(200, "ready\n"),
         _ => Reply::not_found(),
     });
+    let (health, health_service) = weft_mesh::admin::health();
+    let listener = TcpListener::bind(settings.ready_address)
+        .await
+        .with_context(|| format!("binding {}", settings.ready_address))?;
+    tasks.push(tokio::spawn(weft_mesh::admin::serve_ready(
+        listener,
+        ready,
+        health_service,
+        stopped(stop.clone()),
+    )));
     for (address, handler) in [
         (settings.admin_address, admin),
         (settings.metrics_address, metrics_page),
-        (settings.ready_address, ready),
     ] {
         let listener = TcpListener::bind(address)
             .await
@@ -161,6 +198,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         )));
     }
     tasks.push(tokio::spawn(reap_idle(proxy.clone(), stop.clone())));
+    weft_mesh::admin::set_serving(&health, "weft-waypoint", true).await;
     tracing::info!(
         %identity,
         hbone = %settings.hbone_address,
@@ -174,6 +212,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         _ = sigint.recv() => {}
     }
     tracing::info!("weft-waypoint stopping");
+    weft_mesh::admin::set_serving(&health, "weft-waypoint", false).await;
     let _ = stop_tx.send(true);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -185,13 +224,15 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Closes upstream connections that `http.idleTimeout` says have idled too long.
+/// Closes upstream connections that `http.idleTimeout` says have idled too long, and drops
+/// the rate-limit buckets of limits that are gone.
 async fn reap_idle(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+        proxy.limiter.retain(&proxy.model.borrow().clone());
         for cluster in proxy.clusters.all() {
             for endpoint in cluster.endpoints().iter() {
                 endpoint

@@ -6,7 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 
@@ -33,8 +37,10 @@ impl Flags {
     pub const URX: Flags = Flags(1 << 7);
     /// No route.
     pub const NR: Flags = Flags(1 << 8);
+    /// Refused by a local rate limit.
+    pub const RL: Flags = Flags(1 << 9);
 
-    const NAMES: [(Flags, &'static str); 9] = [
+    const NAMES: [(Flags, &'static str); 10] = [
         (Flags::UH, "UH"),
         (Flags::UF, "UF"),
         (Flags::UO, "UO"),
@@ -44,6 +50,7 @@ impl Flags {
         (Flags::DC, "DC"),
         (Flags::URX, "URX"),
         (Flags::NR, "NR"),
+        (Flags::RL, "RL"),
     ];
 
     pub fn set(&mut self, flag: Flags) {
@@ -85,6 +92,56 @@ pub struct RequestLabels {
     pub response_flags: String,
 }
 
+/// The labels of Istio's standard request metrics (Istio's "Standard Metrics" reference),
+/// as a waypoint reports them: the seeds' dashboards and alerts select on these.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IstioLabels {
+    /// Always `waypoint`, as Istio's ambient waypoints report.
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    /// The Service's host name, `name.namespace.svc.cluster.local`.
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    /// `grpc` or `http`.
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    /// The gRPC status as a number, or `-` for a call that is not gRPC.
+    pub grpc_response_status: String,
+    pub response_flags: String,
+    pub connection_security_policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+/// Istio's default buckets for `istio_request_duration_milliseconds`.
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Istio's default buckets for the size histograms: 1 byte to 1 GB, by tens.
+const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+#[derive(Clone, Copy)]
+pub struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+pub type HistogramFamily = Family<IstioLabels, Histogram, Buckets>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
     pub cluster: String,
@@ -96,9 +153,22 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
+    pub istio_requests: Family<IstioLabels, Counter>,
+    pub istio_duration: HistogramFamily,
+    pub istio_request_bytes: HistogramFamily,
+    pub istio_response_bytes: HistogramFamily,
+    /// Calls refused by an AuthorizationPolicy, by the policy that refused them (or
+    /// `-` when no ALLOW policy matched).
+    pub authz_denied: Family<PolicyLabels, Counter>,
+    /// Calls AUDIT policies matched.
+    pub authz_audited: Family<PolicyLabels, Counter>,
+    /// Calls refused by a LocalRateLimit, by `namespace/name`.
+    pub rate_limited: Family<PolicyLabels, Counter>,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
     pub attempts: Family<EndpointLabels, Counter>,
     pub retries: Family<ClusterLabels, Counter>,
     pub retries_refused: Family<ClusterLabels, Counter>,
@@ -108,8 +178,64 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let metrics = Metrics::default();
+        let histogram = |buckets: &'static [f64]| Family::new_with_constructor(Buckets(buckets));
+        let metrics = Metrics {
+            requests: Family::default(),
+            istio_requests: Family::default(),
+            istio_duration: histogram(&DURATION_BUCKETS),
+            istio_request_bytes: histogram(&SIZE_BUCKETS),
+            istio_response_bytes: histogram(&SIZE_BUCKETS),
+            authz_denied: Family::default(),
+            authz_audited: Family::default(),
+            rate_limited: Family::default(),
+            access_log_dropped: Counter::default(),
+            attempts: Family::default(),
+            retries: Family::default(),
+            retries_refused: Family::default(),
+            ejections: Family::default(),
+            registry: Arc::default(),
+        };
         if let Ok(mut r) = metrics.registry.lock() {
+            r.register(
+                "istio_requests",
+                "Requests handled by the waypoint (Istio's standard metric)",
+                metrics.istio_requests.clone(),
+            );
+            r.register(
+                "istio_request_duration_milliseconds",
+                "Request duration at the waypoint, from the request headers to the end of the response",
+                metrics.istio_duration.clone(),
+            );
+            r.register(
+                "istio_request_bytes",
+                "Request body sizes",
+                metrics.istio_request_bytes.clone(),
+            );
+            r.register(
+                "istio_response_bytes",
+                "Response body sizes",
+                metrics.istio_response_bytes.clone(),
+            );
+            r.register(
+                "weft_waypoint_authz_denied",
+                "Calls refused by an AuthorizationPolicy, by policy",
+                metrics.authz_denied.clone(),
+            );
+            r.register(
+                "weft_waypoint_authz_audited",
+                "Calls an AUDIT AuthorizationPolicy matched, by policy",
+                metrics.authz_audited.clone(),
+            );
+            r.register(
+                "weft_waypoint_rate_limited",
+                "Calls refused by a LocalRateLimit, by limit",
+                metrics.rate_limited.clone(),
+            );
+            r.register(
+                "weft_waypoint_access_log_dropped",
+                "Access log lines dropped because the writer fell behind",
+                metrics.access_log_dropped.clone(),
+            );
             r.register(
                 "weft_waypoint_requests",
                 "Calls handled, by service, route, status and response flags",

@@ -15,29 +15,58 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use rand::Rng;
 use tokio::sync::watch;
-use weft_mesh::config::{HashKey, LoadBalancer, Model, RetryOn};
+use weft_mesh::{
+    config::{HashKey, LoadBalancer, Model, RetryOn},
+    policy::{Peer, Request as Attributes, RootNamespace, WaypointTarget, Workload, authorize_l7},
+};
 
 use crate::{
     cluster::{Cluster, Clusters, hash_key},
     endpoint::{Endpoint, Outcome},
     grpc::{self, Code},
-    metrics::{ClusterLabels, Flags, Metrics},
+    metrics::{ClusterLabels, Flags, Metrics, PolicyLabels},
+    ratelimit::{CallKey, Limiter},
     replay::Replay,
-    response::{InFlight, Record, ResponseBody, Streaming},
+    response::{InFlight, ResponseBody, Streaming},
     route::route,
+    telemetry::{AccessLog, Record},
+    trace::Tracer,
     upstream::{Dialer, Lease},
 };
 
-/// The Service (and port) a tunnelled connection was addressed to.
+/// The Service (and port) a tunnelled connection was addressed to, and who called it.
 #[derive(Debug, Clone)]
 pub struct Called {
     /// The Service's (namespace, name), its key in the model.
     pub service: (String, String),
     /// `namespace/name`, the metrics' label, made once per connection.
     pub label: Arc<str>,
+    /// `name.namespace.svc.cluster.local`, Istio's `destination_service`.
+    pub host: Arc<str>,
     pub port: u16,
     /// The client's address, for `consistentHash.useSourceIp`.
     pub client_ip: IpAddr,
+    pub source: Source,
+}
+
+/// The client of a tunnelled connection, as its certificate and the model tell.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// For authorization: the principal the certificate proved, and the client's address.
+    pub peer: Peer,
+    /// `spiffe://...`, for metrics and the access log.
+    pub principal: Arc<str>,
+    pub namespace: Arc<str>,
+    /// The client pod's workload, or `unknown` when its address is no known pod.
+    pub workload: Arc<str>,
+}
+
+/// This waypoint, as policies name it.
+pub struct Waypoint {
+    pub namespace: String,
+    pub name: String,
+    pub pod_ip: IpAddr,
+    pub root: RootNamespace,
 }
 
 pub struct Proxy {
@@ -45,6 +74,10 @@ pub struct Proxy {
     pub clusters: Clusters,
     pub dialer: Dialer,
     pub metrics: Metrics,
+    pub waypoint: Waypoint,
+    pub limiter: Limiter,
+    pub tracer: Tracer,
+    pub access_log: Option<AccessLog>,
 }
 
 /// Why an attempt got no response headers.
@@ -99,15 +132,34 @@ impl Proxy {
         called: Arc<Called>,
         request: Request<Incoming>,
     ) -> Response<ResponseBody> {
+        let started = Instant::now();
         let is_grpc = grpc::is_grpc(request.headers());
         let model = self.model.borrow().clone();
+        let (mut parts, body) = request.into_parts();
+        let span = self.tracer.start(&mut parts.headers, parts.uri.path());
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+        let replay = Replay::new(body);
         let mut record = Record {
-            requests: self.metrics.requests.clone(),
-            service: called.label.clone(),
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
+            called: called.clone(),
             route: "-".into(),
             grpc: is_grpc,
             flags: Flags::default(),
+            method: parts.method.clone(),
+            path,
+            started,
+            upstream: None,
+            request_bytes: replay.received(),
+            response_bytes: 0,
+            span: Some(span),
         };
+        if let Err(denied) = self.authorize(&model, &called, &parts, &record.path) {
+            return local(record, Code::PermissionDenied, Flags::default(), &denied);
+        }
         let Some(service) = model.services.get(&called.service) else {
             return local(
                 record,
@@ -120,13 +172,35 @@ impl Proxy {
             &model,
             service,
             called.port,
-            request.uri().path(),
-            request.headers(),
+            parts.uri.path(),
+            &parts.headers,
         ) {
             Ok(routed) => routed,
             Err(no) => return local(record, Code::Unimplemented, Flags::NR, &no.0),
         };
         record.route = decision.route.clone();
+        let call = CallKey {
+            waypoint: (&self.waypoint.namespace, &self.waypoint.name),
+            service: (&called.service.0, &called.service.1),
+            route: decision.route.rsplit_once('#').map(|(_, name)| name),
+            path: parts.uri.path(),
+        };
+        if let Err(limit) = self.limiter.admit(&model, &call) {
+            self.metrics
+                .rate_limited
+                .get_or_create(&PolicyLabels { policy: limit })
+                .inc();
+            let mut response = local(
+                record,
+                Code::ResourceExhausted,
+                Flags::RL,
+                "local rate limit exceeded",
+            );
+            response
+                .headers_mut()
+                .insert("x-local-rate-limit", HeaderValue::from_static("true"));
+            return response;
+        }
         let cluster = self.clusters.get(&model, target, &decision.cluster);
         let Some(admission) = cluster.admit() else {
             return local(
@@ -138,14 +212,14 @@ impl Proxy {
         };
         cluster.count_request();
 
-        let deadline = [decision.timeout, grpc::parse_timeout(request.headers())]
+        let deadline = [decision.timeout, grpc::parse_timeout(&parts.headers)]
             .into_iter()
             .flatten()
             .min()
             .map(|t| Instant::now() + t);
         let hash = match &cluster.policy.balancer {
-            LoadBalancer::ConsistentHash(HashKey::Header(name)) => request
-                .headers()
+            LoadBalancer::ConsistentHash(HashKey::Header(name)) => parts
+                .headers
                 .get(name.as_str())
                 .map(|v| hash_key(v.as_bytes())),
             LoadBalancer::ConsistentHash(HashKey::SourceIp) => Some(match called.client_ip {
@@ -154,8 +228,6 @@ impl Proxy {
             }),
             _ => None,
         };
-        let (parts, body) = request.into_parts();
-        let replay = Replay::new(body);
         let retries = &decision.retries;
         let mut avoid = None;
         let mut retry_slot = None;
@@ -247,6 +319,7 @@ impl Proxy {
                     if !record.flags.contains(Flags::URX) {
                         record.flags = Flags::default();
                     }
+                    record.upstream = Some(endpoint.clone());
                     endpoint.observe_latency(started.elapsed());
                     let (head, inner) = response.into_parts();
                     if inner.is_end_stream() {
@@ -273,6 +346,7 @@ impl Proxy {
                 }
                 Err(failure) => {
                     cluster.report(&endpoint, why);
+                    record.upstream = Some(endpoint.clone());
                     let (code, message) = match &failure {
                         Failure::Timeout => (
                             Code::DeadlineExceeded,
@@ -289,6 +363,80 @@ impl Proxy {
                 }
             };
         }
+    }
+
+    /// The AuthorizationPolicies attached to this waypoint, for one call. `Err` is the
+    /// message the client gets (Envoy's "RBAC: access denied", with the reason).
+    fn authorize(
+        &self,
+        model: &Model,
+        called: &Called,
+        parts: &Parts,
+        path: &str,
+    ) -> Result<(), String> {
+        if model.authorization_policies.is_empty() {
+            return Ok(());
+        }
+        let no_labels = std::collections::BTreeMap::new();
+        let labels = model
+            .pod_by_ip(self.waypoint.pod_ip)
+            .map_or(&no_labels, |pod| &pod.labels);
+        let at = WaypointTarget {
+            waypoint: Workload {
+                namespace: &self.waypoint.namespace,
+                labels,
+                ip: Some(self.waypoint.pod_ip),
+            },
+            name: &self.waypoint.name,
+            service: (&called.service.0, &called.service.1),
+            root: &self.waypoint.root,
+        };
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let attributes = Attributes {
+            method: parts.method.as_str(),
+            path,
+            host,
+            headers: &parts.headers,
+        };
+        let decision = authorize_l7(model, &at, called.port, &called.source.peer, &attributes);
+        for policy in &decision.audited_by {
+            self.metrics
+                .authz_audited
+                .get_or_create(&PolicyLabels {
+                    policy: policy.to_string(),
+                })
+                .inc();
+            tracing::info!(%policy, source = %called.source.principal, path, "AUDIT policy matched");
+        }
+        if decision.allowed {
+            return Ok(());
+        }
+        let policy = match &decision.reason {
+            weft_mesh::policy::DecisionReason::DeniedBy(p) => p.to_string(),
+            _ => "-".to_string(),
+        };
+        self.metrics
+            .authz_denied
+            .get_or_create(&PolicyLabels { policy })
+            .inc();
+        tracing::info!(
+            source = %called.source.principal,
+            service = %called.label,
+            path,
+            reason = %decision.reason,
+            "call denied"
+        );
+        Err(format!("RBAC: access denied ({})", decision.reason))
     }
 
     /// One attempt: a stream on a connection to `endpoint`, until its response headers.
@@ -389,6 +537,6 @@ fn local(mut record: Record, code: Code, flag: Flags, message: &str) -> Response
         record.grpc.then_some(code as u32),
         Flags::default(),
     );
-    tracing::debug!(service = %record.service, %message, "answered locally");
+    tracing::debug!(service = %record.called.label, %message, "answered locally");
     response
 }

@@ -5,7 +5,10 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -21,6 +24,8 @@ pub const LIMIT: usize = 64 * 1024;
 
 struct State<B> {
     source: Option<B>,
+    /// Body bytes read from the client so far, for the request-size metric.
+    received: Arc<AtomicU64>,
     data: Vec<Bytes>,
     kept: usize,
     trailers: Option<HeaderMap>,
@@ -47,6 +52,7 @@ impl<B: Body> Replay<B> {
         let ended = source.is_end_stream();
         Replay(Arc::new(Mutex::new(State {
             source: Some(source),
+            received: Arc::default(),
             data: Vec::new(),
             kept: 0,
             trailers: None,
@@ -55,6 +61,13 @@ impl<B: Body> Replay<B> {
             failed: None,
             generation: 0,
         })))
+    }
+
+    /// The count of body bytes read from the client, which grows as the body streams.
+    pub fn received(&self) -> Arc<AtomicU64> {
+        self.0
+            .lock()
+            .map_or_else(|_| Arc::default(), |s| s.received.clone())
     }
 
     /// Whether another attempt could send the body from its start.
@@ -149,6 +162,9 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_data() {
                     Ok(data) => {
+                        state
+                            .received
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
                         if !state.overflowed {
                             state.kept += data.len();
                             if state.kept > LIMIT {

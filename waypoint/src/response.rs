@@ -15,50 +15,17 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
-use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio::time::Sleep;
 
 use crate::{
     cluster::{Admission, Cluster},
     endpoint::{Endpoint, Outcome},
     grpc::{self, Code},
-    metrics::{Flags, RequestLabels},
+    metrics::Flags,
     replay::BoxError,
+    telemetry::Record,
     upstream::Lease,
 };
-
-/// What is known of a call when it is answered, to count it when it ends.
-pub struct Record {
-    pub requests: Family<RequestLabels, Counter>,
-    pub service: Arc<str>,
-    pub route: String,
-    pub grpc: bool,
-    pub flags: Flags,
-}
-
-impl Record {
-    /// Counts the finished call.
-    pub fn finish(&self, status: u16, grpc_status: Option<u32>, flags: Flags) {
-        let grpc_response_status = match (self.grpc, grpc_status) {
-            (false, _) => "-".to_string(),
-            (true, Some(code)) => code.to_string(),
-            // A gRPC call that ended without a status: the client sees UNKNOWN.
-            (true, None) => (Code::Unknown as u8).to_string(),
-        };
-        let mut all = self.flags;
-        all.set(flags);
-        self.requests
-            .get_or_create(&RequestLabels {
-                destination_service: self.service.to_string(),
-                route: self.route.clone(),
-                grpc_response_status,
-                response_code: status,
-                response_flags: all.to_string(),
-            })
-            .inc();
-        tracing::debug!(service = %self.service, route = %self.route, status, ?grpc_status, flags = %all, "call");
-    }
-}
 
 /// A call in flight on an endpoint: counted in its in-flight requests until dropped.
 pub struct InFlight(pub Arc<Endpoint>);
@@ -105,7 +72,7 @@ impl ResponseBody {
 }
 
 /// Ends a streaming call: reports the endpoint's outcome and counts the call.
-fn end(s: Streaming, grpc_status: Option<u32>, flags: Flags) {
+fn end(mut s: Streaming, grpc_status: Option<u32>, flags: Flags) {
     let outcome = if flags.contains(Flags::UR) {
         Outcome::Reset
     } else if flags.contains(Flags::UT) {
@@ -160,6 +127,9 @@ impl Body for ResponseBody {
         match Pin::new(&mut s.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    s.record.response_bytes += data.len() as u64;
+                }
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = grpc::status(trailers);
                     if let Some(s) = slot.take() {

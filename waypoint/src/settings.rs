@@ -65,6 +65,33 @@ pub struct Settings {
     #[arg(long, default_value_t = 1024 * 1024)]
     pub window: u32,
 
+    /// Where the access log goes: a file, or `-` for standard output. None by default.
+    #[arg(long, env = "WEFT_ACCESS_LOG")]
+    pub access_log: Option<PathBuf>,
+
+    /// Which calls the access log records.
+    #[arg(
+        long,
+        env = "WEFT_ACCESS_LOG_FILTER",
+        value_enum,
+        default_value = "all"
+    )]
+    pub access_log_filter: crate::telemetry::LogFilter,
+
+    /// Percentage of new traces the waypoint samples (a client's own decision stands).
+    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value_t = 1.0,
+          value_parser = sampling)]
+    pub trace_sampling: f64,
+
+    /// OTLP/gRPC collector for the waypoint's spans, e.g. `http://collector:4317`. Spans
+    /// are not exported without one (trace headers are still propagated).
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The mesh's root namespace (Istio's `rootNamespace`).
+    #[arg(long, default_value = weft_mesh::policy::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+
     /// Worker threads (Envoy's `--concurrency`); 0 means one per core.
     #[arg(long, env = "WEFT_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
@@ -78,5 +105,14 @@ impl Settings {
             trust_bundle: self.trust_bundle.clone(),
             ttl: Duration::from_secs(self.cert_ttl_seconds),
         }
+    }
+}
+
+fn sampling(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not a percentage (0 to 100)"))
     }
 }

@@ -80,7 +80,16 @@ async fn main() -> Result<()> {
     if faults != FaultConfig::default() {
         eprintln!("uuid-server: misbehaving on purpose: {faults:?}");
     }
+    // grpc.health.v1, as a real backend offers it: SERVING for the server as a whole and
+    // for the Whoami service; any other name is NOT_FOUND.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", "weft.demo.Whoami"] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     Server::builder()
+        .add_service(health_service)
         .add_service(service.into_server())
         .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await

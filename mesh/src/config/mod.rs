@@ -16,6 +16,7 @@
 //!   (what they mean at run time is `crate::policy`'s business);
 //! - `traffic/`: Istio's VirtualService and DestinationRule, parsed and validated, and
 //!   which of them apply to a Service (what they do is the waypoint's business);
+//! - `ratelimit.rs`: Weft's `LocalRateLimit` CRD, the waypoint's token buckets;
 //! - `error.rs`: how a rejection names the file, document, object and field;
 //! - `dir.rs`: the directory source, with last-good-per-file semantics;
 //! - `watch.rs`: inotify plus a periodic resync, publishing on a watch channel.
@@ -34,6 +35,7 @@ mod error;
 mod model;
 mod parse;
 mod protocol;
+mod ratelimit;
 mod security;
 mod traffic;
 mod watch;
@@ -43,12 +45,13 @@ pub use dir::DirSource;
 pub use error::{ConfigError, InvalidObject};
 pub use model::{
     Model, NamespaceInfo, NodeInfo, Object, ObjectKey, PodInfo, ServiceAccountInfo, ServiceInfo,
-    ServicePortInfo,
+    ServicePortInfo, workload_name,
 };
 pub use parse::{
     namespace_info, node_info, parse_value, pod_info, service_account_info, service_info,
 };
 pub use protocol::{AppProtocol, detect_protocol};
+pub use ratelimit::{LimitScope, LocalRateLimitInfo, MIN_FILL_INTERVAL, TokenBucket};
 pub use security::{
     AuthorizationPolicyInfo, AuthzAction, Cidr, Condition, InvalidCidr, MtlsMode, Operation,
     PeerAuthenticationInfo, Rule, Source, TargetRef, condition_keys,

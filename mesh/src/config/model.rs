@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::protocol::AppProtocol;
+use super::ratelimit::LocalRateLimitInfo;
 use super::security::{AuthorizationPolicyInfo, PeerAuthenticationInfo};
 use super::traffic::{DestinationRuleInfo, VirtualServiceInfo};
 use super::{AMBIENT, AMBIENT_LABEL, ISTIO_AMBIENT_LABEL, NONE};
@@ -47,6 +48,23 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     /// `spec.hostNetwork`.
     pub host_network: bool,
+}
+
+/// The workload a pod belongs to, as Istio's metrics name it: the `app.kubernetes.io/name`
+/// or `app` label, else the pod's name without the suffixes a ReplicaSet adds.
+pub fn workload_name(pod: &PodInfo) -> String {
+    if let Some(name) = ["app.kubernetes.io/name", "app"]
+        .iter()
+        .find_map(|k| pod.labels.get(*k))
+    {
+        return name.clone();
+    }
+    // `web-5d8f7b9c4-x7k2p`: a Deployment's pods end in two generated parts.
+    let parts: Vec<&str> = pod.name.rsplitn(3, '-').collect();
+    match parts.as_slice() {
+        [suffix, hash, base] if suffix.len() == 5 && hash.len() >= 8 => base.to_string(),
+        _ => pod.name.clone(),
+    }
 }
 
 impl PodInfo {
@@ -112,6 +130,7 @@ pub enum Object {
     ServiceAccount(ServiceAccountInfo),
     VirtualService(VirtualServiceInfo),
     DestinationRule(DestinationRuleInfo),
+    LocalRateLimit(LocalRateLimitInfo),
 }
 
 /// What identifies an object: two objects with the same key are the same object.
@@ -181,6 +200,11 @@ impl Object {
                 namespace: Some(dr.namespace.clone()),
                 name: dr.name.clone(),
             },
+            Object::LocalRateLimit(rl) => ObjectKey {
+                kind: "LocalRateLimit",
+                namespace: Some(rl.namespace.clone()),
+                name: rl.name.clone(),
+            },
         }
     }
 }
@@ -198,6 +222,7 @@ pub struct Model {
     pub service_accounts: BTreeMap<(String, String), ServiceAccountInfo>,
     pub virtual_services: BTreeMap<(String, String), VirtualServiceInfo>,
     pub destination_rules: BTreeMap<(String, String), DestinationRuleInfo>,
+    pub local_rate_limits: BTreeMap<(String, String), LocalRateLimitInfo>,
 }
 
 impl Model {
@@ -234,6 +259,10 @@ impl Model {
                 let key = (dr.namespace.clone(), dr.name.clone());
                 self.destination_rules.insert(key, dr).is_some()
             }
+            Object::LocalRateLimit(rl) => {
+                let key = (rl.namespace.clone(), rl.name.clone());
+                self.local_rate_limits.insert(key, rl).is_some()
+            }
         }
     }
 
@@ -250,6 +279,7 @@ impl Model {
             "ServiceAccount" => self.service_accounts.remove(&namespaced()).is_some(),
             "VirtualService" => self.virtual_services.remove(&namespaced()).is_some(),
             "DestinationRule" => self.destination_rules.remove(&namespaced()).is_some(),
+            "LocalRateLimit" => self.local_rate_limits.remove(&namespaced()).is_some(),
             _ => false,
         }
     }

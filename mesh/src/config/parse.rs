@@ -18,6 +18,7 @@ use super::model::{
     NamespaceInfo, NodeInfo, Object, PodInfo, ServiceAccountInfo, ServiceInfo, ServicePortInfo,
 };
 use super::protocol::detect_protocol;
+use super::ratelimit::local_rate_limit_info;
 use super::security::{authorization_policy_info, peer_authentication_info};
 use super::traffic::{destination_rule_info, virtual_service_info};
 
@@ -102,6 +103,12 @@ const KINDS: &[KindEntry] = &[
         kind: "DestinationRule",
         namespaced: true,
         parse: |v| Ok(Some(Object::DestinationRule(destination_rule_info(v)?))),
+    },
+    KindEntry {
+        group: "weft.dev",
+        kind: "LocalRateLimit",
+        namespaced: true,
+        parse: |v| Ok(Some(Object::LocalRateLimit(local_rate_limit_info(v)?))),
     },
 ];
 

@@ -16,13 +16,16 @@
 //! the log.
 //!
 //! Policies with `targetRefs` attach to a Gateway, waypoint or Service, not to workloads:
-//! the agent skips them, and the waypoint that they target enforces them.
+//! the agent skips them, and the waypoint that they target enforces them with
+//! [`authorize_l7`], which sees the request as well, so that `paths`, `methods`, `hosts` and
+//! `request.headers[...]` are decided rather than failing closed. CUSTOM is skipped there
+//! too: Weft has no external authorizer yet.
 
 use std::fmt;
 
 use crate::config::{AuthorizationPolicyInfo, AuthzAction, Model};
 
-use super::matching::{L4, Match};
+use super::matching::{L4, Match, Request};
 use super::{Peer, PolicyRef, RootNamespace, Workload, scope_of};
 
 /// The outcome of [`authorize_l4`], with what decided it, for logs and metrics.
@@ -90,12 +93,83 @@ pub fn authorize_l4(
         src,
         dest,
         dest_port,
+        request: None,
     };
+    decide(applicable_authorization_policies(model, root, dest), &l4)
+}
+
+/// The waypoint a request passes through, and the Service it is addressed to.
+#[derive(Debug, Clone, Copy)]
+pub struct WaypointTarget<'a> {
+    /// The waypoint's own workload: its namespace and pod labels (for `selector`).
+    pub waypoint: Workload<'a>,
+    /// The waypoint's name (its Gateway, for `targetRefs`).
+    pub name: &'a str,
+    /// The called Service's (namespace, name).
+    pub service: (&'a str, &'a str),
+    pub root: &'a RootNamespace,
+}
+
+/// Whether a policy attaches to the waypoint: by `targetRefs` naming the waypoint's Gateway
+/// (in its namespace) or the called Service (in the Service's namespace), or by a `selector`
+/// that picks the waypoint's own pods. Policies without either attach to workloads, and
+/// the agents enforce them.
+pub fn attaches_to_waypoint(policy: &AuthorizationPolicyInfo, at: &WaypointTarget<'_>) -> bool {
+    if policy.target_refs.is_empty() {
+        return policy.selector.is_some()
+            && scope_of(
+                &policy.namespace,
+                policy.selector.as_ref(),
+                at.root,
+                &at.waypoint,
+            )
+            .is_some();
+    }
+    policy.target_refs.iter().any(|r| {
+        let gateway = r.kind == "Gateway"
+            && matches!(r.group.as_str(), "gateway.networking.k8s.io" | "")
+            && r.name == at.name
+            && policy.namespace == at.waypoint.namespace;
+        let service = r.kind == "Service"
+            && matches!(r.group.as_str(), "" | "core")
+            && (policy.namespace.as_str(), r.name.as_str()) == at.service;
+        gateway || service
+    })
+}
+
+/// Decides whether a request may pass the waypoint, by the AuthorizationPolicies that
+/// attach to it ([`attaches_to_waypoint`]), in Istio's order: DENY, then ALLOW, with AUDIT
+/// recorded. `dest_port` is the called Service port.
+pub fn authorize_l7(
+    model: &Model,
+    at: &WaypointTarget<'_>,
+    dest_port: u16,
+    src: &Peer,
+    request: &Request<'_>,
+) -> Decision {
+    let l7 = L4 {
+        src,
+        dest: &at.waypoint,
+        dest_port,
+        request: Some(request),
+    };
+    let policies = model
+        .authorization_policies
+        .values()
+        .filter(|p| attaches_to_waypoint(p, at));
+    decide(policies, &l7)
+}
+
+/// Istio's order over the applicable policies (see the module documentation).
+fn decide<'a>(
+    policies: impl Iterator<Item = &'a AuthorizationPolicyInfo>,
+    attributes: &L4<'_>,
+) -> Decision {
     // The best match over a policy's rules; no rules, no match.
     let best = |p: &AuthorizationPolicyInfo| {
         p.rules
             .iter()
-            .map(|r| l4.rule(r))
+            .map(|r| attributes.rule(r))
             .max()
             .unwrap_or(Match::No)
     };
@@ -105,7 +179,7 @@ pub fn authorize_l4(
     let mut allow_policies = 0usize;
     let mut allowed_by = None;
     let mut audited_by = Vec::new();
-    for policy in applicable_authorization_policies(model, root, dest) {
+    for policy in policies {
         match policy.action {
             AuthzAction::Custom => {}
             AuthzAction::Deny => {
@@ -143,3 +217,7 @@ pub fn authorize_l4(
 #[cfg(test)]
 #[path = "authz_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "authz_l7_tests.rs"]
+mod l7_tests;

@@ -13,6 +13,12 @@
 //! none of its entries, and an absent value (a plaintext peer has no principal and no
 //! namespace) matches none: `notPrincipals: ["*"]` is how Istio's reference denies plaintext
 //! peers, and that only works this way. A positive field never matches an absent value.
+//!
+//! At a waypoint the same matcher gets the request too ([`Request`]), and the L7 clauses
+//! become definite: `hosts` (case-insensitive, as Istio matches them), `methods`, `paths`
+//! (without the query string) and `request.headers[...]` conditions. What neither side can
+//! see (`requestPrincipals` and the `request.auth.*` keys, which need JWT authentication)
+//! stays `Unknown`, and so fails closed at the waypoint as well.
 
 use std::net::IpAddr;
 
@@ -58,11 +64,44 @@ pub fn value_matches(pattern: &str, value: &str) -> bool {
     }
 }
 
-/// What the agent knows of a connection.
+/// What an L7 proxy knows of a request, beyond its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The request path, with or without a query string (it is not part of the match).
+    pub path: &'a str,
+    /// `:authority` (or `Host`).
+    pub host: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+impl Request<'_> {
+    fn path(&self) -> &str {
+        self.path
+            .split_once('?')
+            .map_or(self.path, |(path, _)| path)
+    }
+
+    /// A header's value, for `request.headers[name]`; several values are joined with `,`
+    /// as HTTP allows. A value that is not text counts as absent.
+    fn header(&self, name: &str) -> Option<String> {
+        let mut values = self.headers.get_all(name).iter();
+        let first = values.next()?.to_str().ok()?.to_string();
+        values.try_fold(first, |mut all, v| {
+            all.push(',');
+            all.push_str(v.to_str().ok()?);
+            Some(all)
+        })
+    }
+}
+
+/// What the agent knows of a connection, and what a waypoint knows of a request on it.
 pub(super) struct L4<'a> {
     pub src: &'a Peer,
     pub dest: &'a Workload<'a>,
     pub dest_port: u16,
+    /// `None` at the agent: the L7 clauses are then `Unknown`.
+    pub request: Option<&'a Request<'a>>,
 }
 
 impl L4<'_> {
@@ -111,22 +150,40 @@ impl L4<'_> {
 
     fn operation(&self, o: &Operation) -> Match {
         let port = self.dest_port;
-        all([
+        let ports = all([
             Match::from(o.ports.is_empty() || o.ports.contains(&port)),
             Match::from(!o.not_ports.contains(&port)),
-            needs_l7(&[
-                &o.hosts,
-                &o.not_hosts,
-                &o.methods,
-                &o.not_methods,
-                &o.paths,
-                &o.not_paths,
-                &o.unsupported,
-            ]),
+            needs_l7(&[&o.unsupported]),
+        ]);
+        let Some(request) = self.request else {
+            return all([
+                ports,
+                needs_l7(&[
+                    &o.hosts,
+                    &o.not_hosts,
+                    &o.methods,
+                    &o.not_methods,
+                    &o.paths,
+                    &o.not_paths,
+                ]),
+            ]);
+        };
+        let host = request.host.to_ascii_lowercase();
+        let path = request.path();
+        all([
+            ports,
+            list_match(&o.hosts, &o.not_hosts, |p| {
+                value_matches(&p.to_ascii_lowercase(), &host)
+            }),
+            list_match(&o.methods, &o.not_methods, |p| {
+                value_matches(p, request.method)
+            }),
+            list_match(&o.paths, &o.not_paths, |p| value_matches(p, path)),
         ])
     }
 
-    /// One `when` entry. Keys the agent cannot see are `Unknown`: the L7 ones, any key
+    /// One `when` entry. Keys the agent cannot see are `Unknown`: the L7 ones (a waypoint
+    /// sees `request.headers[...]`), any key
     /// outside Istio's table, `connection.sni` (the agent's connections are HBONE tunnels
     /// or plaintext; there is no inner TLS handshake to read it from), and
     /// `destination.ip` when the caller did not give the address.
@@ -145,7 +202,12 @@ impl L4<'_> {
             }),
             k::SOURCE_PRINCIPAL => strings(&c.values, &c.not_values, self.principal()),
             k::SOURCE_NAMESPACE => strings(&c.values, &c.not_values, self.namespace()),
-            _ => Match::Unknown,
+            key => match (self.request, condition_keys::request_header(key)) {
+                (Some(request), Some(name)) => {
+                    strings(&c.values, &c.not_values, request.header(name).as_deref())
+                }
+                _ => Match::Unknown,
+            },
         }
     }
 }

@@ -44,6 +44,7 @@ fn check(r: &Rule, src: &Peer, port: u16) -> Match {
         src,
         dest: &dest,
         dest_port: port,
+        request: None,
     }
     .rule(r)
 }
@@ -529,6 +530,7 @@ fn conditions() {
         src: &src,
         dest: &dest,
         dest_port: 80,
+        request: None,
     };
     assert_eq!(l4.rule(&r), Unknown);
 }

@@ -28,8 +28,11 @@ mod matching;
 mod peer_authn;
 mod scope;
 
-pub use authz::{Decision, DecisionReason, applicable_authorization_policies, authorize_l4};
-pub use matching::value_matches;
+pub use authz::{
+    Decision, DecisionReason, WaypointTarget, applicable_authorization_policies,
+    attaches_to_waypoint, authorize_l4, authorize_l7,
+};
+pub use matching::{Request, value_matches};
 pub use peer_authn::{EffectiveMtls, effective_peer_authentication, peer_authentication_mode};
 pub use scope::{Scope, scope_of};
 

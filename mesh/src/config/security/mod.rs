@@ -43,6 +43,14 @@ pub mod condition_keys {
     pub const REQUEST_AUTH_AUDIENCES: &str = "request.auth.audiences";
     pub const REQUEST_AUTH_PRESENTER: &str = "request.auth.presenter";
 
+    /// The header name of a `request.headers[name]` key (lower-cased, as HTTP/2 sends
+    /// header names, so that `request.headers[User-Agent]` finds `user-agent`).
+    pub fn request_header(key: &str) -> Option<&str> {
+        key.strip_prefix("request.headers[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .filter(|name| !name.is_empty())
+    }
+
     /// Whether Istio's table has the key: one of the constants here, `request.headers[name]`,
     /// `request.auth.claims[name]`, or an `experimental.envoy.filters.` key.
     pub fn known(key: &str) -> bool {
