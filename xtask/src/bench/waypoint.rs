@@ -2,7 +2,9 @@
 //! from a client on node 1, measured three ways in one run, interleaved:
 //! - direct: a client outside the mesh calls a server outside the mesh (pod to pod);
 //! - l4: a meshed client calls a meshed Service without a waypoint (agents, HBONE);
-//! - waypoint: the same through the waypoint, which balances each call over 3 backends.
+//! - waypoint: the same through the waypoint, which balances each call over 3 backends;
+//! - waypoint_authz: the same through a Service of the waypoint with a 20-rule
+//!   AuthorizationPolicy attached, whose only matching rule is the last.
 //!
 //! Maximum rate at fixed concurrency for each; latency at a fixed 1000 calls/s for direct
 //! and waypoint; and the waypoint's memory and CPU while it serves those 1000 calls/s.
@@ -43,6 +45,40 @@ fn spec() -> LabSpec {
             [10, 96, 0, 21],
             &[],
         ))
+        .with_service(ServiceSpec::whoami(
+            "whoami-authz",
+            "mesh",
+            [10, 96, 0, 22],
+            &[("weft.dev/use-waypoint", "wp")],
+        ))
+}
+
+/// An ALLOW policy of 20 rules on whoami-authz: 19 that the client's calls do not match
+/// (other principals, namespaces, paths, methods and headers) and, last, one that does.
+fn twenty_rule_policy() -> String {
+    let mut rules = String::new();
+    for i in 0..19 {
+        rules.push_str(&match i % 4 {
+            0 => format!(
+                "  - from: [{{source: {{principals: [\"cluster.local/ns/mesh/sa/other-{i}\"]}}}}]\n"
+            ),
+            1 => format!(
+                "  - to: [{{operation: {{paths: [\"/weft.demo.Other{i}/*\"], methods: [\"POST\"]}}}}]\n"
+            ),
+            2 => format!(
+                "  - from: [{{source: {{namespaces: [\"team-{i}\"]}}}}]\n    to: [{{operation: {{paths: [\"*/Whoami\"]}}}}]\n"
+            ),
+            _ => format!(
+                "  - when: [{{key: \"request.headers[x-team]\", values: [\"team-{i}\"]}}]\n"
+            ),
+        });
+    }
+    rules.push_str(
+        "  - from: [{source: {principals: [\"cluster.local/ns/mesh/sa/default\"]}}]\n    to: [{operation: {paths: [\"/weft.demo.Whoami/*\"], methods: [\"POST\"]}}]\n",
+    );
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: twenty-rules, namespace: mesh}}\nspec:\n  targetRefs: [{{kind: Service, name: whoami-authz}}]\n  action: ALLOW\n  rules:\n{rules}"
+    )
 }
 
 /// Process CPU time (user + system) in seconds, from /proc/PID/stat.
@@ -74,6 +110,7 @@ fn load(lab: &Lab, client: &str, target: &str, extra: &[&str]) -> Result<Value> 
 
 pub fn run() -> Result<Map<String, Value>> {
     let mut lab = Lab::up(spec())?;
+    lab.write_manifest("authz.yaml", &twenty_rule_policy())?;
     lab.start_agents()?;
     let threads = std::env::var("WEFT_WAYPOINT_THREADS").unwrap_or_else(|_| "0".into());
     lab.start_waypoint("wp", &["--worker-threads", &threads])?;
@@ -86,6 +123,7 @@ pub fn run() -> Result<Map<String, Value>> {
         ("direct", "plain-client", direct.as_str()),
         ("l4", "client", "10.96.0.21:50051"),
         ("waypoint", "client", "10.96.0.20:50051"),
+        ("waypoint_authz", "client", "10.96.0.22:50051"),
     ];
     let pid = lab
         .waypoint_pid("wp")
@@ -110,6 +148,9 @@ pub fn run() -> Result<Map<String, Value>> {
                 &["--calls", MAX_CALLS, "--concurrency", CONCURRENCY],
             )?;
             let ok = out["by_status"]["OK"].as_f64().unwrap_or(0.0);
+            if name == "waypoint_authz" && ok == 0.0 {
+                anyhow::bail!("the 20-rule policy let no call through: {out}");
+            }
             let seconds = out["seconds"].as_f64().context("no seconds")?;
             let rps = ok / seconds;
             eprintln!("    {name}_rps: {rps:.0}");
@@ -173,6 +214,11 @@ pub fn run() -> Result<Map<String, Value>> {
     figures.insert(
         "waypoint_rps_ratio".into(),
         Value::from(round3(waypoint / direct)),
+    );
+    let authz = median(samples["waypoint_authz_rps"].clone());
+    figures.insert(
+        "waypoint_authz_ratio".into(),
+        Value::from(round3(authz / waypoint)),
     );
     drop(servers);
     lab.down()?;
