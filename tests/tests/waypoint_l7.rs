@@ -35,10 +35,13 @@ fn service(name: &str, ip: [u8; 4], app: &str) -> ServiceSpec {
 }
 
 /// Two nodes. On node 1: the waypoint, the API gateway and a batch job (two identities),
-/// and backend u1; on node 2: backend u2, a slow backend, and a pod with nothing listening.
+/// and backend u1; on node 2: backend u2, a slow backend, a pod with nothing listening, and
+/// outside the mesh an OTLP collector, which the waypoint exports its spans to.
 fn lab(name: &str, waypoint_args: &[&str]) -> Result<Lab> {
     let spec = LabSpec::new(name, 2)
         .with_namespace(NS, true)
+        .with_namespace("observability", false)
+        .with_pod("collector", "observability", 2, &[])
         .with_waypoint(WAYPOINT, NS, 1)
         .with_pod_as("gateway", NS, 1, GATEWAY_SA)
         .with_pod_as("batch", NS, 1, "batch")
@@ -51,7 +54,10 @@ fn lab(name: &str, waypoint_args: &[&str]) -> Result<Lab> {
         .with_service(service("gone", [10, 96, 0, 22], "gone"));
     let mut lab = Lab::up(spec)?;
     lab.start_agents()?;
-    lab.start_waypoint(WAYPOINT, waypoint_args)?;
+    let otlp = format!("http://{}:4317", lab.pod("collector").ip);
+    let mut args = vec!["--otlp-endpoint", &otlp];
+    args.extend_from_slice(waypoint_args);
+    lab.start_waypoint(WAYPOINT, &args)?;
     Ok(lab)
 }
 
@@ -160,6 +166,7 @@ spec:
 fn authorization_health_metrics_and_tracing() -> Result<()> {
     let lab = lab("wl-l7-authz", &[])?;
     let _servers = user_backends(&lab)?;
+    let _collector = lab.serve("collector", "otlp-sink", &["--listen", "0.0.0.0:4317"])?;
     apply(&lab, "authz.yaml", SEED_POLICY)?;
 
     // The seed's policy: only the API gateway may call GetUser and ListUsers.
@@ -252,6 +259,14 @@ spec:
     );
     assert_eq!(fields[3], "01", "still sampled");
     assert_eq!(traced["replies"][0]["trace"]["tracestate"], "k=v");
+    // The waypoint's span reaches the OTLP collector: the client's trace, the client's span
+    // as its parent, and the span id the backend saw as its parent.
+    let span = exported_span(&lab, trace)?;
+    assert_eq!(span["parent_span_id"], "00f067aa0ba902b7", "{span}");
+    assert_eq!(span["span_id"], fields[2], "{span}");
+    assert_eq!(span["name"], GET_USER, "{span}");
+    assert_eq!(span["service"], "waypoint.shop", "{span}");
+    assert_eq!(span["attributes"]["rpc.grpc.status_code"], 0, "{span}");
 
     // Metrics: counts per grpc_response_status, and the denials.
     let text = scrape(&lab)?;
@@ -334,6 +349,26 @@ spec:
     let (code, _) = lab.agent_get(2, 15021, "/healthz/ready")?;
     assert_eq!(code, 200);
     lab.down()
+}
+
+/// The span of trace `trace` that the collector printed, waiting for the exporter's batch.
+fn exported_span(lab: &Lab, trace: &str) -> Result<Value> {
+    let log = lab.dir.join("logs").join("collector-otlp-sink-listen.log");
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["span"]["trace_id"] == trace);
+        if let Some(v) = found {
+            return Ok(v["span"].clone());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "no span of trace {trace} reached the collector: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    )
 }
 
 /// Every series and label the alert expressions in deploy/ use is among `scraped`: the
