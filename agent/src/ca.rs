@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 use weft_mesh::{
-    ca::{CaServer, TokenFile},
+    ca::{CaServer, NodeAuth, TokenFile, TokenReviewer},
     identity::CertificateAuthority,
 };
 
@@ -26,12 +26,29 @@ pub enum CaCommand {
         root_cert: PathBuf,
         #[arg(long)]
         root_key: PathBuf,
-        /// Lines of `<token> <node-name>`.
+        /// Lines of `<token> <node-name>`: how the lab's agents prove their node.
+        #[arg(
+            long,
+            required_unless_present = "token_review",
+            conflicts_with = "token_review"
+        )]
+        tokens_file: Option<PathBuf>,
+        /// Authenticate agents by their projected service-account tokens instead, with a
+        /// Kubernetes TokenReview; the token's bound node is the caller's node.
         #[arg(long)]
-        tokens_file: PathBuf,
+        token_review: bool,
+        /// The audience agents request their tokens for.
+        #[arg(long, default_value = "weft-ca")]
+        token_audience: String,
+        /// The agents' service account, `namespace/name`.
+        #[arg(long, default_value = "weft-system/weft-agent")]
+        agent_service_account: String,
         /// Kubernetes YAML directory: which pods run on which node.
         #[arg(long)]
-        config_dir: PathBuf,
+        config_dir: Option<PathBuf>,
+        /// Read which pods run on which node from the Kubernetes API instead.
+        #[arg(long)]
+        kubernetes: bool,
         #[arg(long, default_value = "0.0.0.0:15012")]
         listen: SocketAddr,
     },
@@ -50,20 +67,40 @@ pub async fn run(command: CaCommand) -> anyhow::Result<()> {
             root_cert,
             root_key,
             tokens_file,
+            token_review,
+            token_audience,
+            agent_service_account,
             config_dir,
+            kubernetes,
             listen,
         } => {
             let ca = CertificateAuthority::load(&root_cert, &root_key)
                 .with_context(|| format!("loading the root {}", root_cert.display()))?;
-            let tokens = TokenFile::load(&tokens_file)
-                .with_context(|| format!("reading {}", tokens_file.display()))?;
-            let (model, _errors) = weft_mesh::config::watch_dir(config_dir.clone())
-                .with_context(|| format!("reading {}", config_dir.display()))?;
+            let authn = match tokens_file {
+                Some(file) if !token_review => NodeAuth::Tokens(
+                    TokenFile::load(&file)
+                        .with_context(|| format!("reading {}", file.display()))?,
+                ),
+                _ => {
+                    let (namespace, account) = agent_service_account
+                        .split_once('/')
+                        .context("--agent-service-account is namespace/name")?;
+                    NodeAuth::Review(
+                        TokenReviewer::connect(&token_audience, namespace, account).await?,
+                    )
+                }
+            };
+            let (model, _errors) =
+                weft_mesh::config::ConfigSource::from_flags(config_dir, kubernetes)
+                    .map_err(anyhow::Error::msg)?
+                    .open()
+                    .await
+                    .map_err(anyhow::Error::msg)?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             tracing::info!(%listen, trust_domain = %ca.trust_domain(), "CA serving");
-            CaServer::new(ca, tokens, model)
+            CaServer::new(ca, authn, model)
                 .serve(listener, shutdown())
                 .await?;
             Ok(())

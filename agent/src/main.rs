@@ -84,8 +84,14 @@ fn main() -> ExitCode {
 
 async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     preflight::check(&settings.cgroup_root, &settings.bpffs_dir)?;
-    let (model, config_errors) = weft_mesh::config::watch_dir(settings.config_dir.clone())
-        .with_context(|| format!("reading {}", settings.config_dir.display()))?;
+    let (model, config_errors) = weft_mesh::config::ConfigSource::from_flags(
+        settings.config_dir.clone(),
+        settings.kubernetes,
+    )
+    .map_err(anyhow::Error::msg)?
+    .open()
+    .await
+    .map_err(anyhow::Error::msg)?;
 
     // Everything that can fail comes before the eBPF programs are loaded, so that a failed
     // start never leaves pods captured towards an agent that is not there.

@@ -12,7 +12,12 @@ pub struct AgentSettings {
 
     /// Directory of Kubernetes YAML (Namespace, Pod, Service) to read and watch.
     #[arg(long, env = "WEFT_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+
+    /// Read the configuration from the Kubernetes API instead (in-cluster service account,
+    /// or the kubeconfig).
+    #[arg(long, env = "WEFT_KUBERNETES")]
+    pub kubernetes: bool,
 
     /// The cgroup v2 directory under which the kubelet makes pod cgroups.
     #[arg(long, env = "WEFT_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
@@ -68,8 +73,9 @@ pub struct AgentSettings {
 pub struct TunnelSettings {
     /// The certificate authority (`weft-agent ca serve`). Without it the agent forwards
     /// captured connections in plaintext and says so at start.
+    /// `IP:PORT` or `host:port` (the CA Service's DNS name in a cluster).
     #[arg(long, env = "WEFT_CA_ADDRESS")]
-    pub ca_address: Option<std::net::SocketAddr>,
+    pub ca_address: Option<String>,
 
     /// File holding this node's bootstrap token for the CA.
     #[arg(long, env = "WEFT_CA_TOKEN_FILE")]

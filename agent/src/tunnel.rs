@@ -269,11 +269,13 @@ pub async fn start(
     use anyhow::Context;
 
     let t = &settings.tunnel;
-    let Some(ca_address) = t.ca_address else {
+    let Some(ca_address) = &t.ca_address else {
         return Ok(None);
     };
     let enrolment = weft_mesh::ca::Enrolment {
-        ca: ca_address,
+        ca: weft_mesh::ca::resolve_ca(ca_address)
+            .await
+            .map_err(anyhow::Error::msg)?,
         token_file: t
             .ca_token_file
             .clone()

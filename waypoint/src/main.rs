@@ -68,8 +68,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let (model, _errors) = weft_mesh::config::watch_dir(settings.config_dir.clone())
-        .with_context(|| format!("watching {}", settings.config_dir.display()))?;
+    let (model, _errors) = weft_mesh::config::ConfigSource::from_flags(
+        settings.config_dir.clone(),
+        settings.kubernetes,
+    )
+    .map_err(anyhow::Error::msg)?
+    .open()
+    .await
+    .map_err(anyhow::Error::msg)?;
     let identity = SpiffeId::new(
         &settings.trust_domain,
         &settings.namespace,
@@ -80,7 +86,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     )
     .context("the waypoint's identity")?;
     let enrolled = settings
-        .enrolment()
+        .enrolment(
+            weft_mesh::ca::resolve_ca(&settings.ca_address)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        )
         .enrol(&identity, Duration::from_secs(30))
         .await?;
     let agent = SpiffeId::new(

@@ -15,7 +15,12 @@ use weft_mesh::ca::Enrolment;
 pub struct Settings {
     /// Directory of Kubernetes manifests (the lab's and the tests' configuration source).
     #[arg(long, env = "WEFT_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+
+    /// Read the configuration from the Kubernetes API instead (in-cluster service account,
+    /// or the kubeconfig).
+    #[arg(long, env = "WEFT_KUBERNETES")]
+    pub kubernetes: bool,
 
     /// The waypoint's name: workloads bind to it with `weft.dev/use-waypoint=<name>`.
     #[arg(long, env = "WEFT_WAYPOINT_NAME")]
@@ -37,8 +42,9 @@ pub struct Settings {
     pub trust_domain: String,
 
     /// The certificate authority.
+    /// `IP:PORT` or `host:port` (the CA Service's DNS name in a cluster).
     #[arg(long, env = "WEFT_CA_ADDRESS")]
-    pub ca_address: SocketAddr,
+    pub ca_address: String,
     #[arg(long, env = "WEFT_CA_TOKEN_FILE")]
     pub ca_token_file: PathBuf,
     #[arg(long, env = "WEFT_TRUST_BUNDLE")]
@@ -98,9 +104,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn enrolment(&self) -> Enrolment {
+    pub fn enrolment(&self, ca: SocketAddr) -> Enrolment {
         Enrolment {
-            ca: self.ca_address,
+            ca,
             token_file: self.ca_token_file.clone(),
             trust_bundle: self.trust_bundle.clone(),
             ttl: Duration::from_secs(self.cert_ttl_seconds),

@@ -1,19 +1,37 @@
 //! How the CA learns which node is calling: a bearer token, mapped to a node name.
 //!
 //! [`NodeAuthenticator`] is the seam. [`TokenFile`] is the implementation for the lab and
-//! for clusters that provision per-node secrets; a Kubernetes TokenReview authenticator
-//! (service account tokens bound to the agent's pod and node) is meant to be a second one.
+//! for clusters that provision per-node secrets; [`TokenReviewer`](super::TokenReviewer)
+//! asks the Kubernetes API about service-account tokens bound to the agent's pod and node.
 
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
 
-/// Maps a bearer token to the name of the node that holds it.
+/// Who presented a token: the node it acts for, and, for a workload rather than a node
+/// agent, the one identity (namespace, service account) it may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub node: String,
+    /// `None` for a node agent, which may ask for any identity of its node's pods.
+    pub only: Option<(String, String)>,
+}
+
+impl Caller {
+    pub fn node(node: impl Into<String>) -> Self {
+        Caller {
+            node: node.into(),
+            only: None,
+        }
+    }
+}
+
+/// Maps a bearer token to the caller that holds it.
 pub trait NodeAuthenticator: Send + Sync + 'static {
     fn authenticate(
         &self,
         bearer_token: &str,
-    ) -> impl Future<Output = Result<String, AuthError>> + Send;
+    ) -> impl Future<Output = Result<Caller, AuthError>> + Send;
 }
 
 /// A shared authenticator authenticates like the one it shares.
@@ -21,7 +39,7 @@ impl<T: NodeAuthenticator> NodeAuthenticator for std::sync::Arc<T> {
     fn authenticate(
         &self,
         bearer_token: &str,
-    ) -> impl Future<Output = Result<String, AuthError>> + Send {
+    ) -> impl Future<Output = Result<Caller, AuthError>> + Send {
         (**self).authenticate(bearer_token)
     }
 }
@@ -42,9 +60,27 @@ pub enum AuthError {
         origin: String,
         source: std::io::Error,
     },
-    /// An authentication service that could not be asked (for a future TokenReview).
+    /// An authentication service that could not be asked (the API server, for TokenReview).
     #[error("authentication backend: {0}")]
     Backend(String),
+    /// The authentication service answered, and the answer was no.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Either of Weft's authenticators, chosen by the CA's flags.
+pub enum NodeAuth {
+    Tokens(TokenFile),
+    Review(super::TokenReviewer),
+}
+
+impl NodeAuthenticator for NodeAuth {
+    async fn authenticate(&self, bearer_token: &str) -> Result<Caller, AuthError> {
+        match self {
+            NodeAuth::Tokens(t) => t.authenticate(bearer_token).await,
+            NodeAuth::Review(r) => r.authenticate(bearer_token).await,
+        }
+    }
 }
 
 /// Tokens from a file of lines `<token> <node-name>`; blank lines and lines starting with
@@ -112,7 +148,7 @@ impl fmt::Debug for TokenFile {
 }
 
 impl NodeAuthenticator for TokenFile {
-    async fn authenticate(&self, bearer_token: &str) -> Result<String, AuthError> {
+    async fn authenticate(&self, bearer_token: &str) -> Result<Caller, AuthError> {
         // Compare against every entry, without stopping at a match, so that the time taken
         // says nothing about which token (or how much of one) matched.
         let mut node = None;
@@ -121,7 +157,7 @@ impl NodeAuthenticator for TokenFile {
                 node = Some(name);
             }
         }
-        node.cloned().ok_or(AuthError::UnknownToken)
+        node.map(Caller::node).ok_or(AuthError::UnknownToken)
     }
 }
 
@@ -149,8 +185,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(file.len(), 2);
-        assert_eq!(file.authenticate("s3cret-a").await.unwrap(), "node-a");
-        assert_eq!(file.authenticate("s3cret-b").await.unwrap(), "node-b");
+        assert_eq!(file.authenticate("s3cret-a").await.unwrap().node, "node-a");
+        assert_eq!(file.authenticate("s3cret-b").await.unwrap().node, "node-b");
         for bad in ["", "s3cret", "s3cret-a ", "S3CRET-A", "s3cret-c"] {
             assert!(matches!(
                 file.authenticate(bad).await,
@@ -159,7 +195,10 @@ mod tests {
         }
         assert!(!format!("{file:?}").contains("s3cret"));
         let shared = std::sync::Arc::new(file);
-        assert_eq!(shared.authenticate("s3cret-b").await.unwrap(), "node-b");
+        assert_eq!(
+            shared.authenticate("s3cret-b").await.unwrap().node,
+            "node-b"
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct CaClient {
     endpoint: Endpoint,
     connector: TlsConnect,
     authorization: MetadataValue<Ascii>,
+    /// Where the token came from, re-read for each request: projected service-account
+    /// tokens are rotated by the kubelet and expire, so the one read at start would not do.
+    token_file: Option<std::path::PathBuf>,
     ttl: Duration,
     channel: Arc<OnceCell<Channel>>,
 }
@@ -65,9 +68,25 @@ impl CaClient {
                 tls: TlsConnector::from(tls),
             },
             authorization,
+            token_file: None,
             ttl: Duration::ZERO,
             channel: Arc::new(OnceCell::new()),
         })
+    }
+
+    /// Re-reads the token from `path` for each request (keeping the last good one if the
+    /// file cannot be read or holds no valid token).
+    pub fn with_token_file(mut self, path: std::path::PathBuf) -> Self {
+        self.token_file = Some(path);
+        self
+    }
+
+    fn authorization(&self) -> MetadataValue<Ascii> {
+        self.token_file
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|token| MetadataValue::try_from(format!("Bearer {}", token.trim())).ok())
+            .unwrap_or_else(|| self.authorization.clone())
     }
 
     /// Asks for certificates of this lifetime (the CA clamps it). Zero, the default,
@@ -90,7 +109,7 @@ impl CaClient {
         });
         request
             .metadata_mut()
-            .insert("authorization", self.authorization.clone());
+            .insert("authorization", self.authorization());
         let response = CertificateAuthorityClient::new(self.channel().await)
             .sign(request)
             .await?

@@ -22,6 +22,16 @@ pub struct Enrolment {
 }
 
 /// A process's identities, and its own certificate, once the CA gave it.
+/// Resolves the CA's address: `IP:PORT`, or `host:port` (a Service's DNS name in a
+/// cluster), to the first address it names.
+pub async fn resolve_ca(address: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| format!("resolving the CA address {address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("the CA address {address} names no address"))
+}
+
 pub struct Enrolled {
     pub identities: Arc<IdentityManager<CaSource>>,
     pub trust: TrustBundle,
@@ -67,6 +77,7 @@ impl Enrolment {
             source: Box::new(source),
         };
         let client = CaClient::new(self.ca, trust.clone(), token)
+            .map(|c| c.with_token_file(self.token_file.clone()))
             .map_err(ca_error)?
             .with_ttl(self.ttl);
         let identities = IdentityManager::new(CaSource::new(client));

@@ -8,6 +8,7 @@
 //! (`spiffe://<td>/ns/weft-system/sa/weft-ca`), which agents check against the trust bundle.
 //!
 //! - `auth`: how the CA learns the calling node ([`NodeAuthenticator`], [`TokenFile`]);
+//! - `token_review`: the same from a Kubernetes TokenReview of a bound service-account token;
 //! - `server`: [`CaServer`], authorization and signing;
 //! - `client`: [`CaClient`], and [`CaSource`], which plugs it into the `IdentityManager`.
 
@@ -15,16 +16,18 @@ mod auth;
 mod client;
 mod enrol;
 mod server;
+mod token_review;
 
 #[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
-pub use auth::{AuthError, NodeAuthenticator, TokenFile};
+pub use auth::{AuthError, Caller, NodeAuth, NodeAuthenticator, TokenFile};
 pub use client::{CaClient, CaSource};
-pub use enrol::{EnrolError, Enrolled, Enrolment};
+pub use enrol::{EnrolError, Enrolled, Enrolment, resolve_ca};
 pub use server::CaServer;
+pub use token_review::{NODE_NAME_EXTRA, TokenReviewer};
 
 use crate::identity::{IdentityError, SpiffeId, SpiffeIdError};
 

@@ -230,11 +230,11 @@ impl<A: NodeAuthenticator> CaService for Signer<A> {
 
         let token =
             token.map_err(|reason| refuse(None, identity, Status::unauthenticated(reason)))?;
-        let node =
+        let caller =
             self.authn.authenticate(token).await.map_err(|error| {
                 refuse(None, identity, Status::unauthenticated(error.to_string()))
             })?;
-        let node = node.as_str();
+        let node = caller.node.as_str();
 
         let id: SpiffeId = identity
             .parse()
@@ -249,6 +249,18 @@ impl<A: NodeAuthenticator> CaService for Signer<A> {
             let message = format!(
                 "node {node} may not have identity {id}: this CA signs trust domain {} only",
                 self.ca.trust_domain()
+            );
+            return Err(refuse(
+                Some(node),
+                identity,
+                Status::permission_denied(message),
+            ));
+        }
+        if let Some((namespace, account)) = &caller.only
+            && (id.namespace(), id.service_account()) != (namespace.as_str(), account.as_str())
+        {
+            let message = format!(
+                "a token of service account {namespace}/{account} may ask for its own identity only, not {id}"
             );
             return Err(refuse(
                 Some(node),

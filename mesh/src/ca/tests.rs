@@ -65,6 +65,13 @@ impl Running {
 }
 
 async fn start(server: impl FnOnce(CaServer<TokenFile>) -> CaServer<TokenFile>) -> Running {
+    start_with(TokenFile::parse(TOKENS).unwrap(), server).await
+}
+
+async fn start_with<A: NodeAuthenticator>(
+    authn: A,
+    server: impl FnOnce(CaServer<A>) -> CaServer<A>,
+) -> Running {
     let ca = testutil::ca();
     let trust = ca.trust_bundle().unwrap();
     let root_pem = ca.root_pem().to_owned();
@@ -72,11 +79,7 @@ async fn start(server: impl FnOnce(CaServer<TokenFile>) -> CaServer<TokenFile>) 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = server(CaServer::new(
-        ca,
-        TokenFile::parse(TOKENS).unwrap(),
-        model_rx,
-    ));
+    let server = server(CaServer::new(ca, authn, model_rx));
     let task = tokio::spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));
@@ -258,5 +261,36 @@ async fn clients_refuse_a_ca_they_do_not_trust() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
+    ca.stop().await;
+}
+
+/// A workload's own token (a waypoint's): every token is `ns1/sa1`'s, bound to node-a.
+struct WorkloadToken;
+
+impl NodeAuthenticator for WorkloadToken {
+    async fn authenticate(&self, _token: &str) -> Result<Caller, AuthError> {
+        Ok(Caller {
+            node: "node-a".into(),
+            only: Some(("ns1".into(), "sa1".into())),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_workload_token_gets_its_own_identity_only() {
+    let ca = start_with(WorkloadToken, |s| s).await;
+    ca.model
+        .send(model(&[
+            pod("ns1", "pod1", "sa1", "node-a"),
+            pod("ns1", "pod2", "sa2", "node-a"),
+        ]))
+        .unwrap();
+    let client = ca.client("any");
+    sign(&client, &testutil::id("ns1", "sa1")).await.unwrap();
+    let err = sign(&client, &testutil::id("ns1", "sa2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+    assert!(err.to_string().contains("its own identity only"), "{err}");
     ca.stop().await;
 }

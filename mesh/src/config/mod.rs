@@ -19,6 +19,8 @@
 //! - `ratelimit.rs`: Weft's `LocalRateLimit` CRD, the waypoint's token buckets;
 //! - `error.rs`: how a rejection names the file, document, object and field;
 //! - `dir.rs`: the directory source, with last-good-per-file semantics;
+//! - `kube.rs`: the Kubernetes API source (kube-rs reflectors), with last-good-per-object
+//!   semantics;
 //! - `watch.rs`: inotify plus a periodic resync, publishing on a watch channel.
 //!
 //! [`Model`]: crate::config::Model
@@ -32,6 +34,7 @@
 
 mod dir;
 mod error;
+mod kube;
 mod model;
 mod parse;
 mod protocol;
@@ -43,6 +46,7 @@ mod waypoint;
 
 pub use dir::DirSource;
 pub use error::{ConfigError, InvalidObject};
+pub use kube::{ConfigSource, KINDS as KUBE_KINDS, SyncedReceiver, watch_kube};
 pub use model::{
     Model, NamespaceInfo, NodeInfo, Object, ObjectKey, PodInfo, ServiceAccountInfo, ServiceInfo,
     ServicePortInfo, workload_name,
