@@ -49,6 +49,59 @@ enum Command {
         #[command(subcommand)]
         command: ca::CaCommand,
     },
+    /// Explain what the mesh makes of a pod or a Service: enrolment, identity, waypoint,
+    /// policies, and each port's detected protocol.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
+        #[arg(long, short = 'n', global = true, default_value = "default")]
+        namespace: String,
+        /// Read the configuration from this directory of manifests...
+        #[arg(long, global = true)]
+        config_dir: Option<std::path::PathBuf>,
+        /// ...or from the Kubernetes API.
+        #[arg(long, global = true)]
+        kubernetes: bool,
+        #[arg(long, global = true, default_value = "cluster.local")]
+        trust_domain: String,
+        #[arg(long, global = true, default_value = weft_mesh::policy::DEFAULT_ROOT_NAMESPACE)]
+        root_namespace: String,
+    },
+    /// Waypoints: the L7 proxies of a namespace or service account.
+    Waypoint {
+        #[command(subcommand)]
+        command: WaypointCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DescribeWhat {
+    Pod { name: String },
+    Service { name: String },
+}
+
+#[derive(Subcommand)]
+enum WaypointCommand {
+    /// Print (or apply) the ServiceAccount, Deployment and Service of a waypoint.
+    Generate {
+        #[arg(long, short = 'n')]
+        namespace: String,
+        /// A waypoint for this service account's workloads only (default: the namespace's).
+        #[arg(long)]
+        service_account: Option<String>,
+        /// The waypoint's name (default: `waypoint`, or `<account>-waypoint`).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "ghcr.io/weft-mesh/weft:0.1.0")]
+        image: String,
+        #[arg(long, default_value = "weft-ca.weft-system.svc:15012")]
+        ca_address: String,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Apply the objects to the cluster (server-side apply) instead of printing them.
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +125,39 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(settings) => runtime.block_on(run(*settings)),
         Command::Ca { command } => runtime.block_on(ca::run(command)),
+        Command::Waypoint { command } => runtime.block_on(waypoint(command)),
+        Command::Describe {
+            what,
+            namespace,
+            config_dir,
+            kubernetes,
+            trust_domain,
+            root_namespace,
+        } => runtime.block_on(async move {
+            let (model, _errors) =
+                weft_mesh::config::ConfigSource::from_flags(config_dir, kubernetes)
+                    .map_err(anyhow::Error::msg)?
+                    .open()
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            let model = model.borrow().clone();
+            let root = root_namespace.into();
+            let text = match what {
+                DescribeWhat::Pod { name } => weft_mesh::describe::describe_pod(
+                    &model,
+                    &namespace,
+                    &name,
+                    &trust_domain,
+                    &root,
+                ),
+                DescribeWhat::Service { name } => {
+                    weft_mesh::describe::describe_service(&model, &namespace, &name, &root)
+                }
+            }
+            .map_err(anyhow::Error::msg)?;
+            print!("{text}");
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +166,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn waypoint(command: WaypointCommand) -> anyhow::Result<()> {
+    let WaypointCommand::Generate {
+        namespace,
+        service_account,
+        name,
+        image,
+        ca_address,
+        trust_domain,
+        apply,
+    } = command;
+    let manifests = weft_mesh::waypoint_manifests::WaypointManifests {
+        namespace,
+        service_account,
+        name,
+        image,
+        ca_address,
+        trust_domain,
+    };
+    if apply {
+        manifests.apply().await.map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "applied waypoint {}/{}; bind workloads with: {}",
+            manifests.namespace,
+            manifests.name(),
+            manifests.binding()
+        );
+    } else {
+        print!("{}", manifests.yaml());
+    }
+    Ok(())
 }
 
 async fn run(settings: AgentSettings) -> anyhow::Result<()> {

@@ -18,3 +18,9 @@ pub mod policy;
 
 /// HBONE: HTTP/2 CONNECT over mutual TLS, the tunnel between agents and waypoints.
 pub mod hbone;
+
+/// `weft-agent waypoint generate`: a waypoint's Kubernetes objects.
+pub mod waypoint_manifests;
+
+/// `weft-agent describe`: what the mesh makes of a pod or a Service.
+pub mod describe;
