@@ -308,7 +308,12 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     tracing::info!("stopping");
     weft_mesh::admin::set_serving(&health, "weft-agent", false).await;
     let _ = stop_tx.send(true);
-    datapath.shutdown();
+    if settings.keep_datapath_on_exit {
+        tracing::info!("leaving the eBPF state pinned for the next agent to adopt");
+        drop(datapath);
+    } else {
+        datapath.shutdown();
+    }
     result
 }
 

@@ -175,11 +175,10 @@ impl<U: Upstream> Outbound<U> {
             // The waypoint balances this Service's traffic (per call, for gRPC).
             return Some((orig, Some(name)));
         }
-        let target_port = port.target_port.unwrap_or(port.port);
         let endpoints: Vec<_> = model
             .endpoints(service)
             .filter_map(|pod| match pod.ip {
-                Some(IpAddr::V4(ip)) => Some(ip),
+                Some(IpAddr::V4(ip)) => Some(SocketAddrV4::new(ip, port.target_on(pod)?)),
                 _ => None,
             })
             .collect();
@@ -187,7 +186,7 @@ impl<U: Upstream> Outbound<U> {
             return None;
         }
         let pick = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        Some((SocketAddrV4::new(endpoints[pick], target_port), Some(name)))
+        Some((endpoints[pick], Some(name)))
     }
 }
 

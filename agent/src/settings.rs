@@ -43,6 +43,13 @@ pub struct AgentSettings {
     #[arg(long, default_value_t = 15020)]
     pub metrics_port: u16,
 
+    /// On SIGTERM, leave the eBPF programs, maps and links pinned for the next agent to
+    /// adopt (a DaemonSet's rolling update), instead of removing them. Until the next agent
+    /// is up, the node's pods' new connections are refused rather than sent outside the
+    /// mesh; without the flag the agent cleans up after itself.
+    #[arg(long, env = "WEFT_KEEP_DATAPATH_ON_EXIT")]
+    pub keep_datapath_on_exit: bool,
+
     /// Readiness port: `/healthz/ready`, and `grpc.health.v1.Health` for gRPC probes.
     #[arg(long, default_value_t = 15021)]
     pub ready_port: u16,

@@ -340,6 +340,38 @@ fn an_agent_restart_reattaches_cleanly_after_a_stop_and_after_a_crash() -> Resul
         counter(&counters(&lab, 1)?, "redirected"),
         counter(&before, "redirected") + 1
     );
+
+    // A rolling update: with --keep-datapath-on-exit a clean stop leaves everything
+    // attached and pinned, and the next agent adopts it.
+    lab.set_agent_args(1, &["--keep-datapath-on-exit"]);
+    lab.stop_agent(1)?;
+    lab.start_agent(1)?;
+    lab.wait_enrolled(1, 2, Duration::from_secs(10))?;
+    assert!(lab.stop_agent(1)?.success(), "{}", lab.agent_log(1));
+    assert!(
+        lab.bpffs_dir(1).join("v2/WEFT_SOCKS").exists(),
+        "pinned maps should survive a handover stop"
+    );
+    assert_eq!(
+        cgroup_programs(&a_cgroup)?,
+        vec!["weft_connect4", "weft_connect6"],
+        "still attached while no agent runs"
+    );
+    let adoptions = |lab: &Lab| {
+        lab.agent_log(1)
+            .matches("adopting the pinned state")
+            .count()
+    };
+    let before = adoptions(&lab);
+    lab.start_agent(1)?;
+    lab.wait_enrolled(1, 2, Duration::from_secs(10))?;
+    assert_eq!(adoptions(&lab), before + 1, "{}", lab.agent_log(1));
+    assert_eq!(
+        cgroup_programs(&a_cgroup)?,
+        vec!["weft_connect4", "weft_connect6"],
+        "duplicated after a handover"
+    );
+    send(&lab, "a", &c, 10 * MIB)?;
     lab.down()
 }
 

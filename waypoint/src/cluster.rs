@@ -352,12 +352,7 @@ fn build(
         subset.map(|s| s.labels.clone()).unwrap_or_default();
     // A subset named by a route but missing from the rule has no endpoints (Envoy: no cluster).
     let unknown_subset = key.subset.is_some() && subset.is_none();
-    let target_port = service
-        .ports
-        .iter()
-        .find(|p| p.port == key.port)
-        .map(|p| p.target_port.unwrap_or(p.port))
-        .unwrap_or(key.port);
+    let service_port = service.ports.iter().find(|p| p.port == key.port);
     // An endpoint stays the same endpoint while its pod keeps its address and node.
     let previous: HashMap<(SocketAddr, SocketAddr), Arc<Endpoint>> = old
         .map(|c| {
@@ -376,6 +371,10 @@ fn build(
                     .all(|(k, v)| pod.labels.get(k) == Some(v))
         })
         .filter_map(|pod| {
+            let target_port = match service_port {
+                Some(p) => p.target_on(pod)?,
+                None => key.port,
+            };
             let address = SocketAddr::new(pod.ip?, target_port);
             let node = SocketAddr::new(
                 model.nodes.get(pod.node_name.as_deref()?)?.internal_ip?,

@@ -48,6 +48,9 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     /// `spec.hostNetwork`.
     pub host_network: bool,
+    /// The containers' named TCP ports (`name` → `containerPort`), for Services whose
+    /// `targetPort` is a name.
+    pub container_ports: BTreeMap<String, u16>,
 }
 
 /// The workload a pod belongs to, as Istio's metrics name it: the `app.kubernetes.io/name`
@@ -84,7 +87,22 @@ pub struct ServicePortInfo {
     /// The pod port. An absent `targetPort` means `port`, as the API server defaults it.
     /// `None` means a named target port, to be resolved against the pod's container ports.
     pub target_port: Option<u16>,
+    /// The name of a named `targetPort`.
+    pub target_port_name: Option<String>,
     pub protocol: AppProtocol,
+}
+
+impl ServicePortInfo {
+    /// The port on `pod` this Service port sends to: the number, or the pod's container
+    /// port of that name. `None` when the pod has no port of that name: as in Kubernetes,
+    /// the pod is then no endpoint of this port.
+    pub fn target_on(&self, pod: &PodInfo) -> Option<u16> {
+        match (&self.target_port, &self.target_port_name) {
+            (Some(port), _) => Some(*port),
+            (None, Some(name)) => pod.container_ports.get(name).copied(),
+            (None, None) => Some(self.port),
+        }
+    }
 }
 
 /// A Service: the name clients dial and the pods behind it.
@@ -365,6 +383,7 @@ mod tests {
 
     fn pod(ns: &str, name: &str, node: &str, ip: &str, l: &[(&str, &str)]) -> PodInfo {
         PodInfo {
+            container_ports: Default::default(),
             host_network: false,
             namespace: ns.into(),
             name: name.into(),

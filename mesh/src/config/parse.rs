@@ -321,7 +321,15 @@ pub fn pod_info(pod: &Pod) -> Result<Option<PodInfo>, InvalidObject> {
         .and_then(|s| non_empty(&s.service_account_name).or_else(|| non_empty(&s.service_account)))
         .unwrap_or_else(|| "default".to_string());
 
+    let container_ports = spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| Some((p.name.clone()?, port_number(p.container_port)?)))
+        .collect();
     Ok(Some(PodInfo {
+        container_ports,
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         node_name: spec.and_then(|s| non_empty(&s.node_name)),
         ip,
@@ -385,10 +393,17 @@ pub fn service_info(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
                 "non-TCP service port is outside the mesh");
             continue;
         }
+        let target_port_name = match &port.target_port {
+            Some(IntOrString::String(s)) if target_port.is_none() && !s.is_empty() => {
+                Some(s.clone())
+            }
+            _ => None,
+        };
         ports.push(ServicePortInfo {
             name: port.name.clone().filter(|n| !n.is_empty()),
             port: number,
             target_port,
+            target_port_name,
             protocol: detect_protocol(port.name.as_deref(), port.app_protocol.as_deref()),
         });
     }

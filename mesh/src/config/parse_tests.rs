@@ -77,6 +77,7 @@ metadata: {name: bare}
     assert_eq!(
         *pod,
         PodInfo {
+            container_ports: Default::default(),
             namespace: "shop".into(),
             name: "cart-1".into(),
             uid: "0b7c0e43-1111-2222-3333-444455556666".into(),
@@ -282,4 +283,64 @@ fn traffic_kinds_by_group_and_default_namespace() {
         err.starts_with("VirtualService x/r: spec.hosts: invalid type: string \"r\""),
         "{err}"
     );
+}
+
+#[test]
+fn named_target_ports_resolve_against_each_pods_container_ports() {
+    let found = objects(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: shop, uid: u1}
+spec:
+  containers:
+  - name: app
+    ports: [{name: grpc, containerPort: 9000}, {name: dns, containerPort: 53, protocol: UDP}]
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: shop, uid: u2}
+spec: {containers: [{name: app}]}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: users, namespace: shop}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{name: grpc-api, port: 50051, targetPort: grpc}, {name: plain, port: 80}, {name: num, port: 81, targetPort: "8081"}]
+"#,
+    );
+    let pod = |name: &str| {
+        found
+            .iter()
+            .find_map(|o| match o {
+                Object::Pod(p) if p.name == name => Some(p.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let Some(Object::Service(service)) = found.iter().find(|o| matches!(o, Object::Service(_)))
+    else {
+        panic!("no service")
+    };
+    let (a, b) = (pod("a"), pod("b"));
+    assert_eq!(a.container_ports.get("grpc"), Some(&9000));
+    assert!(
+        !a.container_ports.contains_key("dns"),
+        "UDP ports are not the mesh's"
+    );
+    let [named, plain, number] = &service.ports[..] else {
+        panic!("{:?}", service.ports)
+    };
+    assert_eq!(named.target_port_name.as_deref(), Some("grpc"));
+    assert_eq!(named.target_on(&a), Some(9000));
+    assert_eq!(
+        named.target_on(&b),
+        None,
+        "a pod without the port is no endpoint"
+    );
+    assert_eq!(plain.target_on(&b), Some(80));
+    assert_eq!(number.target_on(&b), Some(8081));
 }
