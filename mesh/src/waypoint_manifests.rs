@@ -161,12 +161,17 @@ impl WaypointManifests {
         out
     }
 
-    /// Applies the objects with server-side apply (field manager `weft-agent`).
+    /// Applies the objects with server-side apply (field manager `weft-agent`), to the
+    /// cluster the environment names (in-cluster account, or the kubeconfig).
     pub async fn apply(&self) -> Result<(), String> {
-        use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
         let client = kube::Client::try_default()
             .await
             .map_err(|e| format!("connecting to the Kubernetes API: {e}"))?;
+        self.apply_with(client).await
+    }
+
+    pub async fn apply_with(&self, client: kube::Client) -> Result<(), String> {
+        use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
         let params = PatchParams::apply("weft-agent").force();
         for object in self.objects() {
             let (group, version) = match object["apiVersion"].as_str().unwrap_or("").split_once('/')
@@ -289,6 +294,69 @@ mod tests {
                 .service_accounts
                 .contains_key(&("shop".to_string(), "waypoint".to_string()))
         );
+    }
+
+    /// `--apply` sends each object as a server-side apply patch to its own resource path.
+    #[tokio::test]
+    async fn apply_sends_server_side_apply_patches() {
+        use std::sync::{Arc, Mutex};
+
+        use http_body_util::{BodyExt, Full};
+        use hyper::{Request, body::Incoming, server::conn::http1, service::service_fn};
+        use hyper_util::rt::TokioIo;
+
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let recorder = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let recorder = recorder.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let recorder = recorder.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        recorder.lock().unwrap().push((
+                            parts.method.to_string(),
+                            parts.uri.to_string(),
+                            parts.headers["content-type"].to_str().unwrap().to_string(),
+                        ));
+                        // Server-side apply answers with the object as applied.
+                        let mut r = hyper::Response::new(Full::new(body));
+                        r.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        spec(None).apply_with(client).await.unwrap();
+        let seen: Vec<(String, String, String)> = seen.lock().unwrap().clone();
+        let paths: Vec<&str> = seen
+            .iter()
+            .map(|(_, uri, _)| uri.split('?').next().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/api/v1/namespaces/shop/serviceaccounts/waypoint",
+                "/apis/apps/v1/namespaces/shop/deployments/waypoint",
+                "/api/v1/namespaces/shop/services/waypoint",
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/weft-waypoint-shop-waypoint",
+            ]
+        );
+        for (method, uri, content_type) in &seen {
+            assert_eq!(method, "PATCH");
+            assert!(
+                uri.contains("fieldManager=weft-agent") && uri.contains("force=true"),
+                "{uri}"
+            );
+            assert_eq!(content_type, "application/apply-patch+yaml");
+        }
     }
 
     #[test]

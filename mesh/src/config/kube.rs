@@ -172,10 +172,25 @@ impl Shared {
             Event::InitApply(object) => relist.push(object),
             Event::InitDone => {
                 // A (re)list replaces the kind's objects: what it did not return is gone.
-                store.objects.insert(kind.2, BTreeMap::new());
+                // An object it returns invalid keeps its last good version, as an update
+                // would.
+                let mut old = store
+                    .objects
+                    .insert(kind.2, BTreeMap::new())
+                    .unwrap_or_default();
                 store.errors.retain(|(k, _), _| *k != kind.2);
                 for object in relist.drain(..) {
                     Self::apply(&mut store, kind, &object);
+                    if store.errors.contains_key(&(kind.2, object_name(&object))) {
+                        let key = ObjectKey {
+                            kind: kind.2,
+                            namespace: object.metadata.namespace.clone(),
+                            name: object.metadata.name.clone().unwrap_or_default(),
+                        };
+                        if let Some(good) = old.remove(&key) {
+                            store.objects.entry(kind.2).or_default().insert(key, good);
+                        }
+                    }
                 }
                 if store.synced.insert(kind.2) {
                     tracing::info!(kind = kind.2, "initial list done");

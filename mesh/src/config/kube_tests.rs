@@ -15,6 +15,7 @@ use http_body_util::{Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -185,14 +186,44 @@ async fn serve(api: Arc<FakeApi>) -> SocketAddr {
     addr
 }
 
+/// A Namespace as the API server sends it (a k8s-openapi object, serialized).
 fn namespace(name: &str, version: u64, labels: Value) -> Value {
-    json!({"metadata": {"name": name, "resourceVersion": version.to_string(), "labels": labels}})
+    use k8s_openapi::api::core::v1::Namespace;
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            resource_version: Some(version.to_string()),
+            labels: serde_json::from_value(labels).unwrap(),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    serde_json::to_value(namespace).unwrap()
 }
 
-fn service(port: u32, version: u64) -> Value {
-    json!({"metadata": {"name": "web", "namespace": "a", "resourceVersion": version.to_string()},
-           "spec": {"clusterIP": "10.96.0.9", "selector": {"app": "web"},
-                    "ports": [{"name": "http", "port": port}]}})
+/// Service `a/web`, with one port (which may be out of range, to make it invalid).
+fn service(port: i32, version: u64) -> Value {
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+    let service = Service {
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("a".into()),
+            resource_version: Some(version.to_string()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("10.96.0.9".into()),
+            selector: Some([("app".to_string(), "web".to_string())].into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port,
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    serde_json::to_value(service).unwrap()
 }
 
 /// Waits until `check` holds for the published model (or fails after 15 s).
@@ -325,4 +356,18 @@ async fn reflectors_follow_list_watch_bookmarks_gone_and_drops() {
         .await
         .expect("the rejection clears")
         .unwrap();
+
+    // A relist that returns the object invalid keeps its last good version too.
+    api.set_list(SERVICES, vec![service(70000, 9)], 9);
+    svc_steps.send(Step::Gone).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), errors.wait_for(|e| !e.is_empty()))
+        .await
+        .expect("the relisted rejection is reported")
+        .unwrap();
+    assert_eq!(
+        port(&model.borrow()),
+        81,
+        "the last good Service survives a relist"
+    );
+    assert_eq!(api.with(SERVICES, |r| r.lists), 2);
 }
