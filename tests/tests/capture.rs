@@ -476,3 +476,37 @@ fn a_malformed_manifest_is_reported_by_file_and_the_other_files_still_apply() ->
     send(&lab, "a", &format!("{}:7000", lab.pod("b").ip), MIB)?;
     lab.down()
 }
+
+#[test]
+fn a_pod_whose_cgroup_appears_late_is_enrolled_once_it_does() -> Result<()> {
+    let mut lab = Lab::up(spec("wl-t-late"))?;
+    // The kubelet may publish a pod before its cgroup exists: take b's away for a while.
+    let b_cgroup = lab.pod("b").cgroup.clone();
+    std::fs::remove_dir(&b_cgroup).with_context(|| format!("removing {}", b_cgroup.display()))?;
+    lab.start_agent(1)?;
+    lab.start_agent(2)?;
+    let dump = lab.wait_enrolled(1, 1, Duration::from_secs(20))?;
+    let b = dump["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["name"] == "b"))
+        .cloned()
+        .context("b is not in /config_dump")?;
+    assert_eq!(b["state"], "pending", "{b}");
+
+    std::fs::create_dir(&b_cgroup)?;
+    lab.wait_enrolled(1, 2, Duration::from_secs(20))?;
+    assert_eq!(
+        cgroup_programs(&b_cgroup)?,
+        vec!["weft_connect4", "weft_connect6"]
+    );
+    let _c = sink(&lab, "c", "0.0.0.0:7000")?;
+    let c = format!("{}:7000", lab.pod("c").ip);
+    let before = counters(&lab, 1)?;
+    send(&lab, "b", &c, MIB)?;
+    assert_eq!(
+        counter(&counters(&lab, 1)?, "redirected"),
+        counter(&before, "redirected") + 1,
+        "b's connection is captured"
+    );
+    lab.down()
+}
