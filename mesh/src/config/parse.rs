@@ -429,6 +429,24 @@ pub(crate) fn parse_documents(text: &str) -> Vec<(usize, Result<Option<Object>, 
     let mut out = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         match Value::deserialize(document) {
+            // `kubectl get -o yaml` prints several objects as one `v1` List: its items are
+            // documents of their own, whose errors name the item.
+            Ok(value)
+                if value.get("kind").and_then(Value::as_str) == Some("List")
+                    && value.get("apiVersion").and_then(Value::as_str) == Some("v1") =>
+            {
+                let items = match value.get("items") {
+                    Some(Value::Sequence(items)) => items.clone(),
+                    _ => Vec::new(),
+                };
+                for (j, item) in items.into_iter().enumerate() {
+                    let parsed = parse_value(item).map_err(|mut err| {
+                        err.reason = format!("items[{j}]: {}", err.reason);
+                        err
+                    });
+                    out.push((i + 1, parsed));
+                }
+            }
             Ok(value) => out.push((i + 1, parse_value(value))),
             Err(err) => {
                 out.push((

@@ -344,3 +344,27 @@ spec:
     assert_eq!(plain.target_on(&b), Some(80));
     assert_eq!(number.target_on(&b), Some(8081));
 }
+
+#[test]
+fn a_v1_list_is_read_item_by_item() {
+    let text = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: shop}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: users, namespace: shop}
+  spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+"#;
+    let found = objects(text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(matches!(&found[0], Object::Namespace(ns) if ns.name == "shop"));
+    assert!(matches!(&found[1], Object::Service(svc) if svc.name == "users"));
+    let bad = error(
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: x}, spec: {ports: [{port: 70000}]}}\n",
+    );
+    assert!(bad.contains("items[0]: spec.ports[0].port"), "{bad}");
+}
