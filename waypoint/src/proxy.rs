@@ -377,9 +377,16 @@ impl Proxy {
         if model.authorization_policies.is_empty() {
             return Ok(());
         }
+        // The waypoint's own labels matter only to policies that select it; finding its pod
+        // is a scan of the pods, so skip it when no policy has a selector.
         let no_labels = std::collections::BTreeMap::new();
-        let labels = model
-            .pod_by_ip(self.waypoint.pod_ip)
+        let selects = model
+            .authorization_policies
+            .values()
+            .any(|p| p.target_refs.is_empty() && p.selector.is_some());
+        let labels = selects
+            .then(|| model.pod_by_ip(self.waypoint.pod_ip))
+            .flatten()
             .map_or(&no_labels, |pod| &pod.labels);
         let at = WaypointTarget {
             waypoint: Workload {

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use hex::encode as hex;
 use http::{HeaderMap, HeaderValue};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
@@ -52,18 +53,9 @@ pub struct Span {
     exporter: Option<mpsc::Sender<OtlpSpan>>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     // All-zero ids are invalid in both W3C and B3.
     out.iter().any(|&b| b != 0).then_some(out)
 }
@@ -120,7 +112,7 @@ impl Tracer {
             }
         };
         let flags = if sampled { "01" } else { "00" };
-        let traceparent = format!("00-{}-{}-{flags}", hex(&trace_id), hex(&span_id));
+        let traceparent = format!("00-{}-{}-{flags}", hex(trace_id), hex(span_id));
         if let Ok(v) = HeaderValue::from_str(&traceparent) {
             headers.insert(TRACEPARENT, v);
         }
@@ -213,7 +205,7 @@ fn attribute(key: &str, value: any_value::Value) -> KeyValue {
 
 impl Span {
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        hex(self.trace_id)
     }
 
     /// Ends the span: a sampled one goes to the exporter, if there is one.
@@ -349,17 +341,14 @@ mod tests {
         let span = tracer(0.0).start(&mut headers, "/a/B");
         let out = headers[TRACEPARENT].to_str().unwrap();
         let (trace, parent, sampled) = parse_traceparent(out).unwrap();
-        assert_eq!(hex(&trace), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(trace), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(parent, span.span_id);
-        assert_ne!(hex(&parent), "00f067aa0ba902b7");
+        assert_ne!(hex(parent), "00f067aa0ba902b7");
         assert!(
             sampled,
             "the client's decision stands whatever the percentage"
         );
-        assert_eq!(
-            span.parent.map(|p| hex(&p)).as_deref(),
-            Some("00f067aa0ba902b7")
-        );
+        assert_eq!(span.parent.map(hex).as_deref(), Some("00f067aa0ba902b7"));
         assert_eq!(headers["tracestate"], "congo=t61rcWkgMzE");
     }
 
@@ -406,7 +395,7 @@ mod tests {
         assert_eq!(span.trace_id_hex(), "0000000000000000463ac35c9f6413ad");
         assert_eq!(headers[B3_TRACE_ID], "463ac35c9f6413ad");
         assert_eq!(headers[B3_PARENT], "a2fb4a1d1a96d312");
-        assert_eq!(headers[B3_SPAN_ID].to_str().unwrap(), hex(&span.span_id));
+        assert_eq!(headers[B3_SPAN_ID].to_str().unwrap(), hex(span.span_id));
         assert!(span.sampled);
         let (trace, _, _) = parse_traceparent(headers[TRACEPARENT].to_str().unwrap()).unwrap();
         assert_eq!(trace, span.trace_id);
@@ -423,7 +412,7 @@ mod tests {
             single[B3_SINGLE].to_str().unwrap(),
             format!(
                 "80f198ee56343ba864fe8b2a57d3eff7-{}-1-e457b5a2e4d86bd1",
-                hex(&span.span_id)
+                hex(span.span_id)
             )
         );
     }

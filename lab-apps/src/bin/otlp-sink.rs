@@ -26,10 +26,6 @@ struct Cli {
 
 struct Sink;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn value(kv: &KeyValue) -> serde_json::Value {
     match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
         Some(any_value::Value::StringValue(s)) => s.clone().into(),
@@ -62,9 +58,9 @@ impl TraceService for Sink {
                         .map(|kv| (kv.key.clone(), value(kv)))
                         .collect();
                     let line = serde_json::json!({"span": {
-                        "trace_id": hex(&span.trace_id),
-                        "span_id": hex(&span.span_id),
-                        "parent_span_id": hex(&span.parent_span_id),
+                        "trace_id": hex::encode(&span.trace_id),
+                        "span_id": hex::encode(&span.span_id),
+                        "parent_span_id": hex::encode(&span.parent_span_id),
                         "name": span.name,
                         "service": service,
                         "attributes": attributes,
