@@ -2,13 +2,15 @@
 //!
 //! Follow a connection: `capture` (cgroup connect4/connect6) decides where it goes, `splice`
 //! (sockops + sk_msg) moves bytes between sockets on the same node without the TCP/IP stack,
-//! and `enforce` (tc on each pod's veth) is the inbound gate. `maps` holds their shared state,
-//! whose layout is defined in `weft-ebpf-common`.
+//! `enforce` (tc on each pod's veth) is the inbound gate, and `lookup` (sk_lookup in each pod's
+//! network namespace) hands plaintext from outside the mesh to the agent. `maps` holds their
+//! shared state, whose layout is defined in `weft-ebpf-common`.
 #![no_std]
 #![no_main]
 
 mod capture;
 mod enforce;
+mod lookup;
 mod maps;
 mod splice;
 

@@ -51,6 +51,17 @@ pub static NO_SPLICE: LruHashMap<SockKey, u8> = LruHashMap::pinned(65536, 0);
 #[map(name = "WEFT_TC_MODE")]
 pub static TC_MODE: HashMap<u32, u32> = HashMap::pinned(4096, 0);
 
+/// Port-level inbound modes (PeerAuthentication `portLevelMtls`), by `port_mode_key`. Only
+/// pods with a workload policy that names ports have entries, a handful each.
+#[map(name = "WEFT_TC_PORT")]
+pub static TC_PORT_MODE: HashMap<u64, u32> = HashMap::pinned(4096, 0);
+
+/// The agent's plaintext inbound listener (:15006) inside each enrolled pod's network
+/// namespace, by the pod's IPv4 address (network order). `sk_lookup` hands it the plaintext
+/// connections that come from outside the mesh. Same bound as `PODS`.
+#[map(name = "WEFT_PLAIN_LSN")]
+pub static PLAINTEXT_LISTENERS: SockHash<u32> = SockHash::pinned(4096, 0);
+
 /// Event counters, per CPU so that counting never contends.
 #[map(name = "WEFT_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
@@ -74,6 +85,14 @@ pub fn pod_flags(ip: u32) -> Option<u32> {
     // SAFETY: the agent writes whole entries with one map update; a racing update can at worst
     // show the previous flags.
     unsafe { PODS.get(&ip) }.map(|p| p.flags)
+}
+
+/// Whether a connection from `source` (network order) comes from inside the mesh: from the
+/// node agent (the tunnel's end, which checked the peer's certificate, or its plaintext
+/// inbound) or from an enrolled pod of this node.
+#[inline(always)]
+pub fn from_mesh(source: u32) -> bool {
+    settings().is_some_and(|s| s.agent_ip == source) || pod_flags(source).is_some()
 }
 
 /// Whether `ip` is one end a same-node splice may join: an enrolled pod of this node.

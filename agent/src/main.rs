@@ -9,6 +9,7 @@ mod ca;
 mod inbound;
 mod metrics;
 mod outbound;
+mod plaintext;
 mod policy;
 mod preflight;
 mod redirect;
@@ -239,6 +240,18 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
+    let plaintext = Arc::new(plaintext::PlaintextInbound {
+        model: model.clone(),
+        trust_domain: settings.tunnel.trust_domain.clone(),
+        source_ip: settings.agent_ip,
+        metrics: metrics.clone(),
+        policy: policy::L4Policy {
+            root_namespace: settings.tunnel.root_namespace.clone(),
+        },
+    });
+    datapath.set_plaintext_server(Arc::new(move |listener, pod_ip| {
+        plaintext.serve(listener, pod_ip)
+    }));
     let maps = datapath.shared();
     match tunnel {
         Some(upstream) => {

@@ -155,10 +155,14 @@ impl Metrics {
         self.tcp_opened.get_or_create(labels).inc();
     }
 
-    pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
+    /// Counts a closed connection and its bytes: `request` went from the client towards the
+    /// server, `response` back. Istio's reference defines `istio_tcp_received_bytes_total` as
+    /// the bytes received during the request and `istio_tcp_sent_bytes_total` as those sent
+    /// during the response, on both reporters.
+    pub fn tcp_closed(&self, labels: &TcpLabels, request: u64, response: u64) {
         self.tcp_closed.get_or_create(labels).inc();
-        self.tcp_sent.get_or_create(labels).inc_by(sent);
-        self.tcp_received.get_or_create(labels).inc_by(received);
+        self.tcp_received.get_or_create(labels).inc_by(request);
+        self.tcp_sent.get_or_create(labels).inc_by(response);
     }
 
     pub fn register_expiry(&self, reader: ExpiryReader) {

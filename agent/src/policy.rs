@@ -8,8 +8,8 @@ use weft_mesh::{
     config::{Model, MtlsMode, PodInfo},
     identity::SpiffeId,
     policy::{
-        Peer, RootNamespace, Workload, applicable_authorization_policies, authorize_l4,
-        peer_authentication_mode,
+        InboundModes, Peer, RootNamespace, Workload, applicable_authorization_policies,
+        authorize_l4, inbound_modes, peer_authentication_mode,
     },
 };
 
@@ -60,9 +60,15 @@ impl L4Policy {
             .is_some()
     }
 
-    /// The pod's PeerAuthentication mode (workload level; port-level modes are not enforced
-    /// in the kernel yet).
-    pub fn strict(&self, model: &Model, pod: &PodInfo) -> bool {
-        peer_authentication_mode(model, &self.root(), &Workload::from(pod), 0) == MtlsMode::Strict
+    /// The pod's PeerAuthentication modes, for the tc gate: the workload's, and each port a
+    /// workload policy names.
+    pub fn inbound_modes(&self, model: &Model, pod: &PodInfo) -> InboundModes {
+        inbound_modes(model, &self.root(), &Workload::from(pod))
+    }
+
+    /// Whether plaintext may reach `port` of the pod (it is not STRICT).
+    pub fn plaintext_allowed(&self, model: &Model, pod: &PodInfo, port: u16) -> bool {
+        peer_authentication_mode(model, &self.root(), &Workload::from(pod), port)
+            != MtlsMode::Strict
     }
 }

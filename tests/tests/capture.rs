@@ -313,7 +313,7 @@ fn an_agent_restart_reattaches_cleanly_after_a_stop_and_after_a_crash() -> Resul
     // A crash leaves the pins; the next agent adopts them instead of adding a second copy.
     lab.kill_agent(1)?;
     assert!(
-        lab.bpffs_dir(1).join("v2/WEFT_SOCKS").exists(),
+        lab.bpffs_dir(1).join("v3/WEFT_SOCKS").exists(),
         "pinned maps should survive a crash"
     );
     lab.start_agent(1)?;
@@ -349,7 +349,7 @@ fn an_agent_restart_reattaches_cleanly_after_a_stop_and_after_a_crash() -> Resul
     lab.wait_enrolled(1, 2, Duration::from_secs(10))?;
     assert!(lab.stop_agent(1)?.success(), "{}", lab.agent_log(1));
     assert!(
-        lab.bpffs_dir(1).join("v2/WEFT_SOCKS").exists(),
+        lab.bpffs_dir(1).join("v3/WEFT_SOCKS").exists(),
         "pinned maps should survive a handover stop"
     );
     assert_eq!(
@@ -384,7 +384,7 @@ fn after_the_agents_exit_nothing_of_theirs_is_left_in_the_kernel() -> Result<()>
         let programs = dump["programs"]
             .as_object()
             .context("no programs in /config_dump")?;
-        assert_eq!(programs.len(), 5, "{dump}");
+        assert_eq!(programs.len(), 6, "{dump}");
         ids.extend(programs.values().filter_map(Value::as_u64));
     }
     for node in 1..=2 {

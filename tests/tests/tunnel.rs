@@ -27,12 +27,24 @@ fn pod_as(
 }
 
 fn sink(lab: &Lab, pod: &str) -> Result<Guarded> {
-    lab.serve(pod, "labtool", &["sink", "--listen", "0.0.0.0:7000"])
+    sink_on(lab, pod, 7000)
+}
+
+fn sink_on(lab: &Lab, pod: &str, port: u16) -> Result<Guarded> {
+    lab.serve(
+        pod,
+        "labtool",
+        &["sink", "--listen", &format!("0.0.0.0:{port}")],
+    )
 }
 
 /// Sends `bytes` and reports whether they arrived intact (Err only if the tool misbehaved).
 fn try_send(lab: &Lab, from: &str, to: &str, bytes: u64) -> Result<bool> {
-    let target = format!("{}:7000", lab.pod(to).ip);
+    try_send_to(lab, from, to, 7000, bytes)
+}
+
+fn try_send_to(lab: &Lab, from: &str, to: &str, port: u16, bytes: u64) -> Result<bool> {
+    let target = format!("{}:{port}", lab.pod(to).ip);
     let out = lab.run(
         from,
         "labtool",
@@ -52,15 +64,19 @@ fn try_send(lab: &Lab, from: &str, to: &str, bytes: u64) -> Result<bool> {
 
 /// Waits until `from` -> `to` succeeds (or fails, per `want`), as policy changes propagate.
 fn expect_reachable(lab: &Lab, from: &str, to: &str, want: bool) -> Result<()> {
+    expect_reachable_on(lab, from, to, 7000, want)
+}
+
+fn expect_reachable_on(lab: &Lab, from: &str, to: &str, port: u16, want: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ok = try_send(lab, from, to, 64 * 1024)?;
+        let ok = try_send_to(lab, from, to, port, 64 * 1024)?;
         if ok == want {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "{from} -> {to}: expected {}, got {}\nnode logs:\n{}\n{}",
+                "{from} -> {to}:{port}: expected {}, got {}\nnode logs:\n{}\n{}",
                 if want { "success" } else { "refusal" },
                 if ok { "success" } else { "refusal" },
                 tail(&lab.agent_log(1)),
@@ -204,7 +220,8 @@ fn the_underlay_carries_only_tls_and_never_the_payload() -> Result<()> {
         ],
     )?;
     assert!(source >= 2.0, "source side counted {source}");
-    let destination = metric_sum(
+    // Istio's sense: received during the request (towards the pod), sent in the response.
+    let received = metric_sum(
         &lab,
         2,
         "istio_tcp_received_bytes_total",
@@ -220,10 +237,10 @@ fn the_underlay_carries_only_tls_and_never_the_payload() -> Result<()> {
         &["reporter=\"destination\""],
     )?;
     assert!(
-        sent >= (100 * MIB) as f64,
-        "destination side counted {sent} bytes sent to the pod"
+        received >= (100 * MIB) as f64,
+        "destination side counted {received} bytes received for the pod"
     );
-    assert!(destination > 0.0);
+    assert!(sent > 0.0 && sent < received, "sent {sent}");
     lab.down()
 }
 
@@ -271,24 +288,98 @@ fn an_allow_policy_admits_one_principal_and_deny_wins_over_allow() -> Result<()>
 }
 
 #[test]
-fn strict_keeps_plaintext_out_and_permissive_lets_it_in_counted() -> Result<()> {
+fn strict_keeps_plaintext_out_and_permissive_hands_it_to_the_agent() -> Result<()> {
     let spec = LabSpec::new("wl-t-strict", 2)
         .with_namespace("mesh", true)
         .with_namespace("plain", false)
         .with_pod("a", "mesh", 1, &[])
-        .with_pod("c", "mesh", 2, &[])
+        .with_pod("c", "mesh", 2, &[("app", "c")])
         .with_pod("near", "plain", 2, &[])
         .with_pod("far", "plain", 1, &[]);
     let mut lab = Lab::up(spec)?;
     lab.start_agents()?;
     let _c = sink(&lab, "c")?;
+    let _c2 = sink_on(&lab, "c", 7001)?;
 
-    // PERMISSIVE (no PeerAuthentication): plaintext gets in and is counted.
-    let before = counter(&lab, 2, "tc_plaintext")?;
+    // PERMISSIVE (no PeerAuthentication): plaintext gets in, through the agent's plaintext
+    // inbound in c's namespace, and is counted there with Istio's labels.
+    let (tc_before, steered_before) = (
+        counter(&lab, 2, "tc_plaintext")?,
+        counter(&lab, 2, "plaintext_steered")?,
+    );
     expect_reachable(&lab, "near", "c", true)?;
     expect_reachable(&lab, "far", "c", true)?;
-    assert!(counter(&lab, 2, "tc_plaintext")? >= before + 2);
+    assert!(counter(&lab, 2, "tc_plaintext")? >= tc_before + 2);
+    assert!(counter(&lab, 2, "plaintext_steered")? >= steered_before + 2);
+    let c_status = lab.config_dump(2)?["pods"]
+        .as_array()
+        .context("pods")?
+        .iter()
+        .find(|p| p["name"] == "c")
+        .cloned()
+        .context("c in /config_dump")?;
+    assert_eq!(c_status["plaintext_inbound"], "listening", "{c_status}");
+    let plaintext_opened = |lab: &Lab, flags: &str| {
+        metric_sum(
+            lab,
+            2,
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"destination\"",
+                "connection_security_policy=\"none\"",
+                "destination_workload=\"c\"",
+                flags,
+            ],
+        )
+    };
+    assert!(plaintext_opened(&lab, "response_flags=\"-\"")? >= 2.0);
+    let far_ip = lab.pod("far").ip;
+    let received = metric_sum(
+        &lab,
+        2,
+        "istio_tcp_received_bytes_total",
+        &["connection_security_policy=\"none\""],
+    )?;
+    assert!(received >= 2.0 * 64.0 * 1024.0, "received {received}");
 
+    // While the agent is away (crashed), plaintext fails closed: c's namespace has no
+    // listener to hand it to, so sk_lookup drops it. The next agent's listener takes over.
+    lab.kill_agent(2)?;
+    assert!(
+        !try_send(&lab, "near", "c", 1024)?,
+        "plaintext reached c while its agent was down"
+    );
+    lab.start_agent(2)?;
+    expect_reachable(&lab, "near", "c", true)?;
+    assert!(counter(&lab, 2, "plaintext_no_listener")? >= 1);
+
+    // L4 policy applies to plaintext: a principal-based ALLOW refuses it (no identity), an
+    // ipBlocks rule admits the address it names.
+    lab.write_manifest(
+        "allow-a.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-a, namespace: mesh}}\n\
+             spec:\n  selector: {{matchLabels: {{app: c}}}}\n  action: ALLOW\n  rules:\n  \
+             - from: [{{source: {{principals: [cluster.local/ns/mesh/sa/default]}}}}]\n  \
+             - from: [{{source: {{ipBlocks: [{far_ip}/32]}}}}]\n"
+        ),
+    )?;
+    expect_reachable(&lab, "near", "c", false)?;
+    expect_reachable(&lab, "far", "c", true)?;
+    expect_reachable(&lab, "a", "c", true)?;
+    assert!(plaintext_opened(&lab, "response_flags=\"UAEX\"")? >= 1.0);
+    assert!(
+        metric_sum(
+            &lab,
+            2,
+            "weft_tunnel_denials_total",
+            &["reason=\"plaintext\""]
+        )? >= 1.0
+    );
+    std::fs::remove_file(lab.manifests_dir().join("allow-a.yaml"))?;
+    expect_reachable(&lab, "near", "c", true)?;
+
+    // STRICT: plaintext never reaches the pod; mesh traffic still does, through the tunnel.
     lab.write_manifest(
         "strict.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: mesh}\n\
@@ -296,9 +387,22 @@ fn strict_keeps_plaintext_out_and_permissive_lets_it_in_counted() -> Result<()> 
     )?;
     expect_reachable(&lab, "near", "c", false)?;
     expect_reachable(&lab, "far", "c", false)?;
-    assert!(counter(&lab, 2, "tc_dropped")? >= 2);
-    // Mesh traffic still arrives, through the tunnel.
+    expect_reachable_on(&lab, "far", "c", 7001, false)?;
+    assert!(counter(&lab, 2, "tc_dropped")? >= 3);
     expect_reachable(&lab, "a", "c", true)?;
+
+    // Port level, enforced in the kernel: c's port 7001 is PERMISSIVE, 7000 stays STRICT.
+    lab.write_manifest(
+        "c-ports.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: c-ports, namespace: mesh}\n\
+         spec:\n  selector: {matchLabels: {app: c}}\n  portLevelMtls:\n    7001: {mode: PERMISSIVE}\n",
+    )?;
+    expect_reachable_on(&lab, "far", "c", 7001, true)?;
+    expect_reachable_on(&lab, "near", "c", 7001, true)?;
+    let dropped = counter(&lab, 2, "tc_dropped")?;
+    expect_reachable_on(&lab, "far", "c", 7000, false)?;
+    assert!(counter(&lab, 2, "tc_dropped")? > dropped);
+    expect_reachable_on(&lab, "a", "c", 7000, true)?;
     lab.down()
 }
 

@@ -17,10 +17,12 @@ pub mod maps {
     pub const SOCKS: &str = "WEFT_SOCKS";
     pub const NO_SPLICE: &str = "WEFT_NOSPLICE";
     pub const TC_MODE: &str = "WEFT_TC_MODE";
+    pub const TC_PORT_MODE: &str = "WEFT_TC_PORT";
+    pub const PLAINTEXT_LISTENERS: &str = "WEFT_PLAIN_LSN";
     pub const COUNTERS: &str = "WEFT_COUNTERS";
 
     /// Every map the agent pins, for clean-up and adoption.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         SETTINGS,
         PODS,
         EXCL_PORTS,
@@ -30,6 +32,8 @@ pub mod maps {
         SOCKS,
         NO_SPLICE,
         TC_MODE,
+        TC_PORT_MODE,
+        PLAINTEXT_LISTENERS,
         COUNTERS,
     ];
 }
@@ -41,6 +45,7 @@ pub mod programs {
     pub const SOCKOPS: &str = "weft_sockops";
     pub const SK_MSG: &str = "weft_sk_msg";
     pub const TC_POD_INGRESS: &str = "weft_tc_pod_in";
+    pub const SK_LOOKUP: &str = "weft_sk_lookup";
 }
 
 /// The node-wide settings, the single entry of the `SETTINGS` array.
@@ -132,6 +137,13 @@ pub const TC_MODE_ALLOW_ALL: u32 = 0;
 /// (which terminates the tunnel) or from an enrolled pod of this node.
 pub const TC_MODE_STRICT: u32 = 1;
 
+/// The key of `TC_PORT_MODE`: a pod veth's ifindex and a destination port (host order) of
+/// the pod, whose mode overrides the veth's `TC_MODE` (PeerAuthentication `portLevelMtls`).
+#[inline(always)]
+pub const fn port_mode_key(ifindex: u32, port: u16) -> u64 {
+    ((ifindex as u64) << 16) | port as u64
+}
+
 /// Indexes into the per-CPU `COUNTERS` array. User space sums the CPUs.
 pub mod counter {
     /// connect() calls seen from enrolled pods.
@@ -159,8 +171,12 @@ pub mod counter {
     pub const TC_DROPPED: u32 = 12;
     /// Plaintext connections from outside the mesh let into PERMISSIVE pods.
     pub const TC_PLAINTEXT: u32 = 13;
+    /// Plaintext connections handed to the agent's inbound listener (:15006) by sk_lookup,
+    /// and those dropped because the pod's listener was not there (the agent restarting).
+    pub const PLAINTEXT_STEERED: u32 = 14;
+    pub const PLAINTEXT_NO_LISTENER: u32 = 15;
     /// The array's size.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
 }
 
 #[cfg(feature = "user")]

@@ -1,26 +1,35 @@
 //! Enrolment: which pods of the node are captured, and what the kernel maps say of each.
 //! Each pass of `reconcile` makes the attached set match the configuration: connect hooks on
-//! each enrolled pod's cgroup, the tc gate on its veth, and its flags (may it be reached
-//! directly; is it STRICT) under the current policies.
+//! each enrolled pod's cgroup, the tc gate on its veth, the plaintext inbound in its network
+//! namespace, and its flags and modes (may it be reached directly; which of its ports are
+//! STRICT) under the current policies.
 
 use std::{
     collections::BTreeMap,
     fs::File,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::AsRawFd,
     path::PathBuf,
 };
 
 use aya::programs::{
-    CgroupSockAddr, SchedClassifier, TcAttachType,
+    CgroupSockAddr, SchedClassifier, SkLookup, TcAttachType,
     links::{FdLink, PinnedLink},
 };
 use serde::Serialize;
 use weft_ebpf_common::{
-    POD_DIRECT_OK, POD_ENROLLED, PodEntry, TC_MODE_ALLOW_ALL, TC_MODE_STRICT, maps, programs,
+    POD_DIRECT_OK, POD_ENROLLED, PodEntry, TC_MODE_ALLOW_ALL, TC_MODE_STRICT, maps, port_mode_key,
+    programs,
 };
-use weft_mesh::config::{Model, PodInfo};
+use weft_mesh::{
+    config::{Model, MtlsMode, PodInfo},
+    policy::InboundModes,
+};
 
-use super::{Datapath, LINK_MODE, RedirectError, find_pod_cgroup, netdev, program_error};
+use super::{
+    Datapath, LINK_MODE, PLAINTEXT_PORT, RedirectError, ServerHandle, find_pod_cgroup, netdev,
+    netns, program_error,
+};
 
 /// A pod whose connect hooks are attached.
 pub(super) struct Enrolled {
@@ -29,9 +38,42 @@ pub(super) struct Enrolled {
     cgroup: PathBuf,
     interface: Option<String>,
     links: Vec<PinnedLink>,
+    /// The plaintext inbound in the pod's namespace once it is attached; until then, why not.
+    plaintext: Result<Plaintext, String>,
     /// What the kernel maps hold for the pod now.
     flags: u32,
-    tc_mode: u32,
+    tc: TcModes,
+}
+
+/// The sk_lookup link in a pod's namespace, and the server of its listener.
+pub(super) struct Plaintext {
+    link: PinnedLink,
+    _server: ServerHandle,
+}
+
+/// A pod's entries in `TC_MODE` and `TC_PORT_MODE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct TcModes {
+    pod: u32,
+    ports: BTreeMap<u16, u32>,
+}
+
+impl TcModes {
+    /// What the tc gate enforces. Plaintext from outside the mesh may only enter through the
+    /// agent's plaintext inbound, so until that is in place every port fails closed.
+    fn new(modes: &InboundModes, plaintext_inbound: bool) -> Self {
+        let value = |mode: MtlsMode| {
+            if mode == MtlsMode::Strict || !plaintext_inbound {
+                TC_MODE_STRICT
+            } else {
+                TC_MODE_ALLOW_ALL
+            }
+        };
+        TcModes {
+            pod: value(modes.workload),
+            ports: modes.ports.iter().map(|(p, m)| (*p, value(*m))).collect(),
+        }
+    }
 }
 
 /// What /config_dump shows of one pod.
@@ -44,6 +86,8 @@ pub struct PodStatus {
     pub state: &'static str,
     pub cgroup: Option<PathBuf>,
     pub interface: Option<String>,
+    /// "listening", or why the plaintext inbound is not (plaintext is refused meanwhile).
+    pub plaintext_inbound: Option<String>,
     pub reason: Option<String>,
 }
 
@@ -66,60 +110,60 @@ impl Datapath {
         }
         self.pending.clear();
         for (uid, pod) in desired {
-            let (flags, tc_mode) = self.pod_modes(model, &pod, policy);
-            if let Some(enrolled) = self.enrolled.get(&uid) {
-                let (ip, current, no_interface) = (
-                    enrolled.ip,
-                    (enrolled.flags, enrolled.tc_mode),
-                    enrolled.interface.is_none(),
-                );
-                if current != (flags, tc_mode) {
-                    self.set_modes(&uid, flags, tc_mode);
-                }
-                // The veth may appear after the cgroup; retry the tc attachment.
-                if no_interface
-                    && let Some((iface, link)) = self.attach_tc(ip, tc_mode)
-                    && let Some(enrolled) = self.enrolled.get_mut(&uid)
-                {
-                    enrolled.interface = Some(iface);
-                    enrolled.links.push(link);
-                }
-                continue;
-            }
-            match self.enrol(&pod, flags, tc_mode) {
-                Ok(enrolled) => {
-                    tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), ip = %enrolled.ip, "enrolled");
-                    self.enrolled.insert(uid, enrolled);
-                }
-                Err(reason) => {
-                    tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), %reason, "not enrolled yet");
-                    self.pending
-                        .insert(uid, status(&pod, "pending", None, None, Some(reason)));
+            let (flags, modes) = pod_modes(self.direct_local, model, &pod, policy);
+            if !self.enrolled.contains_key(&uid) {
+                match self.enrol(&pod) {
+                    Ok(enrolled) => {
+                        tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), ip = %enrolled.ip, "enrolled");
+                        self.enrolled.insert(uid.clone(), enrolled);
+                    }
+                    Err(reason) => {
+                        tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), %reason, "not enrolled yet");
+                        self.pending
+                            .insert(uid, status(&pod, "pending", None, None, Some(reason)));
+                        continue;
+                    }
                 }
             }
+            self.complete(&uid, flags, &modes);
         }
         // Once this agent's links are in place, a previous agent's copies go.
         self.adopted.clear();
     }
 
-    /// The pod's kernel flags and inbound mode under the current policies.
-    fn pod_modes(
-        &self,
-        model: &Model,
-        pod: &PodInfo,
-        policy: &crate::policy::L4Policy,
-    ) -> (u32, u32) {
-        let direct = self.direct_local && !policy.governs(model, pod);
-        let flags = POD_ENROLLED | if direct { POD_DIRECT_OK } else { 0 };
-        let mode = if policy.strict(model, pod) {
-            TC_MODE_STRICT
-        } else {
-            TC_MODE_ALLOW_ALL
+    /// Attaches what could not be attached yet (the veth and the pod's namespace may appear
+    /// after its cgroup), then brings the pod's flags and modes up to date.
+    fn complete(&mut self, uid: &str, flags: u32, modes: &InboundModes) {
+        let Some(enrolled) = self.enrolled.get(uid) else {
+            return;
         };
-        (flags, mode)
+        let (ip, cgroup) = (enrolled.ip, enrolled.cgroup.clone());
+        let (no_interface, no_plaintext) =
+            (enrolled.interface.is_none(), enrolled.plaintext.is_err());
+        let interface = no_interface.then(|| self.attach_tc(ip)).flatten();
+        let plaintext = no_plaintext.then(|| self.attach_plaintext(uid, ip, &cgroup));
+        let Some(enrolled) = self.enrolled.get_mut(uid) else {
+            return;
+        };
+        if let Some((iface, link)) = interface {
+            enrolled.interface = Some(iface);
+            enrolled.links.push(link);
+            // A new veth has no entries yet.
+            enrolled.tc = TcModes::default();
+        }
+        if let Some(plaintext) = plaintext {
+            if let Err(reason) = &plaintext {
+                tracing::debug!(pod = %format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name), %reason, "plaintext inbound not attached yet");
+            }
+            enrolled.plaintext = plaintext;
+        }
+        let tc = TcModes::new(modes, enrolled.plaintext.is_ok());
+        if (enrolled.flags, &enrolled.tc) != (flags, &tc) {
+            self.set_modes(uid, flags, tc);
+        }
     }
 
-    fn set_modes(&mut self, uid: &str, flags: u32, tc_mode: u32) {
+    fn set_modes(&mut self, uid: &str, flags: u32, tc: TcModes) {
         let Some(enrolled) = self.enrolled.get_mut(uid) else {
             return;
         };
@@ -129,18 +173,43 @@ impl Datapath {
             tracing::warn!(%err, "updating {}", maps::PODS);
             return;
         }
-        if ifindex != 0
-            && let Err(err) = self.tc_mode.insert(ifindex, tc_mode, 0)
-        {
-            tracing::warn!(%err, "updating {}", maps::TC_MODE);
-            return;
+        if ifindex != 0 {
+            // Port entries first: for a moment the old pod mode applies to a port, never an
+            // entry of a port that no longer has one.
+            for port in enrolled
+                .tc
+                .ports
+                .keys()
+                .filter(|p| !tc.ports.contains_key(p))
+            {
+                let _ = self.tc_port_mode.remove(&port_mode_key(ifindex, *port));
+            }
+            let written = tc
+                .ports
+                .iter()
+                .try_for_each(|(port, mode)| {
+                    self.tc_port_mode
+                        .insert(port_mode_key(ifindex, *port), *mode, 0)
+                })
+                .and_then(|()| self.tc_mode.insert(ifindex, tc.pod, 0));
+            if let Err(err) = written {
+                tracing::warn!(%err, "updating {} and {}", maps::TC_MODE, maps::TC_PORT_MODE);
+                return;
+            }
         }
-        tracing::info!(pod = %format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name), direct = flags & POD_DIRECT_OK != 0, strict = tc_mode == TC_MODE_STRICT, "pod modes changed");
+        tracing::info!(
+            pod = %format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name),
+            direct = flags & POD_DIRECT_OK != 0,
+            strict = tc.pod == TC_MODE_STRICT,
+            strict_ports = ?tc.ports.iter().filter(|(_, m)| **m == TC_MODE_STRICT).map(|(p, _)| p).collect::<Vec<_>>(),
+            plaintext_inbound = enrolled.plaintext.is_ok(),
+            "pod modes changed"
+        );
         enrolled.flags = flags;
-        enrolled.tc_mode = tc_mode;
+        enrolled.tc = tc;
     }
 
-    fn enrol(&mut self, pod: &PodInfo, flags: u32, tc_mode: u32) -> Result<Enrolled, String> {
+    fn enrol(&mut self, pod: &PodInfo) -> Result<Enrolled, String> {
         let ip = match pod.ip {
             Some(IpAddr::V4(ip)) => ip,
             Some(IpAddr::V6(_)) => return Err("IPv6 pods are not captured yet".into()),
@@ -162,24 +231,58 @@ impl Datapath {
                 .map_err(|e| e.to_string())?;
             links.push(pinned);
         }
-        let (interface, tc_link) = match self.attach_tc(ip, tc_mode) {
-            Some((iface, link)) => (Some(iface), Some(link)),
-            None => (None, None),
-        };
-        links.extend(tc_link);
-        let ifindex = interface.as_deref().and_then(ifindex).unwrap_or(0);
-        let key = u32::from_ne_bytes(ip.octets());
-        self.pods
-            .insert(key, PodEntry { flags, ifindex }, 0)
-            .map_err(|e| format!("{}: {e}", maps::PODS))?;
+        // Not in PODS yet: `complete` writes the entry with the pod's flags, after the tc
+        // gate (which fails closed until the plaintext inbound is there).
         Ok(Enrolled {
             pod: pod.clone(),
             ip,
             cgroup,
-            interface,
+            interface: None,
             links,
-            flags,
-            tc_mode,
+            plaintext: Err("not attached yet".into()),
+            flags: 0,
+            tc: TcModes::default(),
+        })
+    }
+
+    /// The agent's plaintext listener in the pod's network namespace, and the sk_lookup
+    /// program there that hands it plaintext from outside the mesh.
+    fn attach_plaintext(
+        &mut self,
+        uid: &str,
+        ip: Ipv4Addr,
+        cgroup: &std::path::Path,
+    ) -> Result<Plaintext, String> {
+        let serve = self
+            .plaintext_server
+            .clone()
+            .ok_or("no plaintext inbound server in this agent")?;
+        let netns = netns::pod_netns(cgroup)?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, PLAINTEXT_PORT));
+        let listener = netns::listen_in(&netns, addr)
+            .map_err(|e| format!("listening on {addr} in the pod's namespace: {e}"))?;
+        let key = u32::from_ne_bytes(ip.octets());
+        self.plaintext_listeners
+            .insert(key, listener.as_raw_fd(), 0)
+            .map_err(|e| format!("{}: {e}", maps::PLAINTEXT_LISTENERS))?;
+        let link = (|| -> Result<PinnedLink, RedirectError> {
+            let prog: &mut SkLookup = self.program(programs::SK_LOOKUP)?;
+            let id = prog.attach(&netns).map_err(program_error(
+                programs::SK_LOOKUP,
+                "sk_lookup",
+                "BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)",
+            ))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(program_error(programs::SK_LOOKUP, "sk_lookup", "bpf links"))?
+                .into();
+            self.pin(link, &format!("{uid}-lookup"))
+        })()
+        .map_err(|e| e.to_string())?;
+        let server = serve(listener, ip);
+        Ok(Plaintext {
+            link,
+            _server: server,
         })
     }
 
@@ -199,9 +302,8 @@ impl Datapath {
     }
 
     /// The tc program on the pod's node-side veth, if the veth can be found yet.
-    fn attach_tc(&mut self, ip: Ipv4Addr, mode: u32) -> Option<(String, PinnedLink)> {
+    fn attach_tc(&mut self, ip: Ipv4Addr) -> Option<(String, PinnedLink)> {
         let iface = netdev::pod_interface(ip)?;
-        let index = ifindex(&iface)?;
         let attached = (|| -> Result<PinnedLink, RedirectError> {
             let prog: &mut SchedClassifier = self.program(programs::TC_POD_INGRESS)?;
             // Egress of the node side is the path into the pod.
@@ -219,10 +321,7 @@ impl Datapath {
             self.pin(link, &format!("tc-{iface}"))
         })();
         match attached {
-            Ok(link) => {
-                let _ = self.tc_mode.insert(index, mode, 0);
-                Some((iface, link))
-            }
+            Ok(link) => Some((iface, link)),
             Err(err) => {
                 tracing::warn!(%iface, %err, "cannot attach the inbound tc program");
                 None
@@ -233,10 +332,15 @@ impl Datapath {
     pub(super) fn unenrol(&mut self, enrolled: Enrolled) {
         let key = u32::from_ne_bytes(enrolled.ip.octets());
         let _ = self.pods.remove(&key);
+        let _ = self.plaintext_listeners.remove(&key);
         if let Some(index) = enrolled.interface.as_deref().and_then(ifindex) {
             let _ = self.tc_mode.remove(&index);
+            for port in enrolled.tc.ports.keys() {
+                let _ = self.tc_port_mode.remove(&port_mode_key(index, *port));
+            }
         }
-        for link in enrolled.links {
+        let plaintext = enrolled.plaintext.ok().map(|p| p.link);
+        for link in enrolled.links.into_iter().chain(plaintext) {
             if let Ok(link) = link.unpin() {
                 drop(link);
             }
@@ -249,13 +353,18 @@ impl Datapath {
         self.enrolled
             .values()
             .map(|e| {
-                status(
+                let mut s = status(
                     &e.pod,
                     "enrolled",
                     Some(e.cgroup.clone()),
                     e.interface.clone(),
                     None,
-                )
+                );
+                s.plaintext_inbound = Some(match &e.plaintext {
+                    Ok(_) => "listening".to_string(),
+                    Err(reason) => reason.clone(),
+                });
+                s
             })
             .chain(self.pending.values().cloned())
             .collect()
@@ -277,8 +386,21 @@ fn status(
         state,
         cgroup,
         interface,
+        plaintext_inbound: None,
         reason,
     }
+}
+
+/// The pod's kernel flags and inbound modes under the current policies.
+fn pod_modes(
+    direct_local: bool,
+    model: &Model,
+    pod: &PodInfo,
+    policy: &crate::policy::L4Policy,
+) -> (u32, InboundModes) {
+    let direct = direct_local && !policy.governs(model, pod);
+    let flags = POD_ENROLLED | if direct { POD_DIRECT_OK } else { 0 };
+    (flags, policy.inbound_modes(model, pod))
 }
 
 fn ifindex(name: &str) -> Option<u32> {

@@ -9,11 +9,13 @@
 mod cgroup;
 mod enrol;
 mod netdev;
+mod netns;
 mod shared;
 
 use std::{
     collections::BTreeMap,
     fs::File,
+    net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -25,7 +27,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkMsg, SockOps,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkLookup, SkMsg, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -53,7 +55,24 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/we
 /// Bumped whenever a map's key, value or size changes. The pins live in a directory of this
 /// name (bpffs holds no regular files to write a version into), and pins of any other layout
 /// are discarded at start.
-const LAYOUT: &str = "v2";
+const LAYOUT: &str = "v3";
+
+/// The agent's plaintext inbound port, as Istio's ztunnel numbers it. The listener is bound
+/// to loopback inside each pod's namespace, so only sk_lookup's hand-over reaches it.
+pub const PLAINTEXT_PORT: u16 = 15006;
+
+/// Serves the plaintext listener made in an enrolled pod's namespace (the pod's address is
+/// the second argument), until the returned handle drops.
+pub type PlaintextServer = Arc<dyn Fn(TcpListener, Ipv4Addr) -> ServerHandle + Send + Sync>;
+
+/// A task serving one listener; dropping the handle stops it (and closes the listener).
+pub struct ServerHandle(pub tokio::task::AbortHandle);
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
@@ -123,6 +142,9 @@ pub struct Datapath {
     pending: BTreeMap<String, PodStatus>,
     pods: HashMap<MapData, u32, PodEntry>,
     tc_mode: HashMap<MapData, u32, u32>,
+    tc_port_mode: HashMap<MapData, u64, u32>,
+    plaintext_listeners: SockHash<MapData, u32>,
+    plaintext_server: Option<PlaintextServer>,
     _socks: SockHash<MapData, SockKey>,
     shared: SharedMaps,
     direct_local: bool,
@@ -180,6 +202,12 @@ impl Datapath {
         let tc_mode = take(&mut ebpf, maps::TC_MODE)?
             .try_into()
             .map_err(|e| RedirectError::Map(maps::TC_MODE, e))?;
+        let tc_port_mode = take(&mut ebpf, maps::TC_PORT_MODE)?
+            .try_into()
+            .map_err(|e| RedirectError::Map(maps::TC_PORT_MODE, e))?;
+        let plaintext_listeners = take(&mut ebpf, maps::PLAINTEXT_LISTENERS)?
+            .try_into()
+            .map_err(|e| RedirectError::Map(maps::PLAINTEXT_LISTENERS, e))?;
         let socks: SockHash<MapData, SockKey> = take(&mut ebpf, maps::SOCKS)?
             .try_into()
             .map_err(|e| RedirectError::Map(maps::SOCKS, e))?;
@@ -239,6 +267,9 @@ impl Datapath {
             pending: BTreeMap::new(),
             pods,
             tc_mode,
+            tc_port_mode,
+            plaintext_listeners,
+            plaintext_server: None,
             _socks: socks,
             shared: SharedMaps {
                 orig_by_tuple: Arc::new(Mutex::new(orig)),
@@ -249,6 +280,12 @@ impl Datapath {
         datapath.load_programs()?;
         datapath.attach_node()?;
         Ok(datapath)
+    }
+
+    /// Who serves the plaintext inbound listeners. Without one, plaintext from outside the
+    /// mesh is refused at every pod.
+    pub fn set_plaintext_server(&mut self, server: PlaintextServer) {
+        self.plaintext_server = Some(server);
     }
 
     pub fn shared(&self) -> SharedMaps {
@@ -293,6 +330,12 @@ impl Datapath {
             programs::TC_POD_INGRESS,
             "tc classifier",
             "BPF_PROG_TYPE_SCHED_CLS with tcx (Linux 6.6+) or clsact",
+        ))?;
+        let prog: &mut SkLookup = self.program(programs::SK_LOOKUP)?;
+        prog.load().map_err(program_error(
+            programs::SK_LOOKUP,
+            "sk_lookup",
+            "BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)",
         ))?;
         Ok(())
     }

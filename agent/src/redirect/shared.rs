@@ -50,6 +50,8 @@ impl SharedMaps {
             (counter::TC_PACKETS, "tc_packets"),
             (counter::TC_DROPPED, "tc_dropped"),
             (counter::TC_PLAINTEXT, "tc_plaintext"),
+            (counter::PLAINTEXT_STEERED, "plaintext_steered"),
+            (counter::PLAINTEXT_NO_LISTENER, "plaintext_no_listener"),
         ];
         let Ok(map) = self.counters.lock() else {
             return BTreeMap::new();

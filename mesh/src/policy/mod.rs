@@ -33,7 +33,10 @@ pub use authz::{
     attaches_to_waypoint, authorize_l4, authorize_l7,
 };
 pub use matching::{Request, value_matches};
-pub use peer_authn::{EffectiveMtls, effective_peer_authentication, peer_authentication_mode};
+pub use peer_authn::{
+    EffectiveMtls, InboundModes, effective_peer_authentication, inbound_modes,
+    peer_authentication_mode,
+};
 pub use scope::{Scope, scope_of};
 
 /// Istio's default mesh root namespace.

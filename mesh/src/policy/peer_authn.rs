@@ -12,6 +12,8 @@
 //! timestamps, so Weft picks the first by name, then by namespace, which is at least stable
 //! and visible from the manifests.
 
+use std::collections::BTreeMap;
+
 use crate::config::{Model, MtlsMode, PeerAuthenticationInfo};
 
 use super::{PolicyRef, RootNamespace, Scope, Workload, scope_of};
@@ -42,21 +44,7 @@ pub fn effective_peer_authentication(
     workload: &Workload<'_>,
     port: u16,
 ) -> EffectiveMtls {
-    let mut mesh = None;
-    let mut namespace = None;
-    let mut selected = None;
-    for policy in model.peer_authentications.values() {
-        let slot = match scope_of(&policy.namespace, policy.selector.as_ref(), root, workload) {
-            Some(Scope::Mesh) => &mut mesh,
-            Some(Scope::Namespace) => &mut namespace,
-            Some(Scope::Workload) => &mut selected,
-            None => continue,
-        };
-        if slot.is_none_or(|kept: &PeerAuthenticationInfo| first_by_name(policy, kept)) {
-            *slot = Some(policy);
-        }
-    }
-
+    let [mesh, namespace, selected] = applicable(model, root, workload);
     let mut effective = EffectiveMtls {
         mode: MtlsMode::Permissive,
         decided_by: None,
@@ -82,6 +70,51 @@ pub fn effective_peer_authentication(
     effective
 }
 
+/// The modes the kernel enforces for a workload: its own, and each port whose workload-scoped
+/// policy names it (port-level settings), with their effective modes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundModes {
+    pub workload: MtlsMode,
+    pub ports: BTreeMap<u16, MtlsMode>,
+}
+
+/// [`InboundModes`] of `workload`; never [`MtlsMode::Unset`].
+pub fn inbound_modes(model: &Model, root: &RootNamespace, workload: &Workload<'_>) -> InboundModes {
+    let [_, _, selected] = applicable(model, root, workload);
+    let ports = selected
+        .into_iter()
+        .flat_map(|policy| policy.port_level.keys())
+        .map(|&port| (port, peer_authentication_mode(model, root, workload, port)))
+        .collect();
+    InboundModes {
+        workload: peer_authentication_mode(model, root, workload, 0),
+        ports,
+    }
+}
+
+/// The policy of each scope that applies to `workload`: mesh, namespace, workload.
+fn applicable<'m>(
+    model: &'m Model,
+    root: &RootNamespace,
+    workload: &Workload<'_>,
+) -> [Option<&'m PeerAuthenticationInfo>; 3] {
+    let mut mesh = None;
+    let mut namespace = None;
+    let mut selected = None;
+    for policy in model.peer_authentications.values() {
+        let slot = match scope_of(&policy.namespace, policy.selector.as_ref(), root, workload) {
+            Some(Scope::Mesh) => &mut mesh,
+            Some(Scope::Namespace) => &mut namespace,
+            Some(Scope::Workload) => &mut selected,
+            None => continue,
+        };
+        if slot.is_none_or(|kept: &PeerAuthenticationInfo| first_by_name(policy, kept)) {
+            *slot = Some(policy);
+        }
+    }
+    [mesh, namespace, selected]
+}
+
 fn first_by_name(a: &PeerAuthenticationInfo, b: &PeerAuthenticationInfo) -> bool {
     (&a.name, &a.namespace) < (&b.name, &b.namespace)
 }
@@ -91,7 +124,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::policy::model_from_yaml as model;
+    use crate::policy::{model_from_yaml, model_from_yaml as model};
 
     fn pa(namespace: &str, name: &str, spec: &str) -> String {
         format!(
@@ -197,6 +230,35 @@ mod tests {
                 "case {i}: {policies}port {port}"
             );
         }
+    }
+
+    #[test]
+    fn inbound_modes_list_the_ports_a_workload_policy_names() {
+        use MtlsMode::{Disable, Permissive, Strict};
+        let labels: BTreeMap<String, String> = [("app".into(), "cart".into())].into();
+        let workload = Workload::new("shop", &labels);
+        let root = RootNamespace::default();
+        let model = model(&format!(
+            "{}{}",
+            pa("shop", "ns", "{mtls: {mode: STRICT}}"),
+            pa(
+                "shop",
+                "cart",
+                &format!(
+                    "{{selector: {CART}, portLevelMtls: {{8080: {{mode: PERMISSIVE}}, 9090: {{mode: UNSET}}, 9091: {{mode: DISABLE}}}}}}"
+                ),
+            )
+        ));
+        let modes = inbound_modes(&model, &root, &workload);
+        assert_eq!(modes.workload, Strict);
+        assert_eq!(
+            modes.ports,
+            [(8080, Permissive), (9090, Strict), (9091, Disable)].into()
+        );
+        // Port-level settings of a namespace policy do not exist; nothing selects: no ports.
+        let permissive = model_from_yaml(&pa("shop", "ns", "{mtls: {mode: PERMISSIVE}}"));
+        let modes = inbound_modes(&permissive, &root, &workload);
+        assert_eq!((modes.workload, modes.ports.len()), (Permissive, 0));
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! A pod's network namespace, and the agent's plaintext listener made inside it.
+//!
+//! The namespace is found through a process of the pod: the first PID in the pod's cgroup or
+//! one below it (on Kubernetes, the pause container's, there from the pod's start). The
+//! listener is made on a short-lived thread that joins the namespace; a socket stays in the
+//! namespace it was made in, so the agent serves it from its own threads afterwards.
+
+use std::{
+    fs::File,
+    io,
+    net::{SocketAddr, TcpListener},
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// The network namespace of the pod whose cgroup is `cgroup`.
+pub fn pod_netns(cgroup: &Path) -> Result<File, String> {
+    let pid = first_pid(cgroup, 4).ok_or("no process in the pod's cgroup yet")?;
+    let path = format!("/proc/{pid}/ns/net");
+    let netns = File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+    let own = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| format!("reading /proc/self/ns/net: {e}"))?;
+    let theirs = netns
+        .metadata()
+        .map_err(|e| format!("reading {path}: {e}"))?;
+    if (own.dev(), own.ino()) == (theirs.dev(), theirs.ino()) {
+        return Err("the pod shares the node's network namespace".into());
+    }
+    Ok(netns)
+}
+
+/// The first PID listed in `cgroup.procs` of `dir` or of a cgroup below it, `depth` levels
+/// down at most (the kubelet puts containers one level below the pod).
+fn first_pid(dir: &Path, depth: usize) -> Option<u32> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    if let Some(pid) = procs.lines().find_map(|l| l.trim().parse().ok()) {
+        return Some(pid);
+    }
+    if depth == 0 {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| first_pid(&e.path(), depth - 1))
+}
+
+/// A non-blocking listener bound to `addr` inside `netns`.
+pub fn listen_in(netns: &File, addr: SocketAddr) -> io::Result<TcpListener> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                setns(netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                let listener = TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_pid_in_a_child_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+        let child = dir.path().join("container");
+        std::fs::create_dir(&child).unwrap();
+        std::fs::write(child.join("cgroup.procs"), "4242\n4343\n").unwrap();
+        assert_eq!(first_pid(dir.path(), 4), Some(4242));
+        assert_eq!(first_pid(dir.path(), 0), None);
+    }
+}
