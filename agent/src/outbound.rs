@@ -25,10 +25,6 @@ use crate::{
     upstream::Upstream,
 };
 
-/// Copy buffer per direction and connection: large enough that bulk transfers cost few
-/// system calls, small enough that thousands of connections stay cheap.
-const COPY_BUFFER: usize = 64 * 1024;
-
 pub struct Outbound<U> {
     pub maps: SharedMaps,
     pub upstream: U,
@@ -91,39 +87,31 @@ impl<U: Upstream> Outbound<U> {
             refuse(client);
             return;
         };
-        let (mut upstream, security) =
-            match self.upstream.connect(peer, SocketAddr::V4(target)).await {
-                Ok(connected) => connected,
-                Err(err) => {
-                    let denied = err.kind() == std::io::ErrorKind::PermissionDenied;
-                    if denied {
-                        tracing::warn!(%peer, %target, %err, "connection denied");
-                    } else {
-                        tracing::warn!(%peer, %target, %err, "upstream connect failed");
-                    }
-                    self.metrics
-                        .outbound(if denied { "denied" } else { "connect_failed" });
-                    let mut labels = self.labels(peer, target, service, "none");
-                    labels.response_flags = if denied { "UAEX" } else { "UF" };
-                    self.metrics.tcp_opened(&labels);
-                    self.metrics.tcp_closed(&labels, 0, 0);
-                    refuse(client);
-                    return;
+        let (upstream, security) = match self.upstream.connect(peer, SocketAddr::V4(target)).await {
+            Ok(connected) => connected,
+            Err(err) => {
+                let denied = err.kind() == std::io::ErrorKind::PermissionDenied;
+                if denied {
+                    tracing::warn!(%peer, %target, %err, "connection denied");
+                } else {
+                    tracing::warn!(%peer, %target, %err, "upstream connect failed");
                 }
-            };
+                self.metrics
+                    .outbound(if denied { "denied" } else { "connect_failed" });
+                let mut labels = self.labels(peer, target, service, "none");
+                labels.response_flags = if denied { "UAEX" } else { "UF" };
+                self.metrics.tcp_opened(&labels);
+                self.metrics.tcp_closed(&labels, 0, 0);
+                refuse(client);
+                return;
+            }
+        };
         self.metrics.outbound("forwarded");
         let labels = self.labels(peer, target, service, security.label());
         self.metrics.tcp_opened(&labels);
         let _ = client.set_nodelay(true);
         let mut client = client;
-        let (sent, received) = match tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut upstream,
-            COPY_BUFFER,
-            COPY_BUFFER,
-        )
-        .await
-        {
+        let (sent, received) = match upstream.join(&mut client).await {
             Ok(counts) => counts,
             Err(err) => {
                 tracing::debug!(%peer, %target, %err, "connection ended with an error");

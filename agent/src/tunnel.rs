@@ -9,10 +9,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::watch,
-};
+use tokio::sync::watch;
 use weft_mesh::{
     config::{Model, PodInfo},
     hbone::{self, Pool, PoolKey},
@@ -21,11 +18,7 @@ use weft_mesh::{
     },
 };
 
-use crate::upstream::{DirectTcp, Security, Upstream};
-
-/// Any byte stream the upstream hands back.
-pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+use crate::upstream::{DirectTcp, Opened, Security, Upstream};
 
 /// A pod's SPIFFE identity.
 pub fn pod_identity(trust_domain: &str, pod: &PodInfo) -> io::Result<SpiffeId> {
@@ -224,8 +217,6 @@ fn source_hash(ip: IpAddr) -> usize {
 }
 
 impl<S: CertificateSource> Upstream for Tunnel<S> {
-    type Stream = Box<dyn ByteStream>;
-
     fn sends_to_waypoints(&self) -> bool {
         true
     }
@@ -234,12 +225,9 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
         &self,
         source: SocketAddr,
         target: SocketAddr,
-    ) -> io::Result<(Self::Stream, Security)> {
+    ) -> io::Result<(Opened, Security)> {
         match self.route(source.ip(), target)? {
-            Route::Direct => {
-                let (stream, security) = self.direct.connect(source, target).await?;
-                Ok((Box::new(stream), security))
-            }
+            Route::Direct => self.direct.connect(source, target).await,
             Route::Hbone {
                 source: id,
                 node,
@@ -251,7 +239,7 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
                     destination: node,
                 };
                 let stream = self.pool.connect(&key, || tls, target, source.ip()).await?;
-                Ok((Box::new(stream), Security::MutualTls))
+                Ok((Opened::Tunnel(stream), Security::MutualTls))
             }
         }
     }

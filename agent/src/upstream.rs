@@ -11,10 +11,12 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpSocket, TcpStream},
-};
+use tokio::net::{TcpSocket, TcpStream};
+use weft_mesh::hbone::{H2Stream, splice};
+
+/// Copy buffer per direction of a TCP-to-TCP connection: large enough that bulk transfers
+/// cost few system calls, small enough that thousands of connections stay cheap.
+const COPY_BUFFER: usize = 64 * 1024;
 
 /// How a connection reached its destination, for `connection_security_policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,16 +36,41 @@ impl Security {
     }
 }
 
-/// Opens byte streams to destinations.
-pub trait Upstream: Send + Sync + 'static {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+/// An opened way to a destination: a TCP connection, or a stream of the tunnel.
+pub enum Opened {
+    Tcp(TcpStream),
+    Tunnel(H2Stream),
+}
 
-    /// Opens a stream to `target` on behalf of the pod at `source`.
+impl Opened {
+    /// Joins `client` to it both ways, half-close included, until both sides finish.
+    /// Returns the bytes (from the client, to the client).
+    pub async fn join(self, client: &mut TcpStream) -> io::Result<(u64, u64)> {
+        match self {
+            Opened::Tcp(mut upstream) => {
+                tokio::io::copy_bidirectional_with_sizes(
+                    client,
+                    &mut upstream,
+                    COPY_BUFFER,
+                    COPY_BUFFER,
+                )
+                .await
+            }
+            Opened::Tunnel(mut tunnel) => splice(&mut tunnel, client)
+                .await
+                .map(|(to_client, from_client)| (from_client, to_client)),
+        }
+    }
+}
+
+/// Opens ways to destinations.
+pub trait Upstream: Send + Sync + 'static {
+    /// Opens a way to `target` on behalf of the pod at `source`.
     fn connect(
         &self,
         source: SocketAddr,
         target: SocketAddr,
-    ) -> impl Future<Output = io::Result<(Self::Stream, Security)>> + Send;
+    ) -> impl Future<Output = io::Result<(Opened, Security)>> + Send;
 
     /// Whether `connect` takes a Service's cluster IP bound to a waypoint as it is (and
     /// sends it there), rather than a pod the agent picked.
@@ -63,15 +90,13 @@ pub struct DirectTcp {
 }
 
 impl Upstream for DirectTcp {
-    type Stream = TcpStream;
-
     async fn connect(
         &self,
         _source: SocketAddr,
         target: SocketAddr,
-    ) -> io::Result<(TcpStream, Security)> {
+    ) -> io::Result<(Opened, Security)> {
         Ok((
-            dial_from(self.source_ip, target, self.connect_timeout).await?,
+            Opened::Tcp(dial_from(self.source_ip, target, self.connect_timeout).await?),
             Security::None,
         ))
     }

@@ -14,8 +14,8 @@ mod stream;
 use std::time::Duration;
 
 pub use client::{Pool, PoolKey, PoolStats};
-pub use server::{ConnectRequest, Opener, Refusal, serve, splice};
-pub use stream::H2Stream;
+pub use server::{ConnectRequest, Opener, Refusal, serve};
+pub use stream::{H2Stream, splice};
 
 /// The HBONE port.
 pub const PORT: u16 = 15008;

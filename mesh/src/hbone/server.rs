@@ -9,16 +9,10 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use rustls_pki_types::CertificateDer;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::{H2Stream, Settings};
-
-/// Copy buffer per direction and stream (see the agent's outbound for the trade-off).
-const COPY_BUFFER: usize = 64 * 1024;
 
 /// One CONNECT request, as the opener sees it.
 #[derive(Debug, Clone)]
@@ -58,7 +52,7 @@ pub trait Opener: Send + Sync + 'static {
         peer: &Self::Peer,
     ) -> impl Future<Output = Result<Self::Opened, Refusal>> + Send;
 
-    /// Runs the accepted stream to its end ([`splice`] it to a socket, for example).
+    /// Runs the accepted stream to its end ([`super::splice`] it to a socket, for example).
     fn carry(
         &self,
         request: ConnectRequest,
@@ -66,15 +60,6 @@ pub trait Opener: Send + Sync + 'static {
         tunnel: H2Stream,
         opened: Self::Opened,
     ) -> impl Future<Output = ()> + Send;
-}
-
-/// Copies both ways between a tunnelled stream and a socket until both sides finish.
-/// Returns bytes (to the socket, from it); an error ends both directions.
-pub async fn splice(
-    tunnel: &mut H2Stream,
-    upstream: &mut (impl AsyncRead + AsyncWrite + Unpin),
-) -> std::io::Result<(u64, u64)> {
-    tokio::io::copy_bidirectional_with_sizes(tunnel, upstream, COPY_BUFFER, COPY_BUFFER).await
 }
 
 /// Accepts tunnel connections on `listener` until `shutdown` completes.

@@ -3,19 +3,30 @@
 //! half-close crosses the tunnel. A stream dropped before both ends finished is reset by h2
 //! itself (RST_STREAM CANCEL); resetting one that finished would discard DATA frames still
 //! queued for sending, so there is no reset here.
+//!
+//! [`splice`] joins a stream to a socket without the byte-stream view: bytes read from the
+//! socket go into HTTP/2 as they are (no copy), and DATA frames are written to the socket as
+//! they arrived (no intermediate buffer).
 
 use std::{
+    future::poll_fn,
     io,
     pin::Pin,
     task::{Context, Poll, ready},
 };
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The largest write handed to HTTP/2 at once; h2 frames it further.
 const MAX_WRITE: usize = 1024 * 1024;
+
+/// Reads from the socket in [`splice`] start at this size, double while they fill the
+/// buffer and halve while they do not: a chatty connection keeps a small buffer, a bulk one
+/// a large one.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 pub struct H2Stream {
     send: SendStream<Bytes>,
@@ -120,5 +131,192 @@ impl AsyncWrite for H2Stream {
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.send.reserve_capacity(0);
         Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(h2_to_io))
+    }
+}
+
+/// Joins `tunnel` and `other` both ways until both sides finish, carrying each half-close
+/// across (END_STREAM one way, `shutdown` the other). Returns the bytes (to `other`, from
+/// `other`); an error ends both directions.
+pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
+    tunnel: &mut H2Stream,
+    other: &mut S,
+) -> io::Result<(u64, u64)> {
+    let (mut from, mut to) = tokio::io::split(other);
+    let H2Stream {
+        send,
+        recv,
+        pending,
+        ..
+    } = tunnel;
+    tokio::try_join!(
+        tunnel_to(recv, pending, &mut to),
+        to_tunnel(&mut from, send)
+    )
+}
+
+/// DATA frames to `to`, each written as it came; the window is returned once it is written,
+/// so a slow reader holds the sender back rather than filling the agent's memory.
+async fn tunnel_to(
+    recv: &mut RecvStream,
+    pending: &mut Bytes,
+    to: &mut (impl AsyncWrite + Unpin),
+) -> io::Result<u64> {
+    let mut total = pending.len() as u64;
+    to.write_all(pending).await?;
+    pending.clear();
+    loop {
+        match poll_fn(|cx| recv.poll_data(cx)).await {
+            None => break,
+            Some(Ok(data)) => {
+                to.write_all(&data).await?;
+                total += data.len() as u64;
+                let _ = recv.flow_control().release_capacity(data.len());
+            }
+            Some(Err(err)) if err.reason() == Some(h2::Reason::NO_ERROR) => break,
+            Some(Err(err)) => return Err(h2_to_io(err)),
+        }
+    }
+    to.shutdown().await?;
+    Ok(total)
+}
+
+/// Bytes of `from` into DATA frames, handed to h2 in the buffer they were read into.
+async fn to_tunnel(
+    from: &mut (impl AsyncRead + Unpin),
+    send: &mut SendStream<Bytes>,
+) -> io::Result<u64> {
+    let mut buf = BytesMut::new();
+    let mut want = MIN_READ;
+    let mut total = 0u64;
+    loop {
+        if buf.capacity() < want {
+            buf.reserve(want);
+        }
+        let n = from.read_buf(&mut buf).await?;
+        if n == 0 {
+            send.reserve_capacity(0);
+            send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+            return Ok(total);
+        }
+        total += n as u64;
+        want = if n >= want {
+            (want * 2).min(MAX_READ)
+        } else {
+            (want / 2).max(MIN_READ)
+        };
+        let mut chunk = buf.split().freeze();
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let granted = loop {
+                let granted = send.capacity();
+                if granted > 0 {
+                    break granted;
+                }
+                match poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(err)) => return Err(h2_to_io(err)),
+                    None => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "tunnel stream closed",
+                        ));
+                    }
+                }
+            };
+            let part = chunk.split_to(granted.min(chunk.len()));
+            send.send_data(part, false).map_err(h2_to_io)?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 connection in memory; returns the client's stream and the server's.
+    async fn stream_pair() -> (H2Stream, H2Stream) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::Builder::new()
+                .initial_window_size(64 * 1024)
+                .handshake::<_, Bytes>(b)
+                .await
+                .unwrap();
+            let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+            let send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            H2Stream::new(send, request.into_body(), None)
+        });
+        let (mut client, conn) = h2::client::Builder::new()
+            .initial_window_size(64 * 1024)
+            .handshake::<_, Bytes>(a)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, send) = client.send_request(request, false).unwrap();
+        let server_stream = server.await.unwrap();
+        let recv = response.await.unwrap().into_body();
+        (H2Stream::new(send, recv, None), server_stream)
+    }
+
+    #[tokio::test]
+    async fn splice_carries_both_ways_and_both_half_closes() {
+        let (mut client, mut server) = stream_pair().await;
+        let (mut socket, mut far) = tokio::io::duplex(8 * 1024);
+        let spliced = tokio::spawn(async move { splice(&mut server, &mut far).await });
+        // Well over the 64 KiB windows and the socket's buffer: flow control must hold.
+        let upload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let download: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+        let (up, down) = (upload.clone(), download.clone());
+        let client_side = tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(&mut client);
+            let (_, received) = tokio::join!(
+                async {
+                    wr.write_all(&up).await.unwrap();
+                    wr.shutdown().await.unwrap();
+                },
+                async {
+                    let mut received = Vec::new();
+                    rd.read_to_end(&mut received).await.unwrap();
+                    received
+                }
+            );
+            received
+        });
+        let (mut socket_rd, mut socket_wr) = tokio::io::split(&mut socket);
+        let both = async {
+            tokio::join!(
+                async {
+                    socket_wr.write_all(&down).await.unwrap();
+                    socket_wr.shutdown().await.unwrap();
+                },
+                async {
+                    let mut got = Vec::new();
+                    // Ends only when the client's half-close crossed as END_STREAM, then
+                    // shutdown.
+                    socket_rd.read_to_end(&mut got).await.unwrap();
+                    got
+                }
+            )
+        };
+        let (_, got) = tokio::time::timeout(std::time::Duration::from_secs(20), both)
+            .await
+            .expect("a half-close did not cross the splice");
+        assert_eq!(got.len(), upload.len());
+        assert!(got == upload, "upload corrupted");
+        let received = client_side.await.unwrap();
+        assert!(received == download, "download corrupted");
+        let (to_socket, from_socket) = spliced.await.unwrap().unwrap();
+        assert_eq!(
+            (to_socket, from_socket),
+            (upload.len() as u64, download.len() as u64)
+        );
     }
 }
