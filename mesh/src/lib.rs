@@ -24,3 +24,6 @@ pub mod waypoint_manifests;
 
 /// `weft-agent describe`: what the mesh makes of a pod or a Service.
 pub mod describe;
+
+#[cfg(test)]
+mod test_http;

@@ -302,38 +302,31 @@ mod tests {
         use std::sync::{Arc, Mutex};
 
         use http_body_util::{BodyExt, Full};
-        use hyper::{Request, body::Incoming, server::conn::http1, service::service_fn};
-        use hyper_util::rt::TokioIo;
+        use hyper::{Request, body::Incoming};
+
+        use crate::test_http::{kube_client, serve_http};
 
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let recorder = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let recorder = recorder.clone();
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let recorder = recorder.clone();
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await.unwrap().to_bytes();
-                        recorder.lock().unwrap().push((
-                            parts.method.to_string(),
-                            parts.uri.to_string(),
-                            parts.headers["content-type"].to_str().unwrap().to_string(),
-                        ));
-                        // Server-side apply answers with the object as applied.
-                        let mut r = hyper::Response::new(Full::new(body));
-                        r.headers_mut()
-                            .insert("content-type", "application/json".parse().unwrap());
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        let addr = serve_http(move |req: Request<Incoming>| {
+            let recorder = recorder.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                recorder.lock().unwrap().push((
+                    parts.method.to_string(),
+                    parts.uri.to_string(),
+                    parts.headers["content-type"].to_str().unwrap().to_string(),
+                ));
+                // Server-side apply answers with the object as applied.
+                let mut r = hyper::Response::new(Full::new(body));
+                r.headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                r
             }
-        });
-        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
+        })
+        .await;
+        let client = kube_client(addr);
         spec(None).apply_with(client).await.unwrap();
         let seen: Vec<(String, String, String)> = seen.lock().unwrap().clone();
         let paths: Vec<&str> = seen

@@ -113,15 +113,13 @@ impl NodeAuthenticator for TokenReviewer {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
-    use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
-    use hyper_util::rt::TokioIo;
+    use hyper::{Request, Response, body::Incoming};
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::test_http::{kube_client, serve_http};
 
     /// The API server's TokenReview endpoint, in the test: it knows four tokens.
     async fn review(req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -161,18 +159,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_review_names_the_node_of_the_agents_bound_token() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(http1::Builder::new().serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(|req| async move { Ok::<_, Infallible>(review(req).await) }),
-                ));
-            }
-        });
-        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
+        let client = kube_client(serve_http(review).await);
         let reviewer = TokenReviewer::new(client, "weft-ca", "weft-system", "weft-agent");
         assert_eq!(
             reviewer.authenticate("agent-on-node-a").await.unwrap(),

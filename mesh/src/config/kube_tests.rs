@@ -13,13 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
-use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, body::Incoming};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::test_http::{kube_client, serve_http};
 
 /// What the next watch response of a resource does.
 enum Step {
@@ -164,26 +164,7 @@ impl FakeApi {
 }
 
 async fn serve(api: Arc<FakeApi>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let api = api.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let api = api.clone();
-                    async move { Ok::<_, Infallible>(api.handle(req).await) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_http(move |req| api.clone().handle(req)).await
 }
 
 /// A Namespace as the API server sends it (a k8s-openapi object, serialized).
@@ -254,9 +235,7 @@ async fn reflectors_follow_list_watch_bookmarks_gone_and_drops() {
     api.set_list(SERVICES, vec![service(80, 5)], 5);
     let ns_steps = api.steps(NAMESPACES);
     let svc_steps = api.steps(SERVICES);
-    let addr = serve(api.clone()).await;
-    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
+    let client = kube_client(serve(api.clone()).await);
     let (mut model, mut errors, mut synced) = watch_kube(client);
 
     // The first list of every kind, the one the server does not serve included.
