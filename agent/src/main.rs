@@ -106,9 +106,12 @@ enum WaypointCommand {
 }
 
 fn main() -> ExitCode {
+    // WEFT_LOG, as the waypoint reads it; RUST_LOG still works.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -194,7 +194,7 @@ impl Lab {
             &args,
             &spec::underlay_netns(&self.spec.name),
             &cgroup,
-            &[("RUST_LOG", "info")],
+            &[("WEFT_LOG", "info")],
             Some(&log),
         )?;
         self.ca = Some(ca);
@@ -382,7 +382,7 @@ impl Lab {
             &args,
             &self.node_netns(node),
             &self.node_cgroup(node).join("system"),
-            &[("RUST_LOG", agent_log_filter().as_str())],
+            &[("WEFT_LOG", agent_log_filter().as_str())],
             Some(&log),
         )?;
         wait_ready(
