@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use weft_ebpf_common::{TC_MODE_ALLOW_ALL, TC_MODE_STRICT, counter, port_mode_key};
+use weft_ebpf_common::{TC_MODE_STRICT, counter, port_mode_key};
 
 use crate::maps::{TC_MODE, TC_PORT_MODE, count, from_mesh};
 
@@ -54,11 +54,12 @@ pub fn weft_tc_pod_in(ctx: TcContext) -> i32 {
     if from_mesh(source) {
         return TC_ACT_OK as i32;
     }
-    // SAFETY: plain value lookups.
+    // SAFETY: plain value lookups. The program is attached only to enrolled pods' veths, so a
+    // missing entry (the agent has not written it yet, or could not) means STRICT.
     let mode = unsafe { TC_PORT_MODE.get(&port_mode_key(ifindex, port)) }
         .or_else(|| unsafe { TC_MODE.get(&ifindex) })
         .copied()
-        .unwrap_or(TC_MODE_ALLOW_ALL);
+        .unwrap_or(TC_MODE_STRICT);
     if mode == TC_MODE_STRICT {
         count(counter::TC_DROPPED, 1);
         return TC_ACT_SHOT as i32;

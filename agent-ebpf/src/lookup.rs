@@ -20,6 +20,9 @@ use crate::maps::{PLAINTEXT_LISTENERS, count, from_mesh, pod_flags};
 
 const AF_INET: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
+/// While a restarting agent's program and its successor's are both attached, each selects
+/// the same listener; the second replaces the first's choice instead of failing.
+const BPF_SK_LOOKUP_F_REPLACE: u64 = 1;
 
 #[sk_lookup]
 pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -34,7 +37,7 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
     if pod_flags(local).is_none() || from_mesh(remote) {
         return SK_PASS;
     }
-    match PLAINTEXT_LISTENERS.redirect_sk_lookup(&ctx, local, 0) {
+    match PLAINTEXT_LISTENERS.redirect_sk_lookup(&ctx, local, BPF_SK_LOOKUP_F_REPLACE) {
         Ok(()) => {
             count(counter::PLAINTEXT_STEERED, 1);
             SK_PASS

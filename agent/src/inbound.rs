@@ -130,17 +130,16 @@ impl Opener for Inbound {
 
     async fn carry(
         &self,
-        request: ConnectRequest,
+        connect: ConnectRequest,
         peer: &PeerId,
         mut tunnel: H2Stream,
         mut pod: TcpStream,
     ) {
-        let (sent, received) = splice(&mut tunnel, &mut pod).await.unwrap_or_else(|err| {
-            tracing::debug!(authority = %request.authority, %err, "tunnelled stream ended with an error");
+        let (request, response) = splice(&mut tunnel, &mut pod).await.unwrap_or_else(|err| {
+            tracing::debug!(authority = %connect.authority, %err, "tunnelled stream ended with an error");
             (0, 0)
         });
-        // `sent` went from the tunnel to the pod: the destination received it.
         self.metrics
-            .tcp_closed(&self.labels(&request, peer), sent, received);
+            .tcp_closed(&self.labels(&connect, peer), request, response);
     }
 }

@@ -111,15 +111,15 @@ impl<U: Upstream> Outbound<U> {
         self.metrics.tcp_opened(&labels);
         let _ = client.set_nodelay(true);
         let mut client = client;
-        let (sent, received) = match upstream.join(&mut client).await {
+        let (request, response) = match upstream.join(&mut client).await {
             Ok(counts) => counts,
             Err(err) => {
                 tracing::debug!(%peer, %target, %err, "connection ended with an error");
                 (0, 0)
             }
         };
-        self.metrics.bytes(sent, received);
-        self.metrics.tcp_closed(&labels, sent, received);
+        self.metrics.bytes(request, response);
+        self.metrics.tcp_closed(&labels, request, response);
     }
 
     /// The principal of the mesh pod at `ip`, when identities exist.

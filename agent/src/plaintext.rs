@@ -139,13 +139,12 @@ impl PlaintextInbound {
         let _ = client.set_nodelay(true);
         let labels = self.labels(&model, peer, destination);
         self.metrics.tcp_opened(&labels);
-        let (sent, received) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
+        let (request, response) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
             .await
             .unwrap_or_else(|err| {
                 tracing::debug!(%peer, %destination, %err, "plaintext connection ended with an error");
                 (0, 0)
             });
-        // `sent` went from the client to the pod: the destination received it.
-        self.metrics.tcp_closed(&labels, sent, received);
+        self.metrics.tcp_closed(&labels, request, response);
     }
 }

@@ -270,6 +270,21 @@ fn removing_the_label_unenrols_and_restoring_it_enrols_again() -> Result<()> {
         cgroup_programs(&a_cgroup)?.is_empty(),
         "programs left on an un-enrolled pod"
     );
+    // Nothing of the un-enrolled pods is left in the maps the gates read.
+    for map in [
+        "WEFT_PODS",
+        "WEFT_TC_MODE",
+        "WEFT_TC_PORT",
+        "WEFT_PLAIN_LSN",
+    ] {
+        let pin = lab.bpffs_dir(1).join("v3").join(map);
+        let entries = bpftool(&["map", "dump", "pinned", &pin.display().to_string()])?;
+        assert_eq!(
+            entries.as_array().map_or(0, Vec::len),
+            0,
+            "{map} still holds {entries}"
+        );
+    }
     let before = counters(&lab, 1)?;
     send(&lab, "a", &c, MIB)?;
     assert_eq!(

@@ -27,8 +27,8 @@ use weft_mesh::{
 };
 
 use super::{
-    Datapath, LINK_MODE, PLAINTEXT_PORT, RedirectError, ServerHandle, find_pod_cgroup, netdev,
-    netns, program_error,
+    Datapath, LINK_MODE, PLAINTEXT_PORT, RedirectError, SK_LOOKUP_NEEDS, ServerHandle,
+    find_pod_cgroup, netdev, netns, program_error,
 };
 
 /// A pod whose connect hooks are attached.
@@ -37,6 +37,9 @@ pub(super) struct Enrolled {
     ip: Ipv4Addr,
     cgroup: PathBuf,
     interface: Option<String>,
+    /// The veth's index while the tc gate is attached to it, else 0. Kept, because the veth
+    /// is usually gone (and its name unresolvable) by the time the pod is un-enrolled.
+    ifindex: u32,
     links: Vec<PinnedLink>,
     /// The plaintext inbound in the pod's namespace once it is attached; until then, why not.
     plaintext: Result<Plaintext, String>,
@@ -129,6 +132,48 @@ impl Datapath {
         }
         // Once this agent's links are in place, a previous agent's copies go.
         self.adopted.clear();
+        self.sweep();
+    }
+
+    /// Removes map entries no enrolled pod owns: those of a previous agent, or of a pod
+    /// whose un-enrolment could not reach them.
+    fn sweep(&mut self) {
+        let ips: Vec<u32> = self
+            .enrolled
+            .values()
+            .map(|e| u32::from_ne_bytes(e.ip.octets()))
+            .collect();
+        let tc_keys: Vec<u32> = self.enrolled.values().map(|e| e.ifindex).collect();
+        let port_keys: Vec<u64> = self
+            .enrolled
+            .values()
+            .flat_map(|e| e.tc.ports.keys().map(|p| port_mode_key(e.ifindex, *p)))
+            .collect();
+        for key in self.pods.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            if !ips.contains(&key) {
+                let _ = self.pods.remove(&key);
+            }
+        }
+        for key in self
+            .tc_mode
+            .keys()
+            .filter_map(Result::ok)
+            .collect::<Vec<_>>()
+        {
+            if !tc_keys.contains(&key) {
+                let _ = self.tc_mode.remove(&key);
+            }
+        }
+        for key in self
+            .tc_port_mode
+            .keys()
+            .filter_map(Result::ok)
+            .collect::<Vec<_>>()
+        {
+            if !port_keys.contains(&key) {
+                let _ = self.tc_port_mode.remove(&key);
+            }
+        }
     }
 
     /// Attaches what could not be attached yet (the veth and the pod's namespace may appear
@@ -140,16 +185,20 @@ impl Datapath {
         let (ip, cgroup) = (enrolled.ip, enrolled.cgroup.clone());
         let (no_interface, no_plaintext) =
             (enrolled.interface.is_none(), enrolled.plaintext.is_err());
-        let interface = no_interface.then(|| self.attach_tc(ip)).flatten();
+        let attached = no_interface.then(|| self.attach_tc(ip)).flatten();
         let plaintext = no_plaintext.then(|| self.attach_plaintext(uid, ip, &cgroup));
         let Some(enrolled) = self.enrolled.get_mut(uid) else {
             return;
         };
-        if let Some((iface, link)) = interface {
+        if let Some((iface, index, link)) = attached {
             enrolled.interface = Some(iface);
+            enrolled.ifindex = index;
             enrolled.links.push(link);
-            // A new veth has no entries yet.
-            enrolled.tc = TcModes::default();
+            // `attach_tc` wrote STRICT for the whole veth.
+            enrolled.tc = TcModes {
+                pod: TC_MODE_STRICT,
+                ports: BTreeMap::new(),
+            };
         }
         if let Some(plaintext) = plaintext {
             if let Err(reason) = &plaintext {
@@ -167,7 +216,7 @@ impl Datapath {
         let Some(enrolled) = self.enrolled.get_mut(uid) else {
             return;
         };
-        let ifindex = enrolled.interface.as_deref().and_then(ifindex).unwrap_or(0);
+        let ifindex = enrolled.ifindex;
         let key = u32::from_ne_bytes(enrolled.ip.octets());
         if let Err(err) = self.pods.insert(key, PodEntry { flags, ifindex }, 0) {
             tracing::warn!(%err, "updating {}", maps::PODS);
@@ -231,16 +280,28 @@ impl Datapath {
                 .map_err(|e| e.to_string())?;
             links.push(pinned);
         }
-        // Not in PODS yet: `complete` writes the entry with the pod's flags, after the tc
-        // gate (which fails closed until the plaintext inbound is there).
+        // In PODS before anything else is attached: sk_lookup recognises the pod's address
+        // by it. Not reachable directly until `complete` says so.
+        let key = u32::from_ne_bytes(ip.octets());
+        self.pods
+            .insert(
+                key,
+                PodEntry {
+                    flags: POD_ENROLLED,
+                    ifindex: 0,
+                },
+                0,
+            )
+            .map_err(|e| format!("{}: {e}", maps::PODS))?;
         Ok(Enrolled {
             pod: pod.clone(),
             ip,
             cgroup,
             interface: None,
+            ifindex: 0,
             links,
             plaintext: Err("not attached yet".into()),
-            flags: 0,
+            flags: POD_ENROLLED,
             tc: TcModes::default(),
         })
     }
@@ -270,7 +331,7 @@ impl Datapath {
             let id = prog.attach(&netns).map_err(program_error(
                 programs::SK_LOOKUP,
                 "sk_lookup",
-                "BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)",
+                SK_LOOKUP_NEEDS,
             ))?;
             let link: FdLink = prog
                 .take_link(id)
@@ -301,9 +362,15 @@ impl Datapath {
         Ok(link.try_into()?)
     }
 
-    /// The tc program on the pod's node-side veth, if the veth can be found yet.
-    fn attach_tc(&mut self, ip: Ipv4Addr) -> Option<(String, PinnedLink)> {
+    /// The tc program on the pod's node-side veth, if the veth can be found yet, with the
+    /// whole veth STRICT until `set_modes` writes the pod's modes.
+    fn attach_tc(&mut self, ip: Ipv4Addr) -> Option<(String, u32, PinnedLink)> {
         let iface = netdev::pod_interface(ip)?;
+        let index = ifindex(&iface)?;
+        if let Err(err) = self.tc_mode.insert(index, TC_MODE_STRICT, 0) {
+            tracing::warn!(%iface, %err, "cannot write {}", maps::TC_MODE);
+            return None;
+        }
         let attached = (|| -> Result<PinnedLink, RedirectError> {
             let prog: &mut SchedClassifier = self.program(programs::TC_POD_INGRESS)?;
             // Egress of the node side is the path into the pod.
@@ -321,7 +388,7 @@ impl Datapath {
             self.pin(link, &format!("tc-{iface}"))
         })();
         match attached {
-            Ok(link) => Some((iface, link)),
+            Ok(link) => Some((iface, index, link)),
             Err(err) => {
                 tracing::warn!(%iface, %err, "cannot attach the inbound tc program");
                 None
@@ -330,13 +397,19 @@ impl Datapath {
     }
 
     pub(super) fn unenrol(&mut self, enrolled: Enrolled) {
-        let key = u32::from_ne_bytes(enrolled.ip.octets());
-        let _ = self.pods.remove(&key);
-        let _ = self.plaintext_listeners.remove(&key);
-        if let Some(index) = enrolled.interface.as_deref().and_then(ifindex) {
-            let _ = self.tc_mode.remove(&index);
+        // Entries keyed by address belong to whichever enrolled pod has it now: a new pod
+        // may have been given a terminating pod's address.
+        if !self.enrolled.values().any(|e| e.ip == enrolled.ip) {
+            let key = u32::from_ne_bytes(enrolled.ip.octets());
+            let _ = self.pods.remove(&key);
+            let _ = self.plaintext_listeners.remove(&key);
+        }
+        if enrolled.ifindex != 0 {
+            let _ = self.tc_mode.remove(&enrolled.ifindex);
             for port in enrolled.tc.ports.keys() {
-                let _ = self.tc_port_mode.remove(&port_mode_key(index, *port));
+                let _ = self
+                    .tc_port_mode
+                    .remove(&port_mode_key(enrolled.ifindex, *port));
             }
         }
         let plaintext = enrolled.plaintext.ok().map(|p| p.link);

@@ -57,6 +57,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/we
 /// are discarded at start.
 const LAYOUT: &str = "v3";
 
+/// What the plaintext inbound's program needs of the kernel.
+const SK_LOOKUP_NEEDS: &str = "BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)";
+
 /// The agent's plaintext inbound port, as Istio's ztunnel numbers it. The listener is bound
 /// to loopback inside each pod's namespace, so only sk_lookup's hand-over reaches it.
 pub const PLAINTEXT_PORT: u16 = 15006;
@@ -335,7 +338,7 @@ impl Datapath {
         prog.load().map_err(program_error(
             programs::SK_LOOKUP,
             "sk_lookup",
-            "BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)",
+            SK_LOOKUP_NEEDS,
         ))?;
         Ok(())
     }

@@ -20,6 +20,13 @@ pub fn pod_netns(cgroup: &Path) -> Result<File, String> {
     let pid = first_pid(cgroup, 4).ok_or("no process in the pod's cgroup yet")?;
     let path = format!("/proc/{pid}/ns/net");
     let netns = File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+    // The process may have exited and its PID been reused between the two reads: only a
+    // process still in the pod's cgroup vouches for the namespace.
+    let name = cgroup.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    if name.is_empty() || !membership.contains(name) {
+        return Err(format!("process {pid} left the pod's cgroup"));
+    }
     let own = std::fs::metadata("/proc/self/ns/net")
         .map_err(|e| format!("reading /proc/self/ns/net: {e}"))?;
     let theirs = netns
@@ -35,7 +42,11 @@ pub fn pod_netns(cgroup: &Path) -> Result<File, String> {
 /// down at most (the kubelet puts containers one level below the pod).
 fn first_pid(dir: &Path, depth: usize) -> Option<u32> {
     let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
-    if let Some(pid) = procs.lines().find_map(|l| l.trim().parse().ok()) {
+    // 0 stands for a process outside the reader's PID namespace (an agent without hostPID).
+    if let Some(pid) = procs
+        .lines()
+        .find_map(|l| l.trim().parse().ok().filter(|pid| *pid != 0))
+    {
         return Some(pid);
     }
     if depth == 0 {

@@ -124,7 +124,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::policy::{model_from_yaml, model_from_yaml as model};
+    use crate::policy::model_from_yaml as model;
 
     fn pa(namespace: &str, name: &str, spec: &str) -> String {
         format!(
@@ -238,7 +238,7 @@ mod tests {
         let labels: BTreeMap<String, String> = [("app".into(), "cart".into())].into();
         let workload = Workload::new("shop", &labels);
         let root = RootNamespace::default();
-        let model = model(&format!(
+        let strict = model(&format!(
             "{}{}",
             pa("shop", "ns", "{mtls: {mode: STRICT}}"),
             pa(
@@ -249,14 +249,14 @@ mod tests {
                 ),
             )
         ));
-        let modes = inbound_modes(&model, &root, &workload);
+        let modes = inbound_modes(&strict, &root, &workload);
         assert_eq!(modes.workload, Strict);
         assert_eq!(
             modes.ports,
             [(8080, Permissive), (9090, Strict), (9091, Disable)].into()
         );
         // Port-level settings of a namespace policy do not exist; nothing selects: no ports.
-        let permissive = model_from_yaml(&pa("shop", "ns", "{mtls: {mode: PERMISSIVE}}"));
+        let permissive = model(&pa("shop", "ns", "{mtls: {mode: PERMISSIVE}}"));
         let modes = inbound_modes(&permissive, &root, &workload);
         assert_eq!((modes.workload, modes.ports.len()), (Permissive, 0));
     }
