@@ -35,12 +35,15 @@ fn new_connection(ctx: &TcContext) -> Option<(u32, u16)> {
     if ip_proto != IPPROTO_TCP {
         return None;
     }
-    // Read as raw bytes into a native u32: the same network-order convention as the maps.
-    let source: u32 = ctx.load(ETH_HLEN + 12).ok()?;
     let ihl = usize::from(version_ihl & 0x0f) * 4;
     let flags: u8 = ctx.load(ETH_HLEN + ihl + 13).ok()?;
+    if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
+        return None;
+    }
+    // Read as raw bytes into a native u32: the same network-order convention as the maps.
+    let source: u32 = ctx.load(ETH_HLEN + 12).ok()?;
     let port: u16 = ctx.load(ETH_HLEN + ihl + 2).ok()?;
-    (flags & TCP_SYN != 0 && flags & TCP_ACK == 0).then_some((source, u16::from_be(port)))
+    Some((source, u16::from_be(port)))
 }
 
 #[classifier]

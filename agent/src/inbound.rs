@@ -14,10 +14,7 @@ use weft_mesh::{
     identity::{SpiffeId, peer_identity},
 };
 
-use crate::{
-    metrics::{Ends, Metrics, TcpLabels, tcp_labels},
-    tunnel::pod_identity,
-};
+use crate::metrics::{Metrics, TcpLabels, destination_labels};
 
 pub struct Inbound {
     pub model: watch::Receiver<Arc<Model>>,
@@ -37,30 +34,14 @@ fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
 
 impl Inbound {
     /// The destination-side labels of a tunnelled connection.
-    fn labels(&self, request: &ConnectRequest, peer: &PeerId) -> TcpLabels {
-        let model = self.model.borrow().clone();
-        let source_ip = request.forwarded_for.unwrap_or(request.peer.ip());
-        let source_principal = peer.as_ref().ok().map(ToString::to_string);
-        let destination_principal = model
-            .pod_by_ip(request.authority.ip())
-            .and_then(|p| pod_identity(&self.trust_domain, p).ok())
-            .map(|id| id.to_string());
-        let ends = Ends {
-            source_ip,
-            source_principal,
-            destination_ip: request.authority.ip(),
-            destination_principal,
-            destination_service: None,
-        };
-        tcp_labels("destination", &model, ends, "mutual_tls")
-    }
-
-    /// Counts a refused tunnel as Istio does: opened and closed at once, with a flag.
-    fn count_refusal(&self, request: &ConnectRequest, peer: &PeerId, flags: &'static str) {
-        let mut labels = self.labels(request, peer);
-        labels.response_flags = flags;
-        self.metrics.tcp_opened(&labels);
-        self.metrics.tcp_closed(&labels, 0, 0);
+    fn labels(&self, model: &Model, request: &ConnectRequest, peer: &SpiffeId) -> TcpLabels {
+        destination_labels(
+            model,
+            &self.trust_domain,
+            request.forwarded_for.unwrap_or(request.peer.ip()),
+            Some(peer.to_string()),
+            request.authority.ip(),
+        )
     }
 
     async fn dial(&self, target: SocketAddr) -> io::Result<TcpStream> {
@@ -72,14 +53,19 @@ impl Inbound {
 type PeerId = Result<SpiffeId, String>;
 
 impl Opener for Inbound {
-    type Opened = TcpStream;
+    /// The pod's connection, and the labels it is counted under.
+    type Opened = (TcpStream, TcpLabels);
     type Peer = PeerId;
 
     fn identify(&self, certificates: &[CertificateDer<'static>]) -> PeerId {
         peer_identity(certificates).map_err(|e| e.to_string())
     }
 
-    async fn open(&self, request: ConnectRequest, peer_id: &PeerId) -> Result<TcpStream, Refusal> {
+    async fn open(
+        &self,
+        request: ConnectRequest,
+        peer_id: &PeerId,
+    ) -> Result<(TcpStream, TcpLabels), Refusal> {
         let peer = peer_id.as_ref().map_err(|e| {
             self.metrics.denied("bad_identity");
             refuse(401, format!("peer identity: {e}"))
@@ -112,17 +98,20 @@ impl Opener for Inbound {
                 .check(&model, pod, request.authority.port(), Some(peer), source_ip)
         {
             self.metrics.denied("policy");
-            self.count_refusal(&request, peer_id, "UAEX");
+            self.metrics
+                .tcp_refused(self.labels(&model, &request, peer), "UAEX");
             return Err(refuse(401, reason));
         }
         match self.dial(request.authority).await {
             Ok(stream) => {
-                self.metrics.tcp_opened(&self.labels(&request, peer_id));
-                Ok(stream)
+                let labels = self.labels(&model, &request, peer);
+                self.metrics.tcp_opened(&labels);
+                Ok((stream, labels))
             }
             Err(e) => {
                 self.metrics.denied("destination_unreachable");
-                self.count_refusal(&request, peer_id, "UF");
+                self.metrics
+                    .tcp_refused(self.labels(&model, &request, peer), "UF");
                 Err(refuse(503, format!("dialling {}: {e}", request.authority)))
             }
         }
@@ -131,15 +120,14 @@ impl Opener for Inbound {
     async fn carry(
         &self,
         connect: ConnectRequest,
-        peer: &PeerId,
+        _peer: &PeerId,
         mut tunnel: H2Stream,
-        mut pod: TcpStream,
+        (mut pod, labels): (TcpStream, TcpLabels),
     ) {
         let (request, response) = splice(&mut tunnel, &mut pod).await.unwrap_or_else(|err| {
             tracing::debug!(authority = %connect.authority, %err, "tunnelled stream ended with an error");
             (0, 0)
         });
-        self.metrics
-            .tcp_closed(&self.labels(&connect, peer), request, response);
+        self.metrics.tcp_closed(&labels, request, response);
     }
 }

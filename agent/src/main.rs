@@ -246,7 +246,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     let plaintext = Arc::new(plaintext::PlaintextInbound {
         model: model.clone(),
         trust_domain: settings.tunnel.trust_domain.clone(),
-        source_ip: settings.agent_ip,
+        direct: direct.clone(),
         metrics: metrics.clone(),
         policy: policy::L4Policy {
             root_namespace: settings.tunnel.root_namespace.clone(),

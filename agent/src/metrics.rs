@@ -165,6 +165,13 @@ impl Metrics {
         self.tcp_sent.get_or_create(labels).inc_by(response);
     }
 
+    /// Counts a refused connection as Istio does: opened and closed at once, with `flags`.
+    pub fn tcp_refused(&self, mut labels: TcpLabels, flags: &'static str) {
+        labels.response_flags = flags;
+        self.tcp_opened(&labels);
+        self.tcp_closed(&labels, 0, 0);
+    }
+
     pub fn register_expiry(&self, reader: ExpiryReader) {
         if let Ok(mut slot) = self.expiry.0.lock() {
             *slot = Some(reader);
@@ -316,6 +323,34 @@ pub struct Ends {
     pub destination_ip: std::net::IpAddr,
     pub destination_principal: Option<String>,
     pub destination_service: Option<String>,
+}
+
+/// The labels a destination agent reports for a connection to the pod at `destination`:
+/// through the tunnel (`source_principal` set) or the plaintext inbound (`None`).
+pub fn destination_labels(
+    model: &weft_mesh::config::Model,
+    trust_domain: &str,
+    source_ip: std::net::IpAddr,
+    source_principal: Option<String>,
+    destination: std::net::IpAddr,
+) -> TcpLabels {
+    let security = if source_principal.is_some() {
+        "mutual_tls"
+    } else {
+        "none"
+    };
+    let destination_principal = model
+        .pod_by_ip(destination)
+        .and_then(|p| crate::tunnel::pod_identity(trust_domain, p).ok())
+        .map(|id| id.to_string());
+    let ends = Ends {
+        source_ip,
+        source_principal,
+        destination_ip: destination,
+        destination_principal,
+        destination_service: None,
+    };
+    tcp_labels("destination", model, ends, security)
 }
 
 /// The labels of one connection.

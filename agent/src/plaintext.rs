@@ -16,16 +16,17 @@ use tokio::{net::TcpStream, sync::watch};
 use weft_mesh::config::Model;
 
 use crate::{
-    metrics::{Ends, Metrics, TcpLabels, tcp_labels},
+    metrics::{Metrics, TcpLabels, destination_labels},
     policy::L4Policy,
     redirect::{PLAINTEXT_PORT, ServerHandle},
-    tunnel::pod_identity,
+    upstream::{DirectTcp, Upstream},
 };
 
 pub struct PlaintextInbound {
     pub model: watch::Receiver<Arc<Model>>,
     pub trust_domain: String,
-    pub source_ip: Ipv4Addr,
+    /// Dials the pod from the agent's address, as the tunnel's inbound does.
+    pub direct: DirectTcp,
     pub metrics: Metrics,
     pub policy: L4Policy,
 }
@@ -62,89 +63,51 @@ impl PlaintextInbound {
         ServerHandle(task.abort_handle())
     }
 
-    fn labels(&self, model: &Model, peer: SocketAddr, destination: SocketAddr) -> TcpLabels {
-        let destination_principal = model
-            .pod_by_ip(destination.ip())
-            .and_then(|p| pod_identity(&self.trust_domain, p).ok())
-            .map(|id| id.to_string());
-        let ends = Ends {
-            source_ip: peer.ip(),
-            source_principal: None,
-            destination_ip: destination.ip(),
-            destination_principal,
-            destination_service: None,
-        };
-        tcp_labels("destination", model, ends, "none")
-    }
-
     async fn handle(&self, mut client: TcpStream, peer: SocketAddr, pod_ip: Ipv4Addr) {
         // sk_lookup keeps the original destination as the socket's local address.
         let Ok(destination) = client.local_addr() else {
             return;
         };
         let model = self.model.borrow().clone();
-        let refuse = |flags: &'static str, reason: String| {
+        let labels = destination_labels(
+            &model,
+            &self.trust_domain,
+            peer.ip(),
+            None,
+            destination.ip(),
+        );
+        let refuse = |labels: TcpLabels, flags: &'static str, reason: String| {
             tracing::info!(%peer, %destination, %reason, "plaintext connection refused");
             self.metrics.denied("plaintext");
-            let mut labels = self.labels(&model, peer, destination);
-            labels.response_flags = flags;
-            self.metrics.tcp_opened(&labels);
-            self.metrics.tcp_closed(&labels, 0, 0);
+            self.metrics.tcp_refused(labels, flags);
         };
         // Only the pod's own address is handed over; anything else reached the loopback
         // listener directly (from inside the pod) and would loop back to it.
         if destination.ip() != pod_ip || destination.port() == PLAINTEXT_PORT {
-            refuse(
-                "UF",
-                format!("{destination} is not a destination of pod {pod_ip}"),
-            );
-            return;
+            let reason = format!("{destination} is not a destination of pod {pod_ip}");
+            return refuse(labels, "UF", reason);
         }
         let Some(pod) = model.pod_by_ip(destination.ip()) else {
-            refuse("UF", format!("{pod_ip} is no longer a pod"));
-            return;
+            return refuse(labels, "UF", format!("{pod_ip} is no longer a pod"));
         };
-        if !self
-            .policy
-            .plaintext_allowed(&model, pod, destination.port())
-        {
-            refuse(
-                "UAEX",
-                format!(
-                    "{}/{}:{} is STRICT",
-                    pod.namespace,
-                    pod.name,
-                    destination.port()
-                ),
-            );
-            return;
+        let port = destination.port();
+        if !self.policy.plaintext_allowed(&model, pod, port) {
+            let reason = format!("{}/{}:{port} is STRICT", pod.namespace, pod.name);
+            return refuse(labels, "UAEX", reason);
         }
-        if let Err(reason) = self
-            .policy
-            .check(&model, pod, destination.port(), None, peer.ip())
-        {
-            refuse("UAEX", reason);
-            return;
+        if let Err(reason) = self.policy.check(&model, pod, port, None, peer.ip()) {
+            return refuse(labels, "UAEX", reason);
         }
-        let mut upstream =
-            match crate::upstream::dial_from(self.source_ip, destination, Duration::from_secs(5))
-                .await
-            {
-                Ok(s) => s,
-                Err(err) => {
-                    refuse("UF", format!("dialling {destination}: {err}"));
-                    return;
-                }
-            };
+        let upstream = match self.direct.connect(peer, destination).await {
+            Ok((upstream, _)) => upstream,
+            Err(err) => return refuse(labels, "UF", format!("dialling {destination}: {err}")),
+        };
         let _ = client.set_nodelay(true);
-        let labels = self.labels(&model, peer, destination);
         self.metrics.tcp_opened(&labels);
-        let (request, response) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
-            .await
-            .unwrap_or_else(|err| {
-                tracing::debug!(%peer, %destination, %err, "plaintext connection ended with an error");
-                (0, 0)
-            });
+        let (request, response) = upstream.join(&mut client).await.unwrap_or_else(|err| {
+            tracing::debug!(%peer, %destination, %err, "plaintext connection ended with an error");
+            (0, 0)
+        });
         self.metrics.tcp_closed(&labels, request, response);
     }
 }

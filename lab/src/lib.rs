@@ -625,6 +625,15 @@ fn agent_log_filter() -> String {
     std::env::var("WEFT_AGENT_LOG").unwrap_or_else(|_| "info".to_string())
 }
 
+/// The entry a /config_dump shows for the pod called `name`, enrolled or pending.
+pub fn dump_pod(dump: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    dump["pods"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+}
+
 /// The pods a /config_dump shows as enrolled, as "namespace/name".
 pub fn enrolled_pods(dump: &serde_json::Value) -> Vec<String> {
     dump["pods"]

@@ -12,6 +12,11 @@
 
 use serde_json::{Value, json};
 
+use crate::{
+    config::{AMBIENT_LABEL, NONE, USE_WAYPOINT_LABEL},
+    hbone,
+};
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct WaypointManifests {
@@ -40,11 +45,11 @@ impl WaypointManifests {
         let name = self.name();
         match &self.service_account {
             Some(account) => format!(
-                "kubectl label serviceaccount {account} -n {} weft.dev/use-waypoint={name}",
+                "kubectl label serviceaccount {account} -n {} {USE_WAYPOINT_LABEL}={name}",
                 self.namespace
             ),
             None => format!(
-                "kubectl label namespace {} weft.dev/use-waypoint={name}",
+                "kubectl label namespace {} {USE_WAYPOINT_LABEL}={name}",
                 self.namespace
             ),
         }
@@ -60,7 +65,7 @@ impl WaypointManifests {
             "app.kubernetes.io/part-of": "weft",
         });
         let mut pod_labels = labels.clone();
-        pod_labels["weft.dev/dataplane-mode"] = "none".into();
+        pod_labels[AMBIENT_LABEL] = NONE.into();
         let probe = |service: &str, period: u32, failures: u32| {
             json!({"grpc": {"port": 15021, "service": service},
                    "periodSeconds": period, "failureThreshold": failures})
@@ -101,7 +106,7 @@ impl WaypointManifests {
                                     env("WEFT_WORKER_THREADS", "2"),
                                 ],
                                 "ports": [
-                                    {"name": "hbone", "containerPort": 15008},
+                                    {"name": "hbone", "containerPort": hbone::PORT},
                                     {"name": "admin", "containerPort": 15000},
                                     {"name": "metrics", "containerPort": 15020},
                                     {"name": "health", "containerPort": 15021},
@@ -134,7 +139,7 @@ impl WaypointManifests {
                 "metadata": {"name": name, "namespace": ns, "labels": labels},
                 "spec": {
                     "selector": {"weft.dev/waypoint": name},
-                    "ports": [{"name": "hbone", "port": 15008, "targetPort": 15008, "protocol": "TCP"}],
+                    "ports": [{"name": "hbone", "port": hbone::PORT, "targetPort": hbone::PORT, "protocol": "TCP"}],
                 },
             }),
             json!({

@@ -501,11 +501,7 @@ fn a_pod_whose_cgroup_appears_late_is_enrolled_once_it_does() -> Result<()> {
     lab.start_agent(1)?;
     lab.start_agent(2)?;
     let dump = lab.wait_enrolled(1, 1, Duration::from_secs(20))?;
-    let b = dump["pods"]
-        .as_array()
-        .and_then(|pods| pods.iter().find(|p| p["name"] == "b"))
-        .cloned()
-        .context("b is not in /config_dump")?;
+    let b = weft_lab::dump_pod(&dump, "b").context("b is not in /config_dump")?;
     assert_eq!(b["state"], "pending", "{b}");
 
     std::fs::create_dir(&b_cgroup)?;

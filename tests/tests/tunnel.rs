@@ -311,13 +311,7 @@ fn strict_keeps_plaintext_out_and_permissive_hands_it_to_the_agent() -> Result<(
     expect_reachable(&lab, "far", "c", true)?;
     assert!(counter(&lab, 2, "tc_plaintext")? >= tc_before + 2);
     assert!(counter(&lab, 2, "plaintext_steered")? >= steered_before + 2);
-    let c_status = lab.config_dump(2)?["pods"]
-        .as_array()
-        .context("pods")?
-        .iter()
-        .find(|p| p["name"] == "c")
-        .cloned()
-        .context("c in /config_dump")?;
+    let c_status = weft_lab::dump_pod(&lab.config_dump(2)?, "c").context("c in /config_dump")?;
     assert_eq!(c_status["plaintext_inbound"], "listening", "{c_status}");
     let plaintext_opened = |lab: &Lab, flags: &str| {
         metric_sum(

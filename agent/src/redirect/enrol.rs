@@ -5,7 +5,7 @@
 //! STRICT) under the current policies.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fs::File,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::AsRawFd,
@@ -113,7 +113,6 @@ impl Datapath {
         }
         self.pending.clear();
         for (uid, pod) in desired {
-            let (flags, modes) = pod_modes(self.direct_local, model, &pod, policy);
             if !self.enrolled.contains_key(&uid) {
                 match self.enrol(&pod) {
                     Ok(enrolled) => {
@@ -128,23 +127,28 @@ impl Datapath {
                     }
                 }
             }
+            let (flags, modes) = pod_modes(self.direct_local, model, &pod, policy);
             self.complete(&uid, flags, &modes);
         }
-        // Once this agent's links are in place, a previous agent's copies go.
-        self.adopted.clear();
-        self.sweep();
+        // Once this agent's links are in place, a previous agent's copies go, and so do the
+        // map entries it left that no pod of this agent owns.
+        if !self.swept {
+            self.adopted.clear();
+            self.sweep();
+            self.swept = true;
+        }
     }
 
-    /// Removes map entries no enrolled pod owns: those of a previous agent, or of a pod
-    /// whose un-enrolment could not reach them.
+    /// Removes map entries no enrolled pod owns. After that, `unenrol` removes each pod's
+    /// own entries.
     fn sweep(&mut self) {
-        let ips: Vec<u32> = self
+        let ips: HashSet<u32> = self
             .enrolled
             .values()
             .map(|e| u32::from_ne_bytes(e.ip.octets()))
             .collect();
-        let tc_keys: Vec<u32> = self.enrolled.values().map(|e| e.ifindex).collect();
-        let port_keys: Vec<u64> = self
+        let tc_keys: HashSet<u32> = self.enrolled.values().map(|e| e.ifindex).collect();
+        let port_keys: HashSet<u64> = self
             .enrolled
             .values()
             .flat_map(|e| e.tc.ports.keys().map(|p| port_mode_key(e.ifindex, *p)))
@@ -390,6 +394,7 @@ impl Datapath {
         match attached {
             Ok(link) => Some((iface, index, link)),
             Err(err) => {
+                let _ = self.tc_mode.remove(&index);
                 tracing::warn!(%iface, %err, "cannot attach the inbound tc program");
                 None
             }

@@ -148,6 +148,8 @@ pub struct Datapath {
     tc_port_mode: HashMap<MapData, u64, u32>,
     plaintext_listeners: SockHash<MapData, u32>,
     plaintext_server: Option<PlaintextServer>,
+    /// Whether the first reconcile has dropped a previous agent's links and entries.
+    swept: bool,
     _socks: SockHash<MapData, SockKey>,
     shared: SharedMaps,
     direct_local: bool,
@@ -273,6 +275,7 @@ impl Datapath {
             tc_port_mode,
             plaintext_listeners,
             plaintext_server: None,
+            swept: false,
             _socks: socks,
             shared: SharedMaps {
                 orig_by_tuple: Arc::new(Mutex::new(orig)),

@@ -21,7 +21,6 @@ pub struct Enrolment {
     pub ttl: Duration,
 }
 
-/// A process's identities, and its own certificate, once the CA gave it.
 /// Resolves the CA's address: `IP:PORT`, or `host:port` (a Service's DNS name in a
 /// cluster), to the first address it names.
 pub async fn resolve_ca(address: &str) -> Result<SocketAddr, String> {
@@ -32,6 +31,7 @@ pub async fn resolve_ca(address: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("the CA address {address} names no address"))
 }
 
+/// A process's identities, and its own certificate, once the CA gave it.
 pub struct Enrolled {
     pub identities: Arc<IdentityManager<CaSource>>,
     pub trust: TrustBundle,

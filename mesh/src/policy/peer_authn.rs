@@ -44,7 +44,14 @@ pub fn effective_peer_authentication(
     workload: &Workload<'_>,
     port: u16,
 ) -> EffectiveMtls {
-    let [mesh, namespace, selected] = applicable(model, root, workload);
+    resolve(applicable(model, root, workload), port)
+}
+
+/// The effective mode of `port` under the policies of each scope.
+fn resolve(
+    [mesh, namespace, selected]: [Option<&PeerAuthenticationInfo>; 3],
+    port: u16,
+) -> EffectiveMtls {
     let mut effective = EffectiveMtls {
         mode: MtlsMode::Permissive,
         decided_by: None,
@@ -80,14 +87,14 @@ pub struct InboundModes {
 
 /// [`InboundModes`] of `workload`; never [`MtlsMode::Unset`].
 pub fn inbound_modes(model: &Model, root: &RootNamespace, workload: &Workload<'_>) -> InboundModes {
-    let [_, _, selected] = applicable(model, root, workload);
-    let ports = selected
+    let policies = applicable(model, root, workload);
+    let ports = policies[2]
         .into_iter()
         .flat_map(|policy| policy.port_level.keys())
-        .map(|&port| (port, peer_authentication_mode(model, root, workload, port)))
+        .map(|&port| (port, resolve(policies, port).mode))
         .collect();
     InboundModes {
-        workload: peer_authentication_mode(model, root, workload, 0),
+        workload: resolve(policies, 0).mode,
         ports,
     }
 }
