@@ -5,11 +5,11 @@
 //! sockets. The client's address travels in the tunnel's `Forwarded` header and in the logs.
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use weft_mesh::state::State;
 
 use rustls_pki_types::CertificateDer;
 use tokio::{net::TcpStream, sync::watch};
 use weft_mesh::{
-    config::Model,
     hbone::{ConnectRequest, H2Stream, Opener, Refusal, splice},
     identity::{SpiffeId, peer_identity},
 };
@@ -17,7 +17,7 @@ use weft_mesh::{
 use crate::metrics::{Metrics, TcpLabels, destination_labels};
 
 pub struct Inbound {
-    pub model: watch::Receiver<Arc<Model>>,
+    pub model: watch::Receiver<Arc<State>>,
     pub node_name: String,
     pub trust_domain: String,
     pub source_ip: std::net::Ipv4Addr,
@@ -34,7 +34,7 @@ fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
 
 impl Inbound {
     /// The destination-side labels of a tunnelled connection.
-    fn labels(&self, model: &Model, request: &ConnectRequest, peer: &SpiffeId) -> TcpLabels {
+    fn labels(&self, model: &State, request: &ConnectRequest, peer: &SpiffeId) -> TcpLabels {
         destination_labels(
             model,
             &self.trust_domain,

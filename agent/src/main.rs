@@ -68,6 +68,16 @@ enum Command {
         #[arg(long, global = true, default_value = weft_mesh::policy::DEFAULT_ROOT_NAMESPACE)]
         root_namespace: String,
     },
+    /// Report every case where the configuration does not do what it says (one line per
+    /// finding, with a stable code) and every rejected manifest; exit 1 if any is an error.
+    Analyze {
+        /// Read the configuration from this directory of manifests...
+        #[arg(long)]
+        config_dir: Option<std::path::PathBuf>,
+        /// ...or from the Kubernetes API.
+        #[arg(long)]
+        kubernetes: bool,
+    },
     /// Waypoints: the L7 proxies of a namespace or service account.
     Waypoint {
         #[command(subcommand)]
@@ -127,6 +137,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Analyze {
+            config_dir,
+            kubernetes,
+        } => return runtime.block_on(analyze(config_dir, kubernetes)),
         Command::Run(settings) => runtime.block_on(run(*settings)),
         Command::Ca { command } => runtime.block_on(ca::run(command)),
         Command::Waypoint { command } => runtime.block_on(waypoint(command)),
@@ -168,6 +182,43 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("weft-agent: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `weft-agent analyze`: exit 0 when clean (warnings allowed), 1 on errors, 2 when the
+/// configuration cannot be read at all.
+async fn analyze(config_dir: Option<std::path::PathBuf>, kubernetes: bool) -> ExitCode {
+    let opened = match (config_dir, kubernetes) {
+        // The directory is read once, without the watcher's logging of each finding.
+        (Some(dir), false) if dir.is_dir() => {
+            let (model, errors) = weft_mesh::config::DirSource::new(dir).reload();
+            Ok((Arc::new(weft_mesh::state::State::compile(model)), errors))
+        }
+        (config_dir, kubernetes) => {
+            match weft_mesh::config::ConfigSource::from_flags(config_dir, kubernetes) {
+                Ok(source) => source.open().await.map(|(state, errors)| {
+                    let errors = errors.borrow().clone();
+                    let state = state.borrow().clone();
+                    (state, errors)
+                }),
+                Err(err) => Err(err),
+            }
+        }
+    };
+    match opened {
+        Ok((state, errors)) => {
+            let (text, failed) = weft_mesh::analyze::report(&state, &errors);
+            print!("{text}");
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(err) => {
+            eprintln!("weft-agent analyze: {err}");
+            ExitCode::from(2)
         }
     }
 }

@@ -307,15 +307,6 @@ impl Collector for ExpiryGauges {
     }
 }
 
-/// The workload name Istio would report: the `app.kubernetes.io/name` or `app` label, else
-/// the pod's name (the lab's pods have no owners to name).
-pub fn workload_name(pod: &weft_mesh::config::PodInfo) -> String {
-    ["app.kubernetes.io/name", "app"]
-        .iter()
-        .find_map(|key| pod.labels.get(*key).cloned())
-        .unwrap_or_else(|| pod.name.clone())
-}
-
 /// The two ends of a connection, as far as they are known.
 pub struct Ends {
     pub source_ip: std::net::IpAddr,
@@ -328,7 +319,7 @@ pub struct Ends {
 /// The labels a destination agent reports for a connection to the pod at `destination`:
 /// through the tunnel (`source_principal` set) or the plaintext inbound (`None`).
 pub fn destination_labels(
-    model: &weft_mesh::config::Model,
+    model: &weft_mesh::state::State,
     trust_domain: &str,
     source_ip: std::net::IpAddr,
     source_principal: Option<String>,
@@ -356,21 +347,23 @@ pub fn destination_labels(
 /// The labels of one connection.
 pub fn tcp_labels(
     reporter: &'static str,
-    model: &weft_mesh::config::Model,
+    model: &weft_mesh::state::State,
     ends: Ends,
     security: &'static str,
 ) -> TcpLabels {
     let unknown = || "unknown".to_string();
-    let source = model.pod_by_ip(ends.source_ip);
-    let destination = model.pod_by_ip(ends.destination_ip);
+    let source = model.workload(ends.source_ip);
+    let destination = model.workload(ends.destination_ip);
     TcpLabels {
         reporter,
-        source_workload: source.map(workload_name).unwrap_or_else(unknown),
-        source_workload_namespace: source.map(|p| p.namespace.clone()).unwrap_or_else(unknown),
+        source_workload: source.map(|w| w.name.clone()).unwrap_or_else(unknown),
+        source_workload_namespace: source
+            .map(|w| w.pod.namespace.clone())
+            .unwrap_or_else(unknown),
         source_principal: ends.source_principal.unwrap_or_else(unknown),
-        destination_workload: destination.map(workload_name).unwrap_or_else(unknown),
+        destination_workload: destination.map(|w| w.name.clone()).unwrap_or_else(unknown),
         destination_workload_namespace: destination
-            .map(|p| p.namespace.clone())
+            .map(|w| w.pod.namespace.clone())
             .unwrap_or_else(unknown),
         destination_principal: ends.destination_principal.unwrap_or_else(unknown),
         destination_service: ends.destination_service.unwrap_or_else(unknown),

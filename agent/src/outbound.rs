@@ -12,12 +12,12 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
 };
+use weft_mesh::state::State;
 
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
 };
-use weft_mesh::config::Model;
 
 use crate::{
     metrics::{Ends, Metrics, TcpLabels, tcp_labels},
@@ -28,7 +28,7 @@ use crate::{
 pub struct Outbound<U> {
     pub maps: SharedMaps,
     pub upstream: U,
-    pub model: watch::Receiver<Arc<Model>>,
+    pub model: watch::Receiver<Arc<State>>,
     pub metrics: Metrics,
     /// Set when identities exist (a CA is configured): principals appear in the metrics.
     pub trust_domain: Option<String>,
@@ -39,7 +39,7 @@ impl<U: Upstream> Outbound<U> {
     pub fn new(
         maps: SharedMaps,
         upstream: U,
-        model: watch::Receiver<Arc<Model>>,
+        model: watch::Receiver<Arc<State>>,
         metrics: Metrics,
         trust_domain: Option<String>,
     ) -> Self {
@@ -123,7 +123,7 @@ impl<U: Upstream> Outbound<U> {
     }
 
     /// The principal of the mesh pod at `ip`, when identities exist.
-    fn principal(&self, model: &Model, ip: IpAddr) -> Option<String> {
+    fn principal(&self, model: &State, ip: IpAddr) -> Option<String> {
         let td = self.trust_domain.as_deref()?;
         let pod = model.pod_by_ip(ip).filter(|p| model.in_mesh(p))?;
         crate::tunnel::pod_identity(td, pod)

@@ -11,9 +11,9 @@ use std::{
     sync::Arc,
     time::Duration,
 };
+use weft_mesh::state::State;
 
 use tokio::{net::TcpStream, sync::watch};
-use weft_mesh::config::Model;
 
 use crate::{
     metrics::{Metrics, TcpLabels, destination_labels},
@@ -23,7 +23,7 @@ use crate::{
 };
 
 pub struct PlaintextInbound {
-    pub model: watch::Receiver<Arc<Model>>,
+    pub model: watch::Receiver<Arc<State>>,
     pub trust_domain: String,
     /// Dials the pod from the agent's address, as the tunnel's inbound does.
     pub direct: DirectTcp,

@@ -8,10 +8,11 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
 };
+use weft_mesh::state::State;
 
 use tokio::sync::watch;
 use weft_mesh::{
-    config::{Model, PodInfo},
+    config::PodInfo,
     hbone::{self, Pool, PoolKey},
     identity::{
         CertificateSource, IdentityManager, ServerIdentity, SpiffeId, TrustBundle, client_config,
@@ -37,7 +38,7 @@ pub struct Tunnel<S: CertificateSource> {
     pub pool: Arc<Pool>,
     pub identities: Arc<IdentityManager<S>>,
     pub trust: TrustBundle,
-    pub model: watch::Receiver<Arc<Model>>,
+    pub model: watch::Receiver<Arc<State>>,
     pub node_name: String,
     pub trust_domain: String,
     /// The identity every node agent presents on its HBONE port.
@@ -152,22 +153,16 @@ impl<S: CertificateSource> Tunnel<S> {
     /// of the waypoint's pods, whatever node it runs on; it does the rest.
     fn waypoint_route(
         &self,
-        model: &Model,
+        model: &State,
         source: IpAddr,
         target: SocketAddr,
     ) -> io::Result<Option<Route>> {
-        let waypoint = match model.service_by_ip(target.ip()) {
-            Some(service) => model.service_waypoint(service),
-            None => model
-                .pod_by_ip(target.ip())
-                .filter(|pod| model.in_mesh(pod))
-                .and_then(|pod| model.workload_waypoint(pod)),
-        };
-        let Some(waypoint) = waypoint else {
+        let resolved = model.resolve(source, target.ip());
+        let Some(waypoint) = resolved.waypoint else {
             return Ok(None);
         };
         let not_found = |what: String| io::Error::new(io::ErrorKind::NotFound, what);
-        let pods = model.waypoint_pods(&waypoint);
+        let pods = model.waypoint_pods(waypoint);
         if pods.is_empty() {
             return Err(not_found(format!(
                 "waypoint {}/{} has no ready pod",
@@ -179,8 +174,9 @@ impl<S: CertificateSource> Tunnel<S> {
         let address = pod
             .ip
             .ok_or_else(|| not_found(format!("waypoint pod {} has no address", pod.name)))?;
-        let client = model
-            .pod_by_ip(source)
+        let client = resolved
+            .source
+            .map(|w| &w.pod)
             .ok_or_else(|| not_found(format!("no pod has the client address {source}")))?;
         Ok(Some(Route::Hbone {
             source: pod_identity(&self.trust_domain, client)?,
@@ -249,7 +245,7 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
 /// on `--hbone-address` (with the agent's own identity) and the outbound `Tunnel`.
 pub async fn start(
     settings: &crate::settings::AgentSettings,
-    model: watch::Receiver<Arc<Model>>,
+    model: watch::Receiver<Arc<State>>,
     metrics: crate::metrics::Metrics,
     direct: DirectTcp,
     mut stop: watch::Receiver<bool>,

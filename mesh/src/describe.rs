@@ -6,11 +6,12 @@
 
 use std::fmt::Write;
 
-use crate::config::{AppProtocol, Model, PodInfo, ServiceInfo, ServicePortInfo};
+use crate::config::{AppProtocol, PodInfo, ServiceInfo, ServicePortInfo};
 use crate::policy::{
     RootNamespace, WaypointTarget, Workload, applicable_authorization_policies,
     attaches_to_waypoint, effective_peer_authentication,
 };
+use crate::state::State;
 
 fn protocol(port: &ServicePortInfo) -> &'static str {
     match port.protocol {
@@ -34,7 +35,7 @@ fn ports(out: &mut String, service: &ServiceInfo) {
 
 /// Describes a pod, or says why there is nothing to describe.
 pub fn describe_pod(
-    model: &Model,
+    model: &State,
     namespace: &str,
     name: &str,
     trust_domain: &str,
@@ -102,7 +103,7 @@ pub fn describe_pod(
     Ok(out)
 }
 
-fn enrolment(model: &Model, pod: &PodInfo) -> String {
+fn enrolment(model: &State, pod: &PodInfo) -> String {
     if pod.host_network {
         return "no: the pod uses the host's network".into();
     }
@@ -123,7 +124,7 @@ fn enrolment(model: &Model, pod: &PodInfo) -> String {
 
 /// Describes a Service, or says why there is nothing to describe.
 pub fn describe_service(
-    model: &Model,
+    model: &State,
     namespace: &str,
     name: &str,
     root: &RootNamespace,
@@ -196,14 +197,13 @@ pub fn describe_service(
                 }
             );
             let routes: Vec<String> = model
-                .virtual_services_for(service)
+                .virtual_service_for(service)
                 .map(|vs| format!("{}/{}", vs.namespace, vs.name))
+                .into_iter()
                 .collect();
             let rule = model
                 .destination_rule_for(service)
-                .map_or("none".to_string(), |dr| {
-                    format!("{}/{}", dr.namespace, dr.name)
-                });
+                .map_or("none".to_string(), merged_rule);
             let limits: Vec<String> = model
                 .local_rate_limits
                 .values()
@@ -238,7 +238,57 @@ pub fn describe_service(
             );
         }
     }
+    findings(&mut out, model, service);
     Ok(out)
+}
+
+/// The merged DestinationRule, as the waypoint applies it.
+fn merged_rule(dr: &crate::config::DestinationRuleInfo) -> String {
+    let policy = &dr.traffic_policy;
+    let subsets: Vec<&str> = dr.subsets.iter().map(|s| s.name.as_str()).collect();
+    format!(
+        "{}/{} (merged: load balancer {}, subsets [{}], outlier detection {}, connection pool {})",
+        dr.namespace,
+        dr.name,
+        policy
+            .load_balancer
+            .as_ref()
+            .map_or("default".to_string(), |lb| format!("{lb:?}")),
+        subsets.join(", "),
+        if policy.outlier_detection.is_some() {
+            "on"
+        } else {
+            "off"
+        },
+        if policy.connection_pool == Default::default() {
+            "default"
+        } else {
+            "set"
+        },
+    )
+}
+
+/// The findings about the Service and the objects that apply to it.
+fn findings(out: &mut String, model: &State, service: &ServiceInfo) {
+    let mut objects = vec![format!("Service {}/{}", service.namespace, service.name)];
+    if let Some(vs) = model.virtual_service_for(service) {
+        objects.push(format!("VirtualService {}/{}", vs.namespace, vs.name));
+    }
+    for dr in model.destination_rules.values() {
+        if crate::config::resolve_host(&dr.host, &dr.namespace)
+            == Some((service.namespace.clone(), service.name.clone()))
+        {
+            objects.push(format!("DestinationRule {}/{}", dr.namespace, dr.name));
+        }
+    }
+    let found: Vec<String> = objects
+        .iter()
+        .flat_map(|o| model.findings_for(o))
+        .map(|f| format!("    {f}"))
+        .collect();
+    if !found.is_empty() {
+        let _ = writeln!(out, "  Findings:\n{}", found.join("\n"));
+    }
 }
 
 #[cfg(test)]
@@ -288,15 +338,15 @@ spec:
   rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/api-gateway"]}}]}]
 "#;
 
-    fn model() -> Model {
-        let mut model = Model::default();
+    fn model() -> State {
+        let mut model = crate::config::Model::default();
         for document in serde_yaml::Deserializer::from_str(CLUSTER) {
             let value: serde_yaml::Value = serde::Deserialize::deserialize(document).unwrap();
             if let Some(object) = crate::config::parse_value(value).unwrap() {
                 model.insert(object);
             }
         }
-        model
+        State::compile(model)
     }
 
     #[test]

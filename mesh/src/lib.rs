@@ -3,6 +3,10 @@
 /// The Kubernetes objects Weft reads, as one typed model that every source feeds.
 pub mod config;
 
+/// The compiled state: the configuration indexed and resolved for the data path, with a
+/// finding for every case where it does not do what it says.
+pub mod state;
+
 /// The HTTP server behind the admin, metrics and readiness ports.
 pub mod admin;
 
@@ -21,6 +25,9 @@ pub mod hbone;
 
 /// `weft-agent waypoint generate`: a waypoint's Kubernetes objects.
 pub mod waypoint_manifests;
+
+/// `weft-agent analyze`: the findings and rejections, one line each.
+pub mod analyze;
 
 /// `weft-agent describe`: what the mesh makes of a pod or a Service.
 pub mod describe;

@@ -282,6 +282,7 @@ mod tests {
         .unwrap();
         let (model, errors) = DirSource::new(dir.path()).reload();
         assert!(errors.is_empty(), "{errors:?}");
+        let model = crate::state::State::compile(model);
         let waypoint = WaypointRef {
             namespace: "shop".into(),
             name: "waypoint".into(),

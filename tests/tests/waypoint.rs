@@ -159,56 +159,102 @@ fn one_connection_spreads_over_every_backend() -> Result<()> {
     lab.down()
 }
 
+/// The seeds' YAML, pasted as a user would (`../shared/seeds/` beside the project).
+fn seed(file: &str) -> Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/seeds")
+        .join(file);
+    std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "the seeds are missing: cannot read {} (shared/ beside the project's root)",
+            path.display()
+        )
+    })
+}
+
+/// Seed 000's seven DestinationRules for `grpc-server` and its canary VirtualService, pasted
+/// unchanged: the rules merge (subsets v1 and v2 from grpc-server-versions), the 90/10 split
+/// holds and `x-canary: true` pins v2. The Service is bound with Istio's own label
+/// (`istio.io/use-waypoint`), so this is also the binding a user coming from Istio writes.
 #[test]
-fn canary_split_and_header_route() -> Result<()> {
-    let lab = lab("wl-wp-canary")?;
+fn seed_destination_rules_merge_and_the_canary_split_holds() -> Result<()> {
+    let spec = LabSpec::new("wl-wp-seed-canary", 2)
+        .with_namespace("default", true)
+        .with_waypoint(WAYPOINT, "default", 1)
+        .with_pod("client", "default", 1, &[("app", "client")])
+        .with_pod(
+            "b1",
+            "default",
+            1,
+            &[("app", "grpc-server"), ("version", "v1")],
+        )
+        .with_pod(
+            "b2",
+            "default",
+            2,
+            &[("app", "grpc-server"), ("version", "v1")],
+        )
+        .with_pod(
+            "b3",
+            "default",
+            2,
+            &[("app", "grpc-server"), ("version", "v2")],
+        )
+        .with_service(ServiceSpec {
+            selector: vec![("app".into(), "grpc-server".into())],
+            ..ServiceSpec::whoami(
+                "grpc-server",
+                "default",
+                [10, 96, 0, 20],
+                &[("istio.io/use-waypoint", WAYPOINT)],
+            )
+        });
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
     let (_servers, uuids) = backends(&lab, &[])?;
-    apply(
-        &lab,
-        "canary.yaml",
-        r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: { name: whoami, namespace: app }
-spec:
-  host: whoami
-  subsets:
-  - name: v1
-    labels: { version: v1 }
-  - name: v2
-    labels: { version: v2 }
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: { name: whoami, namespace: app }
-spec:
-  hosts: [whoami]
-  http:
-  - match:
-    - headers:
-        x-canary: { exact: "true" }
-    route:
-    - destination: { host: whoami, subset: v2 }
-  - route:
-    - destination: { host: whoami, subset: v1 }
-      weight: 90
-    - destination: { host: whoami, subset: v2 }
-      weight: 10
-"#,
-    )?;
-    let report = calls(&lab, SERVICE, 5000, &[])?;
-    let v2 = count(&report, "by_uuid", &uuids["b3"]);
-    if count(&report, "by_status", "OK") != 5000 || !(350..=650).contains(&v2) {
+    for file in [
+        "02-grpc-destination-rule.yaml",
+        "06-load-balancing-examples.yaml",
+        "07-locality-lb.yaml",
+        "12-canary-deployment.yaml",
+        "13-circuit-breaker.yaml",
+    ] {
+        lab.write_manifest(&format!("seed-{file}"), &seed(&format!("000/{file}"))?)?;
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let target = "10.96.0.20:50051";
+    let report = calls(&lab, target, 5000, &[])?;
+    let (v1a, v1b, v2) = (
+        count(&report, "by_uuid", &uuids["b1"]),
+        count(&report, "by_uuid", &uuids["b2"]),
+        count(&report, "by_uuid", &uuids["b3"]),
+    );
+    // Both v1 pods serve: the calls of the one connection are balanced per call, so the
+    // Istio label bound the Service to the waypoint.
+    if count(&report, "by_status", "OK") != 5000
+        || !(350..=650).contains(&v2)
+        || v1a < 1000
+        || v1b < 1000
+    {
         return Err(fail(
             &lab,
-            format!("v2 got {v2} of 5000, not 10% ± 3%: {report}"),
+            format!("v2 got {v2} of 5000 (not 10% ± 3%), v1 {v1a}+{v1b}: {report}"),
         ));
     }
-    let report = calls(&lab, SERVICE, 300, &["--header", "x-canary=true"])?;
+    let report = calls(&lab, target, 300, &["--header", "x-canary=true"])?;
     if count(&report, "by_uuid", &uuids["b3"]) != 300 {
         return Err(fail(
             &lab,
             format!("x-canary: true should reach v2 only: {report}"),
+        ));
+    }
+    // The waypoint says what it made of the seven rules.
+    let log = lab.waypoint_log(WAYPOINT);
+    if !log.contains("7 DestinationRules merged") {
+        return Err(fail(
+            &lab,
+            "no WEFT020 merge finding in the waypoint's log".into(),
         ));
     }
     lab.down()

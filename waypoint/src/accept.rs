@@ -9,12 +9,13 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
+use weft_mesh::state::State;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use weft_mesh::{
-    config::{AppProtocol, Model, WaypointRef, workload_name},
+    config::{AppProtocol, WaypointRef},
     hbone::{ConnectRequest, H2Stream, Opener, Refusal, splice},
     identity::{SpiffeId, peer_identity},
     policy::Peer,
@@ -27,7 +28,7 @@ use crate::{
 
 pub struct Accept {
     pub proxy: Arc<Proxy>,
-    pub model: watch::Receiver<Arc<Model>>,
+    pub model: watch::Receiver<Arc<State>>,
     pub trust_domain: String,
     /// This waypoint: it serves the Services bound to it and no others.
     pub waypoint: WaypointRef,
@@ -172,7 +173,7 @@ impl Opener for Accept {
 
 /// The client as its certificate proves it; its workload is looked up by address (a name
 /// for metrics only, never trusted for policy).
-fn source(model: &Model, peer: &SpiffeId, client_ip: IpAddr) -> Source {
+fn source(model: &State, peer: &SpiffeId, client_ip: IpAddr) -> Source {
     let principal = peer.to_string();
     let bare = principal.strip_prefix("spiffe://").unwrap_or(&principal);
     let policy_peer = Peer::authenticated(bare, client_ip);
@@ -183,8 +184,8 @@ fn source(model: &Model, peer: &SpiffeId, client_ip: IpAddr) -> Source {
             .unwrap_or_else(|| "unknown".into())
             .into(),
         workload: model
-            .pod_by_ip(client_ip)
-            .map_or_else(|| "unknown".to_string(), workload_name)
+            .workload(client_ip)
+            .map_or_else(|| "unknown".to_string(), |w| w.name.clone())
             .into(),
         principal: principal.into(),
         peer: policy_peer,

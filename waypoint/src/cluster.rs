@@ -13,12 +13,13 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use weft_mesh::state::State;
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use rand::Rng;
-use weft_mesh::config::workload_name;
+use weft_mesh::config::labels_match;
 use weft_mesh::{
-    config::{LoadBalancer, Model, RetryBudget, ServiceInfo, TrafficPolicy},
+    config::{LoadBalancer, RetryBudget, ServiceInfo, TrafficPolicy},
     hbone,
 };
 
@@ -280,7 +281,7 @@ pub fn hash_key(value: &[u8]) -> u64 {
 }
 
 /// A cluster, with the model it was built from.
-type Built = (Arc<Model>, Arc<Cluster>);
+type Built = (Arc<State>, Arc<Cluster>);
 
 /// The clusters of one waypoint, refreshed from the model: an endpoint that stays keeps
 /// its connections, counters and ejection.
@@ -305,7 +306,7 @@ impl Clusters {
     }
 
     /// The cluster for `key` as `model` describes it.
-    pub fn get(&self, model: &Arc<Model>, service: &ServiceInfo, key: &ClusterKey) -> Arc<Cluster> {
+    pub fn get(&self, model: &Arc<State>, service: &ServiceInfo, key: &ClusterKey) -> Arc<Cluster> {
         let Ok(mut by_key) = self.by_key.lock() else {
             return Arc::new(build(model, service, key, None, self));
         };
@@ -330,7 +331,7 @@ impl Clusters {
 }
 
 fn build(
-    model: &Model,
+    model: &State,
     service: &ServiceInfo,
     key: &ClusterKey,
     old: Option<&Cluster>,
@@ -363,14 +364,12 @@ fn build(
         })
         .unwrap_or_default();
     let endpoints: Vec<Arc<Endpoint>> = model
-        .endpoints(service)
-        .filter(|pod| {
-            !unknown_subset
-                && subset_labels
-                    .iter()
-                    .all(|(k, v)| pod.labels.get(k) == Some(v))
-        })
-        .filter_map(|pod| {
+        .service(&service.namespace, &service.name)
+        .into_iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|w| !unknown_subset && labels_match(&subset_labels, &w.pod.labels))
+        .filter_map(|w| {
+            let pod = &w.pod;
             let target_port = match service_port {
                 Some(p) => p.target_on(pod)?,
                 None => key.port,
@@ -389,7 +388,7 @@ fn build(
                     })
                     .clone();
                 let mut endpoint = Endpoint::new(address, node, attempts);
-                endpoint.workload = workload_name(pod).into();
+                endpoint.workload = w.name.as_str().into();
                 endpoint.principal = format!(
                     "spiffe://{}/ns/{}/sa/{}",
                     clusters.trust_domain, pod.namespace, pod.service_account

@@ -9,6 +9,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+use weft_mesh::state::State;
 
 use http::{HeaderValue, Request, Response, request::Parts};
 use http_body::Body as _;
@@ -16,7 +17,7 @@ use hyper::body::Incoming;
 use rand::Rng;
 use tokio::sync::watch;
 use weft_mesh::{
-    config::{HashKey, LoadBalancer, Model, RetryOn},
+    config::{HashKey, LoadBalancer, RetryOn},
     policy::{Peer, Request as Attributes, RootNamespace, WaypointTarget, Workload, authorize_l7},
 };
 
@@ -70,7 +71,7 @@ pub struct Waypoint {
 }
 
 pub struct Proxy {
-    pub model: watch::Receiver<Arc<Model>>,
+    pub model: watch::Receiver<Arc<State>>,
     pub clusters: Clusters,
     pub dialer: Dialer,
     pub metrics: Metrics,
@@ -369,7 +370,7 @@ impl Proxy {
     /// message the client gets (Envoy's "RBAC: access denied", with the reason).
     fn authorize(
         &self,
-        model: &Model,
+        model: &State,
         called: &Called,
         parts: &Parts,
         path: &str,

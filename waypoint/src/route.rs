@@ -5,10 +5,11 @@
 //! itself, with Istio's default retries.
 
 use std::time::Duration;
+use weft_mesh::state::State;
 
 use http::HeaderMap;
 use rand::Rng;
-use weft_mesh::config::{HttpMatch, HttpRoute, Model, RetryOn, RetryPolicy, ServiceInfo};
+use weft_mesh::config::{HttpMatch, HttpRoute, RetryPolicy, ServiceInfo};
 
 use crate::cluster::ClusterKey;
 
@@ -23,24 +24,6 @@ pub struct Decision {
     pub retries: RetryPolicy,
 }
 
-/// Istio's retries when a route sets none: 2 attempts on connection failures, refused
-/// streams and UNAVAILABLE/CANCELLED, and on 503 (its "retriable-status-codes" default).
-pub fn default_retries() -> RetryPolicy {
-    RetryPolicy {
-        attempts: 2,
-        per_try_timeout: None,
-        retry_on: RetryOn {
-            connect_failure: true,
-            refused_stream: true,
-            grpc_unavailable: true,
-            grpc_cancelled: true,
-            retriable_status_codes: true,
-            status_codes: vec![503],
-            ..RetryOn::default()
-        },
-    }
-}
-
 /// Why no route was found (Envoy's response flag `NR`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -48,13 +31,13 @@ pub struct NoRoute(pub String);
 
 /// Routes a call to `service` on `port` with `path` and `headers`.
 pub fn route<'a>(
-    model: &'a Model,
+    model: &'a State,
     service: &'a ServiceInfo,
     port: u16,
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(Decision, &'a ServiceInfo), NoRoute> {
-    for vs in model.virtual_services_for(service) {
+    if let Some(vs) = model.virtual_service_for(service) {
         for (index, route) in vs.http.iter().enumerate() {
             if !route.matches.is_empty()
                 && !route
@@ -77,7 +60,10 @@ pub fn route<'a>(
                             route: name.clone(),
                             cluster,
                             timeout: route.timeout.filter(|t| !t.is_zero()),
-                            retries: route.retries.clone().unwrap_or_else(default_retries),
+                            retries: route
+                                .retries
+                                .clone()
+                                .unwrap_or_else(RetryPolicy::istio_default),
                         },
                         dest,
                     )
@@ -101,7 +87,7 @@ pub fn route<'a>(
                 port,
             },
             timeout: None,
-            retries: default_retries(),
+            retries: RetryPolicy::istio_default(),
         },
         service,
     ))
@@ -120,7 +106,7 @@ fn matches(m: &HttpMatch, port: u16, path: &str, headers: &HeaderMap) -> bool {
 
 /// Picks one of the route's destinations by weight, and resolves it to a cluster.
 fn destination<'a>(
-    model: &'a Model,
+    model: &'a State,
     namespace: &str,
     route: &HttpRoute,
     called: &ServiceInfo,

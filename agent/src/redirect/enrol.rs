@@ -11,6 +11,7 @@ use std::{
     os::fd::AsRawFd,
     path::PathBuf,
 };
+use weft_mesh::state::State;
 
 use aya::programs::{
     CgroupSockAddr, SchedClassifier, SkLookup, TcAttachType,
@@ -22,7 +23,7 @@ use weft_ebpf_common::{
     programs,
 };
 use weft_mesh::{
-    config::{Model, MtlsMode, PodInfo},
+    config::{MtlsMode, PodInfo},
     policy::InboundModes,
 };
 
@@ -95,7 +96,7 @@ pub struct PodStatus {
 }
 
 impl Datapath {
-    pub fn reconcile(&mut self, model: &Model, node: &str, policy: &crate::policy::L4Policy) {
+    pub fn reconcile(&mut self, model: &State, node: &str, policy: &crate::policy::L4Policy) {
         let desired: BTreeMap<String, PodInfo> = model
             .enrolled_pods(node)
             .map(|pod| (pod.uid.clone(), pod.clone()))
@@ -472,7 +473,7 @@ fn status(
 /// The pod's kernel flags and inbound modes under the current policies.
 fn pod_modes(
     direct_local: bool,
-    model: &Model,
+    model: &State,
     pod: &PodInfo,
     policy: &crate::policy::L4Policy,
 ) -> (u32, InboundModes) {

@@ -29,6 +29,7 @@ use crate::identity::{
     CertificateAuthority, CertificateSource, IdentityError, IdentityManager, SpiffeId,
     WorkloadCert, server_config_no_client_auth,
 };
+use crate::state::State;
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,14 +40,14 @@ const ACCEPT_QUEUE: usize = 64;
 pub struct CaServer<A: NodeAuthenticator> {
     ca: Arc<CertificateAuthority>,
     authn: Arc<A>,
-    model: watch::Receiver<Arc<Model>>,
+    model: watch::Receiver<Arc<State>>,
     default_ttl: Duration,
     max_ttl: Duration,
 }
 
 impl<A: NodeAuthenticator> CaServer<A> {
     /// `model` is the configuration the agents see: it says which pods run on which node.
-    pub fn new(ca: CertificateAuthority, authn: A, model: watch::Receiver<Arc<Model>>) -> Self {
+    pub fn new(ca: CertificateAuthority, authn: A, model: watch::Receiver<Arc<State>>) -> Self {
         CaServer {
             ca: Arc::new(ca),
             authn: Arc::new(authn),
@@ -204,7 +205,7 @@ impl AsyncWrite for TlsConn {
 struct Signer<A> {
     ca: Arc<CertificateAuthority>,
     authn: Arc<A>,
-    model: watch::Receiver<Arc<Model>>,
+    model: watch::Receiver<Arc<State>>,
     default_ttl: Duration,
     max_ttl: Duration,
 }

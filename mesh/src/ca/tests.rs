@@ -18,6 +18,7 @@ use crate::identity::{
     CertificateAuthority, IdentityManager, TrustBundle, WorkloadCert, generate_key_and_csr,
     peer_identity, testutil,
 };
+use crate::state::State;
 
 const TOKENS: &str = "# lab tokens\ntoken-a node-a\ntoken-b node-b\n";
 
@@ -35,21 +36,21 @@ fn pod(namespace: &str, name: &str, service_account: &str, node: &str) -> PodInf
     }
 }
 
-fn model(pods: &[PodInfo]) -> Arc<Model> {
+fn model(pods: &[PodInfo]) -> Arc<State> {
     let mut model = Model::default();
     for pod in pods {
         model
             .pods
             .insert((pod.namespace.clone(), pod.name.clone()), pod.clone());
     }
-    Arc::new(model)
+    Arc::new(State::compile(model))
 }
 
 struct Running {
     addr: SocketAddr,
     trust: TrustBundle,
     root_pem: String,
-    model: watch::Sender<Arc<Model>>,
+    model: watch::Sender<Arc<State>>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), CaError>>,
 }

@@ -315,10 +315,8 @@ mod tests {
         let (model, errors) = DirSource::new(dir.path()).reload();
         assert!(errors.is_empty());
         assert_eq!(model.pods.len(), 1);
-        assert_eq!(
-            model.pod_by_ip("10.0.0.2".parse().unwrap()).unwrap().name,
-            "p"
-        );
+        let pod = model.pods.values().next().unwrap();
+        assert_eq!(pod.ip, Some("10.0.0.2".parse().unwrap()));
     }
 
     #[test]

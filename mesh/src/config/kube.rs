@@ -32,6 +32,7 @@ use super::error::ConfigError;
 use super::model::{Model, Object, ObjectKey};
 use super::parse::parse_value;
 use super::watch::{ErrorsReceiver, ModelReceiver};
+use crate::state::State;
 
 /// A kind Weft watches: (group, version, kind, plural).
 type KindRef = (&'static str, &'static str, &'static str, &'static str);
@@ -231,7 +232,7 @@ pub fn watch_kube(client: kube::Client) -> (ModelReceiver, ErrorsReceiver, Synce
         store: Mutex::default(),
         changed: Notify::new(),
     });
-    let (model_tx, model_rx) = watch::channel(Arc::new(Model::default()));
+    let (model_tx, model_rx) = watch::channel(Arc::new(State::default()));
     let (errors_tx, errors_rx) = watch::channel(Vec::new());
     let (synced_tx, synced_rx) = watch::channel(false);
     for kind in KINDS {
@@ -276,7 +277,9 @@ pub fn watch_kube(client: kube::Client) -> (ModelReceiver, ErrorsReceiver, Synce
             model_tx.send_if_modified(|old| {
                 let changed = **old != model;
                 if changed {
-                    *old = Arc::new(model);
+                    let state = State::compile(model);
+                    crate::state::log_new_findings(old.findings(), state.findings());
+                    *old = Arc::new(state);
                 }
                 changed
             });

@@ -36,7 +36,7 @@ mod dir;
 mod error;
 mod kube;
 mod model;
-mod parse;
+pub(crate) mod parse;
 mod protocol;
 mod ratelimit;
 mod security;
@@ -49,7 +49,7 @@ pub use error::{ConfigError, InvalidObject};
 pub use kube::{ConfigSource, KINDS as KUBE_KINDS, SyncedReceiver, watch_kube};
 pub use model::{
     Model, NamespaceInfo, NodeInfo, Object, ObjectKey, PodInfo, ServiceAccountInfo, ServiceInfo,
-    ServicePortInfo, workload_name,
+    ServicePortInfo, UnreadInfo, labels_match, workload_name,
 };
 pub use parse::{
     namespace_info, node_info, parse_value, pod_info, service_account_info, service_info,
@@ -64,10 +64,12 @@ pub use traffic::{
     ConnectionPool, DestinationRuleInfo, HashKey, HttpMatch, HttpRoute, LOAD_BALANCER_ANNOTATION,
     LoadBalancer, MatchRegex, OutlierDetection, RETRY_BUDGET_MIN_ANNOTATION,
     RETRY_BUDGET_PERCENT_ANNOTATION, RetryBudget, RetryOn, RetryPolicy, RouteDestination,
-    StringMatch, Subset, TrafficPolicy, VirtualServiceInfo, parse_duration,
+    StringMatch, Subset, TrafficMeta, TrafficPolicy, VirtualServiceInfo, parse_duration,
+    resolve_host,
 };
 pub use watch::{ErrorsReceiver, ModelReceiver, RESYNC_INTERVAL, watch_dir};
-pub use waypoint::WaypointRef;
+pub(crate) use waypoint::use_waypoint;
+pub use waypoint::{ISTIO_USE_WAYPOINT_LABEL, TrafficKind, WAYPOINT_FOR_LABEL, WaypointRef};
 
 /// Namespace label that enrols the namespace's pods in the mesh, with the value
 /// [`AMBIENT`]. On a pod, the value [`NONE`] opts that pod out.

@@ -134,6 +134,42 @@ pub struct NodeInfo {
     pub internal_ip: Option<IpAddr>,
 }
 
+/// An object of a service-mesh API group that Weft does not read: an Istio or Linkerd kind
+/// Weft does not implement (Telemetry, EnvoyFilter, ServiceProfile...), or a kind under a
+/// group that looks like a misspelt Istio group (`networking.io`). It has no effect; it is
+/// kept so that `analyze` and the logs can say so, instead of dropping it without a word.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnreadInfo {
+    pub api_version: String,
+    pub kind: String,
+    /// `None` for an object without `metadata.namespace`: cluster-scoped, or meant for the
+    /// namespace it is applied to.
+    pub namespace: Option<String>,
+    pub name: String,
+    /// For a group that looks like a misspelling, the Istio group it was probably meant to be.
+    pub meant: Option<&'static str>,
+}
+
+impl UnreadInfo {
+    /// `Telemetry default/grpc-telemetry`.
+    pub fn label(&self) -> String {
+        let name = if self.name.is_empty() {
+            "(unnamed)"
+        } else {
+            &self.name
+        };
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{name}", self.kind),
+            None => format!("{} {name}", self.kind),
+        }
+    }
+
+    /// The model's key: kinds vary, so the kind is part of the name.
+    fn key_name(&self) -> String {
+        format!("{}/{}/{}", self.api_version, self.kind, self.name)
+    }
+}
+
 /// One parsed object, as a source hands it to the model.
 ///
 /// A new kind is a new variant here, a field in [`Model`] and an entry in the parse table.
@@ -149,6 +185,7 @@ pub enum Object {
     VirtualService(VirtualServiceInfo),
     DestinationRule(DestinationRuleInfo),
     LocalRateLimit(LocalRateLimitInfo),
+    Unread(UnreadInfo),
 }
 
 /// What identifies an object: two objects with the same key are the same object.
@@ -223,6 +260,11 @@ impl Object {
                 namespace: Some(rl.namespace.clone()),
                 name: rl.name.clone(),
             },
+            Object::Unread(unread) => ObjectKey {
+                kind: UNREAD,
+                namespace: unread.namespace.clone(),
+                name: unread.key_name(),
+            },
         }
     }
 }
@@ -241,7 +283,12 @@ pub struct Model {
     pub virtual_services: BTreeMap<(String, String), VirtualServiceInfo>,
     pub destination_rules: BTreeMap<(String, String), DestinationRuleInfo>,
     pub local_rate_limits: BTreeMap<(String, String), LocalRateLimitInfo>,
+    /// Objects of mesh API groups that Weft does not read, by (namespace or "", key name).
+    pub unread: BTreeMap<(String, String), UnreadInfo>,
 }
+
+/// The [`ObjectKey`] kind of an [`UnreadInfo`].
+const UNREAD: &str = "Unread";
 
 impl Model {
     /// Adds or replaces an object. Returns whether an object with the same key was replaced.
@@ -281,6 +328,13 @@ impl Model {
                 let key = (rl.namespace.clone(), rl.name.clone());
                 self.local_rate_limits.insert(key, rl).is_some()
             }
+            Object::Unread(unread) => {
+                let key = (
+                    unread.namespace.clone().unwrap_or_default(),
+                    unread.key_name(),
+                );
+                self.unread.insert(key, unread).is_some()
+            }
         }
     }
 
@@ -298,6 +352,7 @@ impl Model {
             "VirtualService" => self.virtual_services.remove(&namespaced()).is_some(),
             "DestinationRule" => self.destination_rules.remove(&namespaced()).is_some(),
             "LocalRateLimit" => self.local_rate_limits.remove(&namespaced()).is_some(),
+            UNREAD => self.unread.remove(&namespaced()).is_some(),
             _ => false,
         }
     }
@@ -321,33 +376,6 @@ impl Model {
                 .get(&pod.namespace)
                 .is_some_and(NamespaceInfo::ambient)
     }
-
-    /// The pod that owns `ip`. A linear scan: the directory source's models are small, and
-    /// an index belongs with the API source, where they are not.
-    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
-        self.pods
-            .values()
-            .find(|pod| !pod.host_network && pod.ip == Some(ip))
-    }
-
-    /// Services in the pod's namespace whose selector matches the pod's labels. A Service
-    /// with an empty selector selects nothing, as in Kubernetes.
-    pub fn services_selecting<'a>(
-        &'a self,
-        pod: &'a PodInfo,
-    ) -> impl Iterator<Item = &'a ServiceInfo> + 'a {
-        self.services.values().filter(move |svc| svc.selects(pod))
-    }
-
-    /// The pods behind a Service (its endpoints): selected, and owning an address.
-    pub fn endpoints<'a>(
-        &'a self,
-        service: &'a ServiceInfo,
-    ) -> impl Iterator<Item = &'a PodInfo> + 'a {
-        self.pods
-            .values()
-            .filter(move |pod| !pod.host_network && pod.ip.is_some() && service.selects(pod))
-    }
 }
 
 impl ServiceInfo {
@@ -356,11 +384,21 @@ impl ServiceInfo {
     pub fn selects(&self, pod: &PodInfo) -> bool {
         self.namespace == pod.namespace
             && !self.selector.is_empty()
-            && self
-                .selector
-                .iter()
-                .all(|(k, v)| pod.labels.get(k).is_some_and(|have| have == v))
+            && labels_match(&self.selector, &pod.labels)
     }
+}
+
+/// Whether every label of `selector` is among `labels` with the same value: the rule of a
+/// Kubernetes `matchLabels`, for Service selectors, policy selectors and subsets alike. An
+/// empty selector matches everything; callers for which it must match nothing (a Service
+/// without a selector) say so themselves.
+pub fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
 }
 
 #[cfg(test)]
@@ -457,33 +495,6 @@ mod tests {
 
         let names: Vec<_> = m.enrolled_pods("n1").map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["in"]);
-        assert_eq!(
-            m.pod_by_ip("10.0.0.6".parse().unwrap()).unwrap().name,
-            "no-uid"
-        );
-        assert!(m.pod_by_ip("10.9.9.9".parse().unwrap()).is_none());
-    }
-
-    #[test]
-    fn services_select_by_labels_in_the_same_namespace() {
-        let mut m = Model::default();
-        let svc = |ns: &str, name: &str, sel: &[(&str, &str)]| {
-            Object::Service(ServiceInfo {
-                namespace: ns.into(),
-                name: name.into(),
-                cluster_ip: None,
-                selector: labels(sel),
-                ports: vec![],
-                labels: BTreeMap::new(),
-            })
-        };
-        m.insert(svc("a", "match", &[("app", "echo")]));
-        m.insert(svc("a", "narrower", &[("app", "echo"), ("tier", "db")]));
-        m.insert(svc("a", "no-selector", &[]));
-        m.insert(svc("b", "elsewhere", &[("app", "echo")]));
-        let p = pod("a", "p", "n1", "10.0.0.1", &[("app", "echo"), ("v", "1")]);
-        let names: Vec<_> = m.services_selecting(&p).map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["match"]);
     }
 
     #[test]
@@ -540,6 +551,7 @@ mod tests {
                 name: "cart".into(),
                 hosts: vec!["cart".into()],
                 http: vec![],
+                meta: Default::default(),
             }),
             Object::DestinationRule(DestinationRuleInfo {
                 namespace: "shop".into(),
@@ -548,6 +560,7 @@ mod tests {
                 traffic_policy: TrafficPolicy::default(),
                 subsets: vec![],
                 retry_budget: None,
+                meta: Default::default(),
             }),
         ];
         let keys: Vec<_> = objects.iter().map(|o| o.key().to_string()).collect();

@@ -16,6 +16,7 @@ use serde_yaml::Value;
 use super::error::InvalidObject;
 use super::model::{
     NamespaceInfo, NodeInfo, Object, PodInfo, ServiceAccountInfo, ServiceInfo, ServicePortInfo,
+    UnreadInfo,
 };
 use super::protocol::detect_protocol;
 use super::ratelimit::local_rate_limit_info;
@@ -136,14 +137,104 @@ pub fn parse_value(mut value: Value) -> Result<Option<Object>, InvalidObject> {
     let kind = required_str(&value, "kind")?;
     let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
     let Some(entry) = KINDS.iter().find(|k| k.group == group && k.kind == kind) else {
+        if let Some(unread) = unread(&value, api_version, group, kind) {
+            return Ok(Some(Object::Unread(unread)));
+        }
         tracing::debug!(api_version, kind, "ignoring a kind Weft does not read");
         return Ok(None);
     };
 
     let label = raw_label(entry, &value);
+    // A manifest whose indentation was lost has `name`, `hosts`... beside `kind`.
+    let flattened = value.get("name").is_some()
+        && value
+            .get("metadata")
+            .is_none_or(|m| m.is_null() || m.get("name").is_none());
     (entry.parse)(value).map_err(|mut err| {
         err.object.get_or_insert(label);
+        if flattened {
+            err.reason.push_str(
+                " (`name` is at the top level: the manifest looks flattened, with its \
+                 indentation lost; fields of metadata and spec must be indented under them)",
+            );
+        }
         err
+    })
+}
+
+/// Istio's API groups, and the kinds each serves (Istio API reference).
+const ISTIO_GROUPS: &[(&str, &[&str])] = &[
+    (
+        "networking.istio.io",
+        &[
+            "VirtualService",
+            "DestinationRule",
+            "Gateway",
+            "ServiceEntry",
+            "Sidecar",
+            "WorkloadEntry",
+            "WorkloadGroup",
+            "EnvoyFilter",
+            "ProxyConfig",
+        ],
+    ),
+    (
+        "security.istio.io",
+        &[
+            "AuthorizationPolicy",
+            "PeerAuthentication",
+            "RequestAuthentication",
+        ],
+    ),
+    ("telemetry.istio.io", &["Telemetry"]),
+    ("extensions.istio.io", &["WasmPlugin"]),
+    ("install.istio.io", &["IstioOperator"]),
+];
+
+/// Groups of service-mesh APIs besides Istio's whose objects users expect a mesh to act on.
+fn mesh_group(group: &str) -> bool {
+    group == "linkerd.io"
+        || group.ends_with(".linkerd.io")
+        || group.ends_with(".istio.io")
+        || group == "gateway.networking.k8s.io"
+}
+
+/// An object of a mesh API group, or of a group that looks like a misspelt Istio group,
+/// that Weft does not read: kept as [`UnreadInfo`] so that it is reported, not dropped.
+fn unread(value: &Value, api_version: &str, group: &str, kind: &str) -> Option<UnreadInfo> {
+    let meant = if ISTIO_GROUPS.iter().any(|(g, _)| *g == group) || mesh_group(group) {
+        None
+    } else if group.is_empty() || group.ends_with(".k8s.io") {
+        return None;
+    } else {
+        // An Istio kind under another group, or a group that names Istio but is none of its.
+        let by_kind = ISTIO_GROUPS
+            .iter()
+            .find(|(_, kinds)| kinds.contains(&kind))
+            .map(|(g, _)| *g);
+        let by_name = || {
+            let first = group.split('.').next().unwrap_or_default();
+            ISTIO_GROUPS
+                .iter()
+                .find(|(g, _)| group.contains("istio") && g.starts_with(first))
+                .map(|(g, _)| *g)
+        };
+        Some(by_kind.or_else(by_name)?)
+    };
+    let metadata = value.get("metadata");
+    let field = |name| {
+        metadata
+            .and_then(|m| m.get(name))
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    Some(UnreadInfo {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        namespace: field("namespace"),
+        name: field("name").unwrap_or_default(),
+        meant,
     })
 }
 

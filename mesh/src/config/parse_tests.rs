@@ -236,7 +236,7 @@ fn empty_documents_and_unknown_kinds_are_skipped() {
         objects("apiVersion: networking.k8s.io/v1\nkind: Service\nmetadata: {name: x}\n")
             .is_empty()
     );
-    assert!(objects("apiVersion: apps/v1\nkind: Deployment\nmetadata: {}\n").is_empty());
+    assert!(self::objects("apiVersion: apps/v1\nkind: Deployment\nmetadata: {}\n").is_empty());
 }
 
 #[test]
@@ -273,7 +273,26 @@ fn traffic_kinds_by_group_and_default_namespace() {
     let keys: Vec<_> = objects.iter().map(|o| o.key().to_string()).collect();
     assert_eq!(
         keys,
-        ["VirtualService default/r", "DestinationRule default/r"]
+        [
+            "VirtualService default/r",
+            "DestinationRule default/r",
+            "Unread example.com/v1/VirtualService/other"
+        ]
+    );
+    // An Istio kind under another group is kept as unread, with the group it was meant for.
+    let Object::Unread(unread) = &objects[2] else {
+        panic!("{:?}", objects[2]);
+    };
+    assert_eq!(unread.meant, Some("networking.istio.io"));
+    // Kinds of other groups are none of the mesh's business.
+    assert!(
+        self::objects("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").is_empty()
+    );
+    assert!(
+        self::objects(
+            "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata: {name: p}\n"
+        )
+        .is_empty()
     );
     // A wrong shape is still reported under the object's name.
     let err = error(

@@ -1,4 +1,4 @@
-//! Keeps a [`Model`] current with a directory: inotify tells us soon, and a periodic
+//! Keeps a `Model` current with a directory: inotify tells us soon, and a periodic
 //! resync catches whatever inotify missed (a queue overflow, a directory replaced whole,
 //! a watch that could not be set up at all).
 
@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::dir::DirSource;
 use super::error::ConfigError;
-use super::model::Model;
+use crate::state::{self, State};
 
 /// How often the directory is re-read even when no event came.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
@@ -22,12 +22,12 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A directory that never stays quiet is still re-read this often.
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
-/// The latest model of a watched directory.
-pub type ModelReceiver = watch::Receiver<Arc<Model>>;
+/// The latest compiled state of a configuration source.
+pub type ModelReceiver = watch::Receiver<Arc<State>>;
 /// The errors of a watched directory's latest reload; empty when every file was accepted.
 pub type ErrorsReceiver = watch::Receiver<Vec<ConfigError>>;
 
-/// Watches `dir` and publishes its [`Model`] and its current errors.
+/// Watches `dir` and publishes its `Model` and its current errors.
 ///
 /// The first reload happens before this returns, so both receivers start populated.
 /// Later values are sent only when they change. Each error is logged with
@@ -59,7 +59,9 @@ pub fn watch_dir(dir: PathBuf) -> Result<(ModelReceiver, ErrorsReceiver), Config
     let mut source = DirSource::new(dir);
     let (model, errors) = source.reload();
     log_new_errors(&[], &errors);
-    let (model_tx, model_rx) = watch::channel(Arc::new(model));
+    let state = State::compile(model);
+    state::log_new_findings(&[], state.findings());
+    let (model_tx, model_rx) = watch::channel(Arc::new(state));
     let (errors_tx, errors_rx) = watch::channel(errors);
     runtime.spawn(run(source, watcher, changed, model_tx, errors_tx));
     Ok((model_rx, errors_rx))
@@ -94,7 +96,7 @@ async fn run(
     // Held only to keep the inotify watch alive as long as the task.
     _watcher: Option<notify::RecommendedWatcher>,
     changed: Arc<Notify>,
-    model_tx: watch::Sender<Arc<Model>>,
+    model_tx: watch::Sender<Arc<State>>,
     errors_tx: watch::Sender<Vec<ConfigError>>,
 ) {
     let mut resync = tokio::time::interval_at(Instant::now() + RESYNC_INTERVAL, RESYNC_INTERVAL);
@@ -127,7 +129,9 @@ async fn run(
             let modified = **current != model;
             if modified {
                 tracing::info!(dir = %source.dir().display(), "configuration changed");
-                *current = Arc::new(model);
+                let state = State::compile(model);
+                state::log_new_findings(current.findings(), state.findings());
+                *current = Arc::new(state);
             }
             modified
         });

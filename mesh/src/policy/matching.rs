@@ -140,11 +140,7 @@ impl L4<'_> {
             // With no proxy in front to report the original client (PROXY protocol or
             // X-Forwarded-For are L7 or absent here), the remote address is the peer's.
             cidrs(&s.remote_ip_blocks, &s.not_remote_ip_blocks, peer_ip),
-            needs_l7(&[
-                &s.request_principals,
-                &s.not_request_principals,
-                &s.unsupported,
-            ]),
+            needs_l7(&s.l7_fields()),
         ])
     }
 
@@ -156,17 +152,7 @@ impl L4<'_> {
             needs_l7(&[&o.unsupported]),
         ]);
         let Some(request) = self.request else {
-            return all([
-                ports,
-                needs_l7(&[
-                    &o.hosts,
-                    &o.not_hosts,
-                    &o.methods,
-                    &o.not_methods,
-                    &o.paths,
-                    &o.not_paths,
-                ]),
-            ]);
+            return all([ports, needs_l7(&o.l7_fields())]);
         };
         let host = request.host.to_ascii_lowercase();
         let path = request.path();

@@ -49,13 +49,10 @@ pub fn scope_of(
     }
 }
 
-/// Whether every selector label is among the workload's labels, with the same value. The
-/// parser turns an empty selector into none, so an empty map never reaches here from a
-/// manifest; if it does, it selects everything, as an empty label selector does.
+/// An empty selector never reaches here from a manifest (the parser turns it into none);
+/// if it does, it selects everything, as an empty label selector does.
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector
-        .iter()
-        .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+    crate::config::labels_match(selector, labels)
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub enum Scenario {
     Tunnel,
     /// Unary gRPC direct, through L4 only, and through the waypoint.
     Waypoint,
+    /// The compiled configuration at 10,000 pods (no root, no lab).
+    Scale,
 }
 
 /// Interleaved rounds per figure (WEFT_BENCH_ROUNDS overrides, for quick looks).
@@ -37,6 +39,9 @@ pub(crate) fn rounds() -> usize {
 const SECONDS: &str = "3";
 
 pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
+    if let Scenario::Scale = scenario {
+        return write(scale()?, json);
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!("benchmarks run in the lab and need root");
     }
@@ -46,7 +51,13 @@ pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
         Scenario::Capture => capture()?,
         Scenario::Tunnel => tunnel()?,
         Scenario::Waypoint => waypoint::run()?,
+        Scenario::Scale => scale()?,
     };
+    write(figures, json)
+}
+
+/// Prints the figures and writes them to `json`, one flat object.
+fn write(figures: Map<String, Value>, json: Option<&Path>) -> Result<()> {
     let text = serde_json::to_string_pretty(&Value::Object(figures))?;
     println!("{text}");
     if let Some(path) = json {
@@ -54,6 +65,32 @@ pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The compiled state at scale: `mesh/src/bin/scale-bench.rs`, in a process of its own so
+/// that its resident memory is the state's.
+fn scale() -> Result<Map<String, Value>> {
+    workspace::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "weft-mesh",
+        "--bin",
+        "scale-bench",
+    ])?;
+    let output = std::process::Command::new(workspace::bin_dir().join("scale-bench"))
+        .output()
+        .context("running scale-bench")?;
+    if !output.status.success() {
+        bail!(
+            "scale-bench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    match serde_json::from_slice(&output.stdout)? {
+        Value::Object(figures) => Ok(figures),
+        other => bail!("scale-bench printed {other}, not an object"),
+    }
 }
 
 fn capture_spec() -> LabSpec {

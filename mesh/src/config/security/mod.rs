@@ -158,6 +158,46 @@ pub struct Rule {
     pub when: Vec<Condition>,
 }
 
+impl Rule {
+    /// Whether the rule names an attribute only an L7 proxy sees (a request's host, method,
+    /// path, JWT principal or header), or one this version of Weft does not know. At a node
+    /// agent such a rule cannot match (`crate::policy` evaluates it as unknown).
+    pub fn needs_l7(&self) -> bool {
+        let any = |fields: &[&Vec<String>]| fields.iter().any(|f| !f.is_empty());
+        self.from.iter().any(|s| any(&s.l7_fields()))
+            || self
+                .to
+                .iter()
+                .any(|o| any(&o.l7_fields()) || !o.unsupported.is_empty())
+            || self.when.iter().any(|c| c.key.starts_with("request."))
+    }
+}
+
+impl Source {
+    /// The fields only an L7 proxy can evaluate, with those Weft does not know.
+    pub fn l7_fields(&self) -> [&Vec<String>; 3] {
+        [
+            &self.request_principals,
+            &self.not_request_principals,
+            &self.unsupported,
+        ]
+    }
+}
+
+impl Operation {
+    /// The fields only an L7 proxy can evaluate: they describe a request.
+    pub fn l7_fields(&self) -> [&Vec<String>; 6] {
+        [
+            &self.hosts,
+            &self.not_hosts,
+            &self.methods,
+            &self.not_methods,
+            &self.paths,
+            &self.not_paths,
+        ]
+    }
+}
+
 /// `rules[].from[].source`. Every non-empty field must match; a `not_` field matches when
 /// the attribute matches none of its entries.
 #[derive(Debug, Clone, PartialEq, Default)]

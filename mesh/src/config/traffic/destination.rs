@@ -19,7 +19,7 @@ use super::wire::{
 use super::{
     ConnectionPool, DestinationRuleInfo, HashKey, LOAD_BALANCER_ANNOTATION, LoadBalancer,
     OutlierDetection, RETRY_BUDGET_MIN_ANNOTATION, RETRY_BUDGET_PERCENT_ANNOTATION, RetryBudget,
-    Subset, TrafficPolicy,
+    Subset, TrafficMeta, TrafficPolicy,
 };
 use crate::config::error::InvalidObject;
 use crate::config::parse::{identity, invalid, typed};
@@ -28,13 +28,20 @@ const KIND: &str = "DestinationRule";
 
 /// Parses and validates one DestinationRule document.
 pub(crate) fn destination_rule_info(value: Value) -> Result<DestinationRuleInfo, InvalidObject> {
+    let ignored = super::ignored::destination_rule(&value);
     let wire: Wire<DestinationRuleSpec> = typed(value)?;
     let (namespace, name) = identity(KIND, &wire.metadata, true)?;
     let namespace = namespace.unwrap_or_default();
+    let meta = TrafficMeta {
+        created: super::route::created(&wire.metadata),
+        ignored,
+    };
     let annotations = wire.metadata.annotations.unwrap_or_default();
     let spec = wire.spec.unwrap_or_default();
-    convert(&namespace, &name, spec, &annotations)
-        .map_err(|reason| invalid(KIND, &namespace, &name, reason))
+    let mut info = convert(&namespace, &name, spec, &annotations)
+        .map_err(|reason| invalid(KIND, &namespace, &name, reason))?;
+    info.meta = meta;
+    Ok(info)
 }
 
 fn convert(
@@ -85,6 +92,7 @@ fn convert(
         traffic_policy,
         subsets,
         retry_budget: retry_budget(annotations)?,
+        meta: TrafficMeta::default(),
     })
 }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::config::TrafficMeta;
 use crate::config::parse::parse_documents;
 use crate::config::{
     ConnectionPool, DestinationRuleInfo, HashKey, LOAD_BALANCER_ANNOTATION, LoadBalancer, Object,
@@ -117,6 +118,7 @@ spec:
     )
     .unwrap();
     let want = DestinationRuleInfo {
+        meta: TrafficMeta::default(),
         namespace: "bookinfo".into(),
         name: "reviews".into(),
         host: "reviews.bookinfo.svc.cluster.local".into(),
@@ -158,6 +160,24 @@ spec:
         ],
         retry_budget: None,
     };
+    let mut dr = dr;
+    let ignored: Vec<&str> = dr.meta.ignored.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        ignored,
+        [
+            "spec.exportTo",
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
+            "spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests",
+            "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
+            "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+            "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
+            "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
+            "spec.trafficPolicy.outlierDetection.minHealthPercent",
+            "spec.subsets[1].trafficPolicy.loadBalancer.consistentHash.minimumRingSize",
+        ],
+        "localityLbSetting {{enabled: false}} asks for what Weft does"
+    );
+    dr.meta = TrafficMeta::default();
     assert_eq!(dr, want);
 }
 

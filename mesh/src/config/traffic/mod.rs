@@ -33,10 +33,12 @@ use std::time::Duration;
 mod destination;
 mod duration;
 mod hosts;
+mod ignored;
 mod route;
 mod wire;
 
 pub use duration::parse_duration;
+pub use hosts::resolve_host;
 
 pub(crate) use destination::destination_rule_info;
 pub(crate) use route::virtual_service_info;
@@ -61,6 +63,20 @@ pub struct VirtualServiceInfo {
     pub hosts: Vec<String>,
     /// `spec.http`, in order: the first route that matches a request takes it. Never empty.
     pub http: Vec<HttpRoute>,
+    pub meta: TrafficMeta,
+}
+
+/// What the compile step needs of a traffic object beyond its spec: its age, which decides
+/// precedence between objects of one host, and the fields it carries that Weft accepts but
+/// does not act on, which `analyze` reports.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrafficMeta {
+    /// `metadata.creationTimestamp`, in seconds since the epoch; `None` when the manifest
+    /// has none (a file that was never applied), which counts as newer than any that has.
+    pub created: Option<i64>,
+    /// Paths of fields present in the manifest that Weft accepts and ignores
+    /// (`spec.trafficPolicy.loadBalancer.localityLbSetting`), each with why.
+    pub ignored: Vec<(String, &'static str)>,
 }
 
 /// One `spec.http[]` entry.
@@ -217,16 +233,30 @@ pub struct RetryOn {
 }
 
 impl RetryOn {
-    /// Weft's conditions for retries without `retryOn`: failures where the request cannot
-    /// have reached the application, or where a gRPC server said to try again.
+    /// Istio's conditions for retries without `retryOn` (its default HTTP retry policy:
+    /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with
+    /// 503 as the retriable status): failures where the request cannot have reached the
+    /// application, or where a gRPC server said to try again.
     pub fn default_conditions() -> Self {
         RetryOn {
             connect_failure: true,
             refused_stream: true,
             grpc_unavailable: true,
             grpc_cancelled: true,
-            reset: true,
+            retriable_status_codes: true,
+            status_codes: vec![503],
             ..RetryOn::default()
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Istio's retries for a route that sets none: 2 retries on [`RetryOn::default_conditions`].
+    pub fn istio_default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on: RetryOn::default_conditions(),
         }
     }
 }
@@ -245,6 +275,7 @@ pub struct DestinationRuleInfo {
     /// Weft's extension, from [`RETRY_BUDGET_PERCENT_ANNOTATION`] and
     /// [`RETRY_BUDGET_MIN_ANNOTATION`]; `None` when neither is set.
     pub retry_budget: Option<RetryBudget>,
+    pub meta: TrafficMeta,
 }
 
 /// One `spec.subsets[]` entry: the endpoints with these labels.

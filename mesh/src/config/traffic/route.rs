@@ -14,7 +14,7 @@ use super::wire::{
 };
 use super::{
     HttpMatch, HttpRoute, MatchRegex, RetryOn, RetryPolicy, RouteDestination, StringMatch,
-    VirtualServiceInfo,
+    TrafficMeta, VirtualServiceInfo,
 };
 use crate::config::error::InvalidObject;
 use crate::config::parse::{identity, invalid, typed};
@@ -26,11 +26,29 @@ const MAX_WEIGHT: i64 = 100;
 
 /// Parses and validates one VirtualService document.
 pub(crate) fn virtual_service_info(value: Value) -> Result<VirtualServiceInfo, InvalidObject> {
+    let ignored = super::ignored::virtual_service(&value);
     let wire: Wire<VirtualServiceSpec> = typed(value)?;
     let (namespace, name) = identity(KIND, &wire.metadata, true)?;
     let namespace = namespace.unwrap_or_default();
+    let meta = TrafficMeta {
+        created: created(&wire.metadata),
+        ignored,
+    };
     let spec = wire.spec.unwrap_or_default();
-    convert(&namespace, &name, spec).map_err(|reason| invalid(KIND, &namespace, &name, reason))
+    let mut info = convert(&namespace, &name, spec)
+        .map_err(|reason| invalid(KIND, &namespace, &name, reason))?;
+    info.meta = meta;
+    Ok(info)
+}
+
+/// `metadata.creationTimestamp` in seconds, for precedence between objects of one host.
+pub(super) fn created(
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<i64> {
+    metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
 }
 
 fn convert(
@@ -62,6 +80,7 @@ fn convert(
         name: name.to_string(),
         hosts,
         http,
+        meta: TrafficMeta::default(),
     })
 }
 

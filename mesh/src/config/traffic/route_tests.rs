@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::config::TrafficMeta;
 use crate::config::parse::parse_documents;
 use crate::config::{
     HttpMatch, HttpRoute, MatchRegex, Object, RetryOn, RetryPolicy, RouteDestination, StringMatch,
@@ -97,6 +98,7 @@ spec:
     )
     .unwrap();
     let want = VirtualServiceInfo {
+        meta: TrafficMeta::default(),
         namespace: "bookinfo".into(),
         name: "reviews".into(),
         hosts: vec!["reviews".into()],
@@ -121,6 +123,14 @@ spec:
             },
         ],
     };
+    let mut vs = vs;
+    let ignored: Vec<&str> = vs.meta.ignored.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        ignored,
+        ["spec.exportTo"],
+        "gateways: [mesh] is what Weft does"
+    );
+    vs.meta = TrafficMeta::default();
     assert_eq!(vs, want);
 }
 

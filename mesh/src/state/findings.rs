@@ -1,0 +1,437 @@
+//! Findings: every case where the configuration does not do what it says, with a stable
+//! code. Istio's analyzer code where Istio has one (IST0101 ReferencedResourceNotFound,
+//! IST0109 ConflictingMeshGatewayVirtualServiceHosts), `WEFT0xx` otherwise:
+//!
+//! | code | severity | what |
+//! |---|---|---|
+//! | WEFT001 | warning | a kind of a mesh API group (Istio, Linkerd, Gateway API) that Weft does not read |
+//! | WEFT002 | error | a group that looks like a misspelt Istio group (`networking.io`) |
+//! | WEFT010 | warning | a field Weft accepts but does not act on (`localityLbSetting`, `gateways`) |
+//! | WEFT011 | warning | a VirtualService host that names no Service |
+//! | WEFT012 | warning | a DestinationRule host that names no Service |
+//! | IST0101 | error | a VirtualService destination host or subset that resolves to nothing |
+//! | IST0109 | error | a second VirtualService for a Service: the oldest wins |
+//! | WEFT020 | info | DestinationRules of one Service merged |
+//! | WEFT021 | warning | a subset defined twice among them: the older wins |
+//! | WEFT022 | warning | a later rule's top-level trafficPolicy, not used |
+//! | WEFT023 | warning | rules of another namespace than the ones used |
+//! | WEFT030 | warning | a VirtualService or DestinationRule for a Service with no waypoint |
+//! | WEFT031 | error | an AuthorizationPolicy with L7 rules enforced at L4, where they fail closed |
+//! | WEFT032 | warning | a use-waypoint label for traffic the waypoint is not for (`istio.io/waypoint-for`) |
+//! | WEFT033 | warning | a use-waypoint label naming a waypoint that has no Service |
+//! | WEFT040 | warning | a namespace set up for sidecar injection but not for ambient |
+//!
+//! The findings come from the same compile step that the data path reads, so they cannot
+//! disagree with it.
+
+use std::fmt;
+
+use super::State;
+use crate::config::{
+    AuthzAction, NONE, ServiceInfo, TrafficKind, TrafficPolicy, WaypointRef, use_waypoint,
+};
+
+/// How much a finding matters. `analyze` exits non-zero when there is an [`Error`].
+///
+/// [`Error`]: Severity::Error
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// The configuration does something other than what it says, or nothing at all.
+    Error,
+    /// Part of it has no effect, or an effect the author may not expect.
+    Warning,
+    /// What Weft made of it, for the record.
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+/// One finding: its code, the object it is about (`VirtualService default/canary`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Finding {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub object: String,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(
+        severity: Severity,
+        code: &'static str,
+        object: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Finding {
+            severity,
+            code,
+            object: object.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    /// `error [IST0109] VirtualService default/b: ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} [{}] {}: {}",
+            self.severity.as_str(),
+            self.code,
+            self.object,
+            self.message
+        )
+    }
+}
+
+/// The findings that need the compiled indexes (traffic precedence is found in
+/// `traffic.rs`, where it is decided).
+pub(super) fn analyze(state: &State) -> Vec<Finding> {
+    let mut out = Vec::new();
+    unread(state, &mut out);
+    ignored_fields(state, &mut out);
+    destinations(state, &mut out);
+    without_waypoint(state, &mut out);
+    l7_policies_at_l4(state, &mut out);
+    waypoint_labels(state, &mut out);
+    sidecar_namespaces(state, &mut out);
+    out
+}
+
+fn unread(state: &State, out: &mut Vec<Finding>) {
+    for object in state.model.unread.values() {
+        out.push(match object.meant {
+            Some(meant) => Finding::new(
+                Severity::Error,
+                "WEFT002",
+                object.label(),
+                format!(
+                    "apiVersion {} is no API group Weft or Istio has; did you mean {meant}? \
+                     The object is not read",
+                    object.api_version
+                ),
+            ),
+            None => Finding::new(
+                Severity::Warning,
+                "WEFT001",
+                object.label(),
+                format!(
+                    "Weft does not read {} objects ({}): it has no effect",
+                    object.kind, object.api_version
+                ),
+            ),
+        });
+    }
+}
+
+fn ignored_fields(state: &State, out: &mut Vec<Finding>) {
+    let vs = state.model.virtual_services.values().map(|v| {
+        (
+            format!("VirtualService {}/{}", v.namespace, v.name),
+            &v.meta.ignored,
+        )
+    });
+    let dr = state.model.destination_rules.values().map(|d| {
+        (
+            format!("DestinationRule {}/{}", d.namespace, d.name),
+            &d.meta.ignored,
+        )
+    });
+    for (object, ignored) in vs.chain(dr) {
+        for (path, why) in ignored {
+            out.push(Finding::new(
+                Severity::Warning,
+                "WEFT010",
+                object.clone(),
+                format!("{path} is accepted but not acted on: {why}"),
+            ));
+        }
+    }
+}
+
+/// Every destination of every VirtualService names a Service, and its subset exists.
+fn destinations(state: &State, out: &mut Vec<Finding>) {
+    for vs in state.model.virtual_services.values() {
+        let object = format!("VirtualService {}/{}", vs.namespace, vs.name);
+        for (r, route) in vs.http.iter().enumerate() {
+            for (d, dest) in route.destinations.iter().enumerate() {
+                let at = format!("spec.http[{r}].route[{d}].destination");
+                let Some(service) = state.service_for_host(&dest.host, &vs.namespace) else {
+                    out.push(Finding::new(
+                        Severity::Error,
+                        "IST0101",
+                        object.clone(),
+                        format!(
+                            "{at}.host {:?} names no Service: calls routed there fail (no route)",
+                            dest.host
+                        ),
+                    ));
+                    continue;
+                };
+                let Some(subset) = &dest.subset else { continue };
+                let known = state
+                    .destination_rule_for(service)
+                    .is_some_and(|dr| dr.subsets.iter().any(|s| &s.name == subset));
+                if !known {
+                    out.push(Finding::new(
+                        Severity::Error,
+                        "IST0101",
+                        object.clone(),
+                        format!(
+                            "{at}.subset {subset:?} is defined by no DestinationRule of Service \
+                             {}/{}: calls routed there fail (no healthy upstream)",
+                            service.namespace, service.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn waypoint_hint() -> String {
+    format!(
+        "label the Service or its namespace {}=<waypoint> or {}=<waypoint>",
+        crate::config::USE_WAYPOINT_LABEL,
+        crate::config::ISTIO_USE_WAYPOINT_LABEL
+    )
+}
+
+/// Routes and balancing are the waypoint's: without one they do nothing.
+fn without_waypoint(state: &State, out: &mut Vec<Finding>) {
+    for compiled in state.services.values() {
+        if compiled.waypoint.is_some() {
+            continue;
+        }
+        let service = &compiled.service;
+        if let Some(vs) = &compiled.virtual_service {
+            out.push(Finding::new(
+                Severity::Warning,
+                "WEFT030",
+                format!("VirtualService {}/{}", vs.namespace, vs.name),
+                format!(
+                    "routes Service {}/{}, which no waypoint serves: its traffic is carried at L4 \
+                     and the routes have no effect ({})",
+                    service.namespace,
+                    service.name,
+                    waypoint_hint()
+                ),
+            ));
+        }
+        if let Some(dr) = &compiled.destination_rule
+            && (dr.traffic_policy != TrafficPolicy::default() || !dr.subsets.is_empty())
+        {
+            out.push(Finding::new(
+                Severity::Warning,
+                "WEFT030",
+                format!("DestinationRule {}/{}", dr.namespace, dr.name),
+                format!(
+                    "applies to Service {}/{}, which no waypoint serves: its traffic is balanced \
+                     per connection at L4 and the rule has no effect ({})",
+                    service.namespace,
+                    service.name,
+                    waypoint_hint()
+                ),
+            ));
+        }
+    }
+}
+
+/// A workload policy whose rules need L7 attributes is evaluated by the destination's node
+/// agent, which sees connections, not requests: its L7 rules never match there.
+fn l7_policies_at_l4(state: &State, out: &mut Vec<Finding>) {
+    for policy in state.model.authorization_policies.values() {
+        if !policy.target_refs.is_empty() || !policy.rules.iter().any(|r| r.needs_l7()) {
+            continue;
+        }
+        let root = crate::policy::RootNamespace::default();
+        let mut waypoints: Vec<WaypointRef> = state
+            .by_ip
+            .values()
+            .filter(|w| {
+                crate::policy::scope_of(
+                    &policy.namespace,
+                    policy.selector.as_ref(),
+                    &root,
+                    &crate::policy::Workload::from(&w.pod),
+                )
+                .is_some()
+            })
+            .flat_map(|w| {
+                let own = w.waypoint.clone();
+                let services = state.services_selecting(&w.pod).filter_map(|s| {
+                    state
+                        .service(&s.namespace, &s.name)
+                        .and_then(|c| c.waypoint.clone())
+                });
+                own.into_iter().chain(services).collect::<Vec<_>>()
+            })
+            .collect();
+        waypoints.sort();
+        waypoints.dedup();
+        let effect = match policy.action {
+            AuthzAction::Allow => {
+                "such an ALLOW rule matches no connection, so the policy admits nothing"
+            }
+            AuthzAction::Deny => "such a DENY rule matches every connection (fail closed)",
+            _ => "such rules cannot be evaluated there",
+        };
+        let served = if waypoints.is_empty() {
+            "no waypoint serves the workloads it selects".to_string()
+        } else {
+            let names: Vec<String> = waypoints
+                .iter()
+                .map(|w| format!("{}/{}", w.namespace, w.name))
+                .collect();
+            format!(
+                "the workloads it selects are served by waypoint {}, but Weft does not yet \
+                 delegate a selector policy's L7 rules to a waypoint; attach the policy to the \
+                 waypoint with targetRefs (kind Service or Gateway) to have it enforced per call",
+                names.join(", ")
+            )
+        };
+        out.push(Finding::new(
+            Severity::Error,
+            "WEFT031",
+            format!("AuthorizationPolicy {}/{}", policy.namespace, policy.name),
+            format!(
+                "its rules need L7 attributes (paths, methods, hosts, request principals or \
+                 headers), and with a selector it is enforced by the destination's node agent at \
+                 L4, where {effect}; {served}"
+            ),
+        ));
+    }
+}
+
+/// Use-waypoint labels that bind nothing.
+fn waypoint_labels(state: &State, out: &mut Vec<Finding>) {
+    let model = &state.model;
+    let check = |out: &mut Vec<Finding>, object: String, namespace: &str, labels, kind| {
+        let Some(name) = use_waypoint(labels) else {
+            return;
+        };
+        if name == NONE || name.is_empty() {
+            return;
+        }
+        let waypoint = WaypointRef {
+            namespace: namespace.to_string(),
+            name: name.clone(),
+        };
+        if !model
+            .services
+            .contains_key(&(namespace.to_string(), name.clone()))
+        {
+            out.push(Finding::new(
+                Severity::Warning,
+                "WEFT033",
+                object,
+                format!(
+                    "names waypoint {namespace}/{name}, which has no Service: traffic bound to it \
+                     fails until the waypoint exists"
+                ),
+            ));
+        } else if !model.waypoint_serves(&waypoint, kind) {
+            out.push(Finding::new(
+                Severity::Warning,
+                "WEFT032",
+                object,
+                format!(
+                    "names waypoint {namespace}/{name}, whose {} label says it does not serve {} \
+                     traffic: the binding is not made",
+                    crate::config::WAYPOINT_FOR_LABEL,
+                    match kind {
+                        TrafficKind::Service => "Service",
+                        TrafficKind::Workload => "workload",
+                    }
+                ),
+            ));
+        }
+    };
+    let namespaces = model.namespaces.values().map(|ns| {
+        (
+            format!("Namespace {}", ns.name),
+            &ns.name,
+            &ns.labels,
+            TrafficKind::Service,
+        )
+    });
+    let services = model
+        .services
+        .values()
+        .filter(|svc| !is_waypoint(state, svc))
+        .map(|s| {
+            (
+                format!("Service {}/{}", s.namespace, s.name),
+                &s.namespace,
+                &s.labels,
+                TrafficKind::Service,
+            )
+        });
+    let accounts = model.service_accounts.values().map(|a| {
+        (
+            format!("ServiceAccount {}/{}", a.namespace, a.name),
+            &a.namespace,
+            &a.labels,
+            TrafficKind::Workload,
+        )
+    });
+    let pods = model.pods.values().map(|p| {
+        (
+            format!("Pod {}/{}", p.namespace, p.name),
+            &p.namespace,
+            &p.labels,
+            TrafficKind::Workload,
+        )
+    });
+    for (object, namespace, labels, kind) in namespaces.chain(services).chain(accounts).chain(pods)
+    {
+        check(out, object, namespace, labels, kind);
+    }
+}
+
+/// A waypoint's own Service, which a namespace label never binds.
+fn is_waypoint(state: &State, service: &ServiceInfo) -> bool {
+    use_waypoint(&service.labels).is_none()
+        && state
+            .model
+            .namespaces
+            .get(&service.namespace)
+            .and_then(|ns| use_waypoint(&ns.labels))
+            .is_some_and(|w| *w == service.name)
+}
+
+fn sidecar_namespaces(state: &State, out: &mut Vec<Finding>) {
+    for ns in state.model.namespaces.values() {
+        let sidecar = ns
+            .labels
+            .get("istio-injection")
+            .is_some_and(|v| v == "enabled")
+            || ns.labels.contains_key("istio.io/rev")
+            || ns
+                .labels
+                .get("linkerd.io/inject")
+                .is_some_and(|v| v == "enabled");
+        if sidecar && !ns.ambient() {
+            out.push(Finding::new(
+                Severity::Warning,
+                "WEFT040",
+                format!("Namespace {}", ns.name),
+                format!(
+                    "is labelled for sidecar injection, which Weft does not do, and not for the \
+                     ambient mesh: its pods are not in the mesh (label it {}={})",
+                    crate::config::AMBIENT_LABEL,
+                    crate::config::AMBIENT
+                ),
+            ));
+        }
+    }
+}

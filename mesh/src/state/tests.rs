@@ -1,0 +1,253 @@
+use super::*;
+use crate::config::parse::parse_documents;
+
+fn state(yaml: &str) -> State {
+    let mut model = Model::default();
+    for (i, parsed) in parse_documents(yaml) {
+        match parsed {
+            Ok(Some(object)) => {
+                model.insert(object);
+            }
+            Ok(None) => {}
+            Err(err) => panic!("document {i}: {err}"),
+        }
+    }
+    State::compile(model)
+}
+
+fn codes<'a>(state: &'a State, object: &str) -> Vec<&'a str> {
+    state.findings_for(object).map(|f| f.code).collect()
+}
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-1, namespace: shop, uid: u1, labels: {app: cart, version: v1}}
+spec: {nodeName: n1}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-2, namespace: shop, uid: u2, labels: {app: cart, version: v2}}
+spec: {nodeName: n1}
+status: {podIP: 10.1.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host, namespace: shop, uid: u3, labels: {app: cart}}
+spec: {nodeName: n1, hostNetwork: true}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-1, namespace: shop, uid: u4, labels: {gateway: waypoint}}
+spec: {nodeName: n1}
+status: {podIP: 10.1.0.9}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}
+spec: {clusterIP: 10.96.0.1, selector: {app: cart}, ports: [{name: grpc, port: 50051}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: shop}
+spec: {clusterIP: 10.96.0.9, selector: {gateway: waypoint}, ports: [{name: hbone, port: 15008}]}
+"#;
+
+#[test]
+fn lookups_by_ip_vip_and_name() {
+    let s = state(BASE);
+    let pod = |ip: &str| s.pod_by_ip(ip.parse().unwrap()).map(|p| p.name.as_str());
+    assert_eq!(pod("10.1.0.1"), Some("cart-1"));
+    // A host-network pod owns no address: the node's is shared by everything on the host.
+    assert_eq!(pod("10.0.0.1"), None);
+    assert_eq!(pod("10.9.9.9"), None);
+    let cart = s.service_by_ip("10.96.0.1".parse().unwrap()).unwrap();
+    assert_eq!(cart.name, "cart");
+    let endpoints: Vec<_> = s.endpoints(cart).map(|p| p.name.as_str()).collect();
+    assert_eq!(endpoints, ["cart-1", "cart-2"]);
+    let selecting: Vec<_> = s
+        .services_selecting(s.pod_by_ip("10.1.0.2".parse().unwrap()).unwrap())
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(selecting, ["cart"]);
+    assert_eq!(
+        s.service_for_host("cart.shop.svc.cluster.local", "other")
+            .map(|s| s.name.as_str()),
+        Some("cart")
+    );
+    assert!(s.service_for_host("cart", "other").is_none());
+    let w = s.workload("10.1.0.1".parse().unwrap()).unwrap();
+    assert_eq!(w.name, "cart");
+    assert!(w.in_mesh);
+}
+
+#[test]
+fn istio_use_waypoint_binds_as_weft_does() {
+    let s = state(BASE);
+    let cart = s.service("shop", "cart").unwrap();
+    let want = Some(WaypointRef {
+        namespace: "shop".into(),
+        name: "waypoint".into(),
+    });
+    assert_eq!(cart.waypoint, want);
+    assert_eq!(
+        s.waypoint_pods(want.as_ref().unwrap())[0].name,
+        "waypoint-1"
+    );
+
+    // Weft's label wins over Istio's; `none` opts out in either spelling.
+    let weft_wins = BASE.replace(
+        "labels: {istio.io/use-waypoint: waypoint}",
+        "labels: {istio.io/use-waypoint: waypoint, weft.dev/use-waypoint: none}",
+    );
+    assert_eq!(
+        state(&weft_wins).service("shop", "cart").unwrap().waypoint,
+        None
+    );
+
+    // A waypoint for workloads only is not bound to Service traffic, and that is said.
+    let workload_only = BASE.replace(
+        "metadata: {name: waypoint, namespace: shop}",
+        "metadata: {name: waypoint, namespace: shop, labels: {istio.io/waypoint-for: workload}}",
+    );
+    let s = state(&workload_only);
+    assert_eq!(s.service("shop", "cart").unwrap().waypoint, None);
+    assert_eq!(codes(&s, "Service shop/cart"), ["WEFT032"]);
+
+    // A binding to a waypoint that does not exist is reported.
+    let missing = BASE.replace(
+        "istio.io/use-waypoint: waypoint}",
+        "istio.io/use-waypoint: nowhere}",
+    );
+    assert_eq!(codes(&state(&missing), "Service shop/cart"), ["WEFT033"]);
+}
+
+fn destination_rule(name: &str, created: Option<&str>, body: &str) -> String {
+    let created = created
+        .map(|c| format!(", creationTimestamp: \"{c}\""))
+        .unwrap_or_default();
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: shop{created}}}\nspec:\n  host: cart\n{body}"
+    )
+}
+
+#[test]
+fn destination_rules_of_one_host_merge_as_istio_does() {
+    let yaml = [
+        BASE.to_string(),
+        // The oldest by timestamp, though its name sorts last.
+        destination_rule(
+            "z-balance",
+            Some("2026-01-01T00:00:00Z"),
+            "  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}\n  subsets: [{name: v1, labels: {version: v1}}]\n",
+        ),
+        destination_rule(
+            "a-versions",
+            Some("2026-02-01T00:00:00Z"),
+            "  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n  subsets: [{name: v1, labels: {version: other}}, {name: v2, labels: {version: v2}}]\n",
+        ),
+        // No timestamp: newer than any that has one.
+        destination_rule(
+            "b-pool",
+            None,
+            "  subsets: [{name: canary, labels: {track: canary}}]\n",
+        ),
+    ]
+    .concat();
+    let s = state(&yaml);
+    let cart = s.service("shop", "cart").unwrap().service.clone();
+    let merged = s.destination_rule_for(&cart).unwrap();
+    assert_eq!(merged.name, "z-balance");
+    assert_eq!(
+        merged.traffic_policy.load_balancer,
+        Some(crate::config::LoadBalancer::LeastRequest)
+    );
+    let subsets: Vec<_> = merged
+        .subsets
+        .iter()
+        .map(|s| (s.name.as_str(), s.labels.values().next().unwrap().as_str()))
+        .collect();
+    assert_eq!(
+        subsets,
+        [("v1", "v1"), ("v2", "v2"), ("canary", "canary")],
+        "united, and the older v1 wins"
+    );
+    let mut a = codes(&s, "DestinationRule shop/a-versions");
+    a.sort();
+    assert_eq!(a, ["WEFT021", "WEFT022"]);
+    assert!(codes(&s, "DestinationRule shop/b-pool").is_empty());
+    assert!(codes(&s, "Service shop/cart").contains(&"WEFT020"));
+
+    // Rules of another namespace give way to the Service's own.
+    let elsewhere = format!(
+        "{yaml}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: far, namespace: other}}\nspec: {{host: cart.shop.svc.cluster.local}}\n"
+    );
+    let s = state(&elsewhere);
+    assert_eq!(s.destination_rule_for(&cart).unwrap().name, "z-balance");
+    assert_eq!(codes(&s, "DestinationRule other/far"), ["WEFT023"]);
+}
+
+fn virtual_service(name: &str, created: &str, subset: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: shop, creationTimestamp: \"{created}\"}}\nspec:\n  hosts: [cart]\n  http: [{{route: [{{destination: {{host: cart, subset: {subset}}}}}]}}]\n"
+    )
+}
+
+#[test]
+fn the_oldest_virtual_service_of_a_host_wins_and_the_others_are_reported() {
+    let yaml = [
+        BASE.to_string(),
+        destination_rule(
+            "versions",
+            None,
+            "  subsets: [{name: v1, labels: {version: v1}}]\n",
+        ),
+        virtual_service("a-new", "2026-03-01T00:00:00Z", "v1"),
+        virtual_service("z-old", "2026-01-01T00:00:00Z", "v1"),
+        virtual_service("m-typo", "2026-04-01T00:00:00Z", "v9"),
+    ]
+    .concat();
+    let s = state(&yaml);
+    let cart = s.service("shop", "cart").unwrap().service.clone();
+    assert_eq!(s.virtual_service_for(&cart).unwrap().name, "z-old");
+    assert_eq!(codes(&s, "VirtualService shop/a-new"), ["IST0109"]);
+    assert!(codes(&s, "VirtualService shop/z-old").is_empty());
+    // The unknown subset is an error even on a losing VirtualService.
+    assert_eq!(
+        codes(&s, "VirtualService shop/m-typo"),
+        ["IST0101", "IST0109"]
+    );
+}
+
+#[test]
+fn l7_rules_without_a_waypoint_and_sidecar_namespaces_are_reported() {
+    let yaml = format!(
+        "{BASE}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: legacy, labels: {{istio-injection: enabled}}}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: paths, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: cart}}}}\n  rules: [{{to: [{{operation: {{paths: [/x]}}}}]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: l4, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: cart}}}}\n  rules: [{{from: [{{source: {{namespaces: [shop]}}}}]}}]\n"
+    );
+    let s = state(&yaml);
+    let paths: Vec<_> = s.findings_for("AuthorizationPolicy shop/paths").collect();
+    assert_eq!(paths.len(), 1);
+    assert_eq!(paths[0].code, "WEFT031");
+    assert!(paths[0].message.contains("shop/waypoint"), "{}", paths[0]);
+    assert!(codes(&s, "AuthorizationPolicy shop/l4").is_empty());
+    assert_eq!(codes(&s, "Namespace legacy"), ["WEFT040"]);
+}
+
+#[test]
+fn every_compile_is_a_new_epoch() {
+    let a = state(BASE);
+    let b = state(BASE);
+    assert!(b.epoch() > a.epoch());
+    assert!(b == *a.model());
+}
