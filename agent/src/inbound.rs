@@ -23,6 +23,7 @@ pub struct Inbound {
     pub source_ip: std::net::Ipv4Addr,
     pub metrics: Metrics,
     pub policy: crate::policy::L4Policy,
+    pub connections: crate::connections::Connections,
 }
 
 fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
@@ -53,8 +54,9 @@ impl Inbound {
 type PeerId = Result<SpiffeId, String>;
 
 impl Opener for Inbound {
-    /// The pod's connection, and the labels it is counted under.
-    type Opened = (TcpStream, TcpLabels);
+    /// The pod's connection, the labels it is counted under, and its registration with the
+    /// connection manager.
+    type Opened = (TcpStream, TcpLabels, crate::connections::Tracked);
     type Peer = PeerId;
 
     fn identify(&self, certificates: &[CertificateDer<'static>]) -> PeerId {
@@ -65,7 +67,7 @@ impl Opener for Inbound {
         &self,
         request: ConnectRequest,
         peer_id: &PeerId,
-    ) -> Result<(TcpStream, TcpLabels), Refusal> {
+    ) -> Result<(TcpStream, TcpLabels, crate::connections::Tracked), Refusal> {
         let peer = peer_id.as_ref().map_err(|e| {
             self.metrics.denied("bad_identity");
             refuse(401, format!("peer identity: {e}"))
@@ -106,7 +108,14 @@ impl Opener for Inbound {
             Ok(stream) => {
                 let labels = self.labels(&model, &request, peer);
                 self.metrics.tcp_opened(&labels);
-                Ok((stream, labels))
+                let tracked = self.connections.track(crate::connections::Admitted {
+                    destination: request.authority.ip(),
+                    port: request.authority.port(),
+                    peer: Some(peer.clone()),
+                    source_ip,
+                    plaintext: false,
+                });
+                Ok((stream, labels, tracked))
             }
             Err(e) => {
                 self.metrics.denied("destination_unreachable");
@@ -122,9 +131,13 @@ impl Opener for Inbound {
         connect: ConnectRequest,
         _peer: &PeerId,
         mut tunnel: H2Stream,
-        (mut pod, labels): (TcpStream, TcpLabels),
+        (mut pod, labels, mut tracked): (TcpStream, TcpLabels, crate::connections::Tracked),
     ) {
-        let (request, response) = splice(&mut tunnel, &mut pod).await.unwrap_or_else(|err| {
+        let carried = tokio::select! {
+            carried = splice(&mut tunnel, &mut pod) => carried,
+            reason = tracked.revoked() => Err(io::Error::new(io::ErrorKind::PermissionDenied, reason)),
+        };
+        let (request, response) = carried.unwrap_or_else(|err| {
             tracing::debug!(authority = %connect.authority, %err, "tunnelled stream ended with an error");
             (0, 0)
         });

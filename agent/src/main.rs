@@ -6,6 +6,7 @@
 
 mod admin;
 mod ca;
+mod connections;
 mod inbound;
 mod metrics;
 mod outbound;
@@ -281,11 +282,21 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(5),
         source_ip: settings.agent_ip,
     };
+    // Every connection admitted by L4 policy, decided again at each new state.
+    let connections = connections::Connections::default();
+    connections::spawn_rechecks(
+        connections.clone(),
+        model.clone(),
+        policy::L4Policy {
+            root_namespace: settings.tunnel.root_namespace.clone(),
+        },
+    );
     let tunnel = tunnel::start(
         &settings,
         model.clone(),
         metrics.clone(),
         direct.clone(),
+        connections.clone(),
         stop_rx.clone(),
     )
     .await?;
@@ -302,6 +313,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
         policy: policy::L4Policy {
             root_namespace: settings.tunnel.root_namespace.clone(),
         },
+        connections: connections.clone(),
     });
     datapath.set_plaintext_server(Arc::new(move |listener, pod_ip| {
         plaintext.serve(listener, pod_ip)
@@ -330,6 +342,11 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     }
     let mut registry = Registry::default();
     metrics.register(&mut registry, maps.clone());
+    registry.register(
+        "weft_connections_closed_by_policy",
+        "Established connections closed because a new policy denies them, by the DENY policy (or - when no ALLOW matches any more)",
+        connections.closed_by_policy.clone(),
+    );
     let dump = Arc::new(RwLock::new(Dump {
         node: settings.node_name.clone(),
         agent_ip: Some(settings.agent_ip),

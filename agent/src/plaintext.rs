@@ -29,6 +29,7 @@ pub struct PlaintextInbound {
     pub direct: DirectTcp,
     pub metrics: Metrics,
     pub policy: L4Policy,
+    pub connections: crate::connections::Connections,
 }
 
 impl PlaintextInbound {
@@ -104,6 +105,14 @@ impl PlaintextInbound {
         };
         let _ = client.set_nodelay(true);
         self.metrics.tcp_opened(&labels);
+        let tracked = self.connections.track(crate::connections::Admitted {
+            destination: destination.ip(),
+            port,
+            peer: None,
+            source_ip: peer.ip(),
+            plaintext: true,
+        });
+        let upstream = crate::upstream::Opened::Revocable(Box::new(upstream), tracked);
         let (request, response) = upstream.join(&mut client).await.unwrap_or_else(|err| {
             tracing::debug!(%peer, %destination, %err, "plaintext connection ended with an error");
             (0, 0)

@@ -8,9 +8,11 @@ use weft_mesh::{
     config::{Model, MtlsMode, PodInfo},
     identity::SpiffeId,
     policy::{
-        InboundModes, Peer, RootNamespace, Workload, applicable_authorization_policies,
-        authorize_l4, inbound_modes, peer_authentication_mode,
+        DecisionReason, InboundModes, Peer, RootNamespace, Workload,
+        applicable_authorization_policies, authorize_l4_except, inbound_modes,
+        peer_authentication_mode,
     },
+    state::State,
 };
 
 #[derive(Debug, Clone)]
@@ -27,28 +29,67 @@ impl L4Policy {
     /// The source's namespace comes from its certificate, never from its address.
     pub fn check(
         &self,
-        model: &Model,
+        model: &State,
         dest: &PodInfo,
         port: u16,
         source: Option<&SpiffeId>,
         source_ip: IpAddr,
     ) -> Result<(), String> {
+        self.decide(model, dest, port, source, source_ip)
+            .map_err(|(_, reason)| reason)
+    }
+
+    /// As [`check`](Self::check), with the refusing DENY policy (`namespace/name`) apart,
+    /// when one refused.
+    ///
+    /// When the peer is the waypoint that serves `dest`, the workload policies delegated to
+    /// it (their rules need L7: see `weft_mesh::state::Delegation`) are its to enforce, per
+    /// call, and are left out here.
+    pub fn decide(
+        &self,
+        model: &State,
+        dest: &PodInfo,
+        port: u16,
+        source: Option<&SpiffeId>,
+        source_ip: IpAddr,
+    ) -> Result<(), (Option<String>, String)> {
         let peer = match source {
             Some(id) => Peer::authenticated(id.principal(), source_ip),
             None => Peer::plaintext(source_ip),
         };
-        let decision = authorize_l4(model, &self.root(), &Workload::from(dest), port, &peer);
+        let delegated =
+            source.and_then(|id| model.delegation_to(dest, id.namespace(), id.service_account()));
+        let decision = authorize_l4_except(
+            model,
+            &self.root(),
+            &Workload::from(dest),
+            port,
+            &peer,
+            |p| {
+                delegated.is_some_and(|d| {
+                    d.policies
+                        .iter()
+                        .any(|(ns, name)| *ns == p.namespace && *name == p.name)
+                })
+            },
+        );
         if decision.allowed {
-            Ok(())
-        } else {
-            Err(format!(
+            return Ok(());
+        }
+        let by = match &decision.reason {
+            DecisionReason::DeniedBy(p) => Some(p.to_string()),
+            _ => None,
+        };
+        Err((
+            by,
+            format!(
                 "{} to {}/{}:{port} denied: {}",
                 source.map_or_else(|| source_ip.to_string(), ToString::to_string),
                 dest.namespace,
                 dest.name,
                 decision.reason
-            ))
-        }
+            ),
+        ))
     }
 
     /// Whether any AuthorizationPolicy governs the pod. Only ungoverned pods may be reached

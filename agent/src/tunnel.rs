@@ -46,13 +46,16 @@ pub struct Tunnel<S: CertificateSource> {
     pub direct: DirectTcp,
     /// Checked here for destinations on this node; the destination's agent checks the rest.
     pub policy: crate::policy::L4Policy,
+    /// Where same-node connections admitted by policy are registered, for revocation.
+    pub connections: crate::connections::Connections,
     /// Client TLS by (source identity, server identity).
     configs: Arc<Mutex<TlsConfigs>>,
 }
 
 /// Where a captured connection goes.
 enum Route {
-    Direct,
+    /// Straight to the destination; tracked when policy admitted it on this node.
+    Direct(Option<crate::connections::Admitted>),
     /// To the destination's node agent, or to a waypoint pod, which presents `server`.
     Hbone {
         source: SpiffeId,
@@ -104,14 +107,14 @@ impl<S: CertificateSource> Tunnel<S> {
             return Ok(route);
         }
         let Some(dest) = model.pod_by_ip(target.ip()) else {
-            return Ok(Route::Direct);
+            return Ok(Route::Direct(None));
         };
         let remote = dest
             .node_name
             .as_deref()
             .is_some_and(|n| n != self.node_name);
         if !model.in_mesh(dest) {
-            return Ok(Route::Direct);
+            return Ok(Route::Direct(None));
         }
         if !remote {
             // Same node: the agent is the enforcement point, with the client pod's identity
@@ -123,7 +126,13 @@ impl<S: CertificateSource> Tunnel<S> {
             self.policy
                 .check(&model, dest, target.port(), client.as_ref(), source)
                 .map_err(|reason| io::Error::new(io::ErrorKind::PermissionDenied, reason))?;
-            return Ok(Route::Direct);
+            return Ok(Route::Direct(Some(crate::connections::Admitted {
+                destination: target.ip(),
+                port: target.port(),
+                peer: client,
+                source_ip: source,
+                plaintext: false,
+            })));
         }
         let node_name = dest.node_name.as_deref().unwrap_or_default();
         let node_ip = model
@@ -223,7 +232,12 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
         target: SocketAddr,
     ) -> io::Result<(Opened, Security)> {
         match self.route(source.ip(), target)? {
-            Route::Direct => self.direct.connect(source, target).await,
+            Route::Direct(None) => self.direct.connect(source, target).await,
+            Route::Direct(Some(admitted)) => {
+                let (opened, security) = self.direct.connect(source, target).await?;
+                let tracked = self.connections.track(admitted);
+                Ok((Opened::Revocable(Box::new(opened), tracked), security))
+            }
             Route::Hbone {
                 source: id,
                 node,
@@ -248,6 +262,7 @@ pub async fn start(
     model: watch::Receiver<Arc<State>>,
     metrics: crate::metrics::Metrics,
     direct: DirectTcp,
+    connections: crate::connections::Connections,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Tunnel<weft_mesh::ca::CaSource>>> {
     use anyhow::Context;
@@ -298,6 +313,7 @@ pub async fn start(
         policy: crate::policy::L4Policy {
             root_namespace: t.root_namespace.clone(),
         },
+        connections: connections.clone(),
     });
     tokio::spawn(hbone::serve(
         listener,
@@ -330,6 +346,7 @@ pub async fn start(
         policy: crate::policy::L4Policy {
             root_namespace: t.root_namespace.clone(),
         },
+        connections,
         configs: Arc::new(Mutex::new(HashMap::new())),
     };
     tunnel.prune_identities();

@@ -36,10 +36,13 @@ impl Security {
     }
 }
 
-/// An opened way to a destination: a TCP connection, or a stream of the tunnel.
+/// An opened way to a destination: a TCP connection, or a stream of the tunnel; either
+/// of them registered with the connection manager when policy admitted it, so that a
+/// later policy can end it.
 pub enum Opened {
     Tcp(TcpStream),
     Tunnel(H2Stream),
+    Revocable(Box<Opened>, crate::connections::Tracked),
 }
 
 impl Opened {
@@ -59,6 +62,14 @@ impl Opened {
             Opened::Tunnel(mut tunnel) => splice(&mut tunnel, client)
                 .await
                 .map(|(to_client, from_client)| (from_client, to_client)),
+            Opened::Revocable(inner, mut tracked) => {
+                tokio::select! {
+                    joined = Box::pin(inner.join(client)) => joined,
+                    reason = tracked.revoked() => {
+                        Err(io::Error::new(io::ErrorKind::PermissionDenied, reason))
+                    }
+                }
+            }
         }
     }
 }

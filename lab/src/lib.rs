@@ -774,3 +774,17 @@ fn tail(log: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
+
+/// A file of the seeds (`../shared/seeds/` beside the project's root: the YAML Weft's
+/// users already have), read to be pasted into a lab as a user would.
+pub fn seed(file: &str) -> Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/seeds")
+        .join(file);
+    std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "the seeds are missing: cannot read {} (shared/ beside the project's root)",
+            path.display()
+        )
+    })
+}

@@ -23,14 +23,15 @@ TRACE_HEADERS = ("traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid",
 
 
 class Handler(grpc.GenericRpcHandler):
-    def __init__(self, pod):
+    def __init__(self, pod, service=SERVICE):
         self.pod = pod
+        self.name = service
 
     def check(self, request, context):
         """grpc.health.v1.Health/Check by hand: HealthCheckRequest is field 1, the service
         name; HealthCheckResponse {status: SERVING} is field 1, varint 1."""
         name = request[2:2 + request[1]].decode() if request[:1] == b"\x0a" else ""
-        if name not in ("", SERVICE):
+        if name not in ("", self.name):
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {name!r}")
         return b"\x08\x01"
 
@@ -38,7 +39,7 @@ class Handler(grpc.GenericRpcHandler):
         service, _, method = details.method.lstrip("/").partition("/")
         if service == HEALTH and method == "Check":
             return grpc.unary_unary_rpc_method_handler(self.check)
-        if service != SERVICE:
+        if service != self.name:
             return None
 
         def answer(request, context):
@@ -58,13 +59,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True, help="IP:PORT (port 0: any)")
     parser.add_argument("--pod", default=os.environ.get("POD_NAME") or socket.gethostname())
+    parser.add_argument("--service", default=SERVICE,
+                        help="the gRPC service it answers (the seed's policy names mypackage.MyService)")
     args = parser.parse_args()
     host, sep, _ = args.listen.rpartition(":")
     if not sep or not host:
         parser.error(f"--listen {args.listen!r} is not IP:PORT")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                          options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((Handler(args.pod),))
+    server.add_generic_rpc_handlers((Handler(args.pod, args.service),))
     port = server.add_insecure_port(args.listen)
     if port == 0:
         print(f"user_service: bind {args.listen} failed", file=sys.stderr)

@@ -451,3 +451,92 @@ fn many_connections_share_a_few_pooled_tls_connections() -> Result<()> {
     );
     lab.down()
 }
+
+/// A policy change reaches established connections: a long-lived connection across nodes
+/// (tunnel inbound), one on the same node through the agent, and a PERMISSIVE plaintext
+/// one (plaintext inbound) are each closed within 2 s of a DENY that matches them, and
+/// counted in `weft_connections_closed_by_policy_total`; a connection the DENY does not
+/// match lives on.
+#[test]
+fn a_new_deny_closes_established_connections() -> Result<()> {
+    let spec = LabSpec::new("wl-t-revoke", 2)
+        .with_namespace("mesh", true)
+        .with_namespace("plain", false);
+    let spec = pod_as(spec, "a", "mesh", 1, "a", &[]);
+    let spec = pod_as(spec, "keep", "mesh", 1, "keep", &[]);
+    let spec = spec
+        .with_pod("b", "mesh", 1, &[("app", "b")])
+        .with_pod("c", "mesh", 2, &[("app", "c")])
+        .with_pod("far", "plain", 1, &[]);
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    let _b = lab.serve("b", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
+    let _c = lab.serve("c", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
+    // An ALLOW for everything governs b and c, so that same-node connections to them take
+    // the agent's path (where policy is checked) rather than the kernel's splice.
+    lab.write_manifest(
+        "allow.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: mesh}\nspec: {rules: [{}]}\n",
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let hold = |from: &str, to: &str| {
+        let target = format!("{}:7100", lab.pod(to).ip);
+        lab.run_json(
+            from,
+            "labtool",
+            &["hold", "--connect", &target, "--seconds", "12"],
+            Duration::from_secs(30),
+        )
+    };
+    let far_ip = lab.pod("far").ip;
+    let (ended, applied) = std::thread::scope(|s| -> Result<_> {
+        let holds = [("a", "c"), ("a", "b"), ("far", "c"), ("keep", "c")]
+            .map(|(from, to)| (from, to, s.spawn(move || (hold(from, to), Instant::now()))));
+        std::thread::sleep(Duration::from_millis(2500));
+        lab.write_manifest(
+            "deny.yaml",
+            &format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-a, namespace: mesh}}\nspec:\n  action: DENY\n  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/mesh/sa/a]}}}}]\n  - from: [{{source: {{ipBlocks: [{far_ip}/32]}}}}]\n"
+            ),
+        )?;
+        let applied = Instant::now();
+        let mut ended = Vec::new();
+        for (from, to, handle) in holds {
+            let (report, at) = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("hold panicked"))?;
+            ended.push((from, to, report?, at));
+        }
+        Ok((ended, applied))
+    })?;
+    for (from, to, report, at) in &ended {
+        let trips = report["round_trips"].as_u64().unwrap_or(0);
+        if *from == "keep" {
+            assert_eq!(
+                report["ended"], "timeout",
+                "keep -> {to} must live on: {report}"
+            );
+            continue;
+        }
+        let after = at.saturating_duration_since(applied);
+        assert!(
+            trips >= 20 && report["ended"] != "timeout" && after <= Duration::from_secs(2),
+            "{from} -> {to} should have been up, then closed within 2 s of the DENY \
+             ({after:?} after it): {report}\nnode logs:\n{}\n{}",
+            tail(&lab.agent_log(1)),
+            tail(&lab.agent_log(2))
+        );
+    }
+    let closed = |node| {
+        metric_sum(
+            &lab,
+            node,
+            "weft_connections_closed_by_policy_total",
+            &["policy=\"mesh/deny-a\""],
+        )
+    };
+    assert_eq!(closed(1)?, 1.0, "a -> b, on node 1");
+    assert_eq!(closed(2)?, 2.0, "a -> c and far -> c, on node 2");
+    lab.down()
+}

@@ -159,19 +159,6 @@ fn one_connection_spreads_over_every_backend() -> Result<()> {
     lab.down()
 }
 
-/// The seeds' YAML, pasted as a user would (`../shared/seeds/` beside the project).
-fn seed(file: &str) -> Result<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/seeds")
-        .join(file);
-    std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "the seeds are missing: cannot read {} (shared/ beside the project's root)",
-            path.display()
-        )
-    })
-}
-
 /// Seed 000's seven DestinationRules for `grpc-server` and its canary VirtualService, pasted
 /// unchanged: the rules merge (subsets v1 and v2 from grpc-server-versions), the 90/10 split
 /// holds and `x-canary: true` pins v2. The Service is bound with Istio's own label
@@ -220,7 +207,10 @@ fn seed_destination_rules_merge_and_the_canary_split_holds() -> Result<()> {
         "12-canary-deployment.yaml",
         "13-circuit-breaker.yaml",
     ] {
-        lab.write_manifest(&format!("seed-{file}"), &seed(&format!("000/{file}"))?)?;
+        lab.write_manifest(
+            &format!("seed-{file}"),
+            &weft_lab::seed(&format!("000/{file}"))?,
+        )?;
     }
     std::thread::sleep(Duration::from_millis(1500));
     let target = "10.96.0.20:50051";

@@ -615,3 +615,149 @@ spec:
     }
     lab.down()
 }
+
+/// `calls` grpcio calls of `method` from `pod` to `target`.
+fn grpcio_to(lab: &Lab, pod: &str, target: &str, method: &str, calls: u32) -> Result<Value> {
+    let (client, calls) = (script("user_client.py"), calls.to_string());
+    let args = [
+        client.as_str(),
+        "--target",
+        target,
+        "--method",
+        method,
+        "--calls",
+        &calls,
+    ];
+    lab.run_json(pod, &python()?, &args, Duration::from_secs(60))
+}
+
+/// Seed 000's AuthorizationPolicy, pasted unchanged: a `selector` on the backends and rules
+/// with paths and methods, which the backends' node agents cannot see. Behind a waypoint it
+/// is delegated to the waypoint and enforced per call against the caller's identity, both
+/// when it is applied before the first call and after calls have pooled the waypoint's
+/// connections; traffic that bypasses the waypoint still meets the L4 evaluation, which
+/// fails closed. A refusal by the destination agent reaches the caller as
+/// PERMISSION_DENIED naming the policy, never as UNAVAILABLE.
+#[test]
+fn seed_selector_policy_is_enforced_per_call_by_the_waypoint() -> Result<()> {
+    const SEED_SERVICE: &str = "10.96.0.30:50051";
+    const GET: &str = "/mypackage.MyService/GetUser";
+    const LIST: &str = "/mypackage.MyService/ListUsers";
+    const CREATE: &str = "/mypackage.MyService/CreateUser";
+    const HEALTH: &str = "/grpc.health.v1.Health/Check";
+    let spec = LabSpec::new("wl-l7-seed-authz", 2)
+        .with_namespace("default", true)
+        .with_waypoint(WAYPOINT, "default", 1)
+        .with_pod_as("gateway", "default", 1, GATEWAY_SA)
+        .with_pod_as("batch", "default", 1, "batch")
+        .with_pod("s1", "default", 1, &[("app", "grpc-server")])
+        .with_pod("s2", "default", 2, &[("app", "grpc-server")])
+        .with_service(ServiceSpec {
+            namespace: "default".into(),
+            labels: [("istio.io/use-waypoint".to_string(), WAYPOINT.to_string())].into(),
+            ..service("grpc-server", [10, 96, 0, 30], "grpc-server")
+        });
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
+    let (python, server) = (python()?, script("user_service.py"));
+    let _servers: Vec<Guarded> = ["s1", "s2"]
+        .iter()
+        .map(|pod| {
+            lab.serve(
+                pod,
+                &python,
+                &[
+                    &server,
+                    "--listen",
+                    "0.0.0.0:50051",
+                    "--service",
+                    "mypackage.MyService",
+                ],
+            )
+        })
+        .collect::<Result<_>>()?;
+    let policy = weft_lab::seed("000/05-istio-authz-policy.yaml")?;
+
+    let expect = |lab: &Lab, when: &str| -> Result<()> {
+        let get = grpcio_to(lab, "gateway", SEED_SERVICE, GET, 10)?;
+        assert_eq!(status(&get, "OK"), 10, "{when}: gateway GetUser: {get}");
+        let list = grpcio_to(lab, "gateway", SEED_SERVICE, LIST, 4)?;
+        assert_eq!(status(&list, "OK"), 4, "{when}: gateway ListUsers: {list}");
+        let create = grpcio_to(lab, "gateway", SEED_SERVICE, CREATE, 3)?;
+        assert_eq!(
+            status(&create, "PERMISSION_DENIED"),
+            3,
+            "{when}: gateway CreateUser: {create}"
+        );
+        let other = grpcio_to(lab, "batch", SEED_SERVICE, GET, 3)?;
+        assert_eq!(
+            status(&other, "PERMISSION_DENIED"),
+            3,
+            "{when}: batch GetUser: {other}"
+        );
+        assert!(
+            other["details"][0]
+                .as_str()
+                .is_some_and(|d| d.contains("RBAC: access denied")),
+            "{other}"
+        );
+        // Health checks from any mesh principal pass, and reach the backend.
+        let health = grpcio_to(lab, "batch", SEED_SERVICE, HEALTH, 3)?;
+        assert_eq!(status(&health, "OK"), 3, "{when}: batch health: {health}");
+        Ok(())
+    };
+
+    // Applied before the first call.
+    apply(&lab, "seed-authz.yaml", &policy)?;
+    expect(&lab, "applied before the first call")?;
+
+    // Removed: everyone gets through, and the waypoint's upstream connections are pooled.
+    lab.write_manifest("seed-authz.yaml", "")?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let open = grpcio_to(&lab, "batch", SEED_SERVICE, CREATE, 5)?;
+    assert_eq!(status(&open, "OK"), 5, "no policy: {open}");
+    // Applied again, after calls have pooled the connections: it takes effect per call.
+    apply(&lab, "seed-authz.yaml", &policy)?;
+    expect(&lab, "applied after calls pooled connections")?;
+
+    // Around the waypoint, straight to a backend's address: the agent's L4 evaluation
+    // cannot match the L7 rules, and refuses.
+    let s1 = format!("{}:50051", lab.pod("s1").ip);
+    let bypass = grpcio_to(&lab, "gateway", &s1, GET, 2)?;
+    assert_eq!(status(&bypass, "OK"), 0, "bypassing the waypoint: {bypass}");
+
+    // A refusal by the destination's node agent (an L4 policy against the waypoint's own
+    // identity) is PERMISSION_DENIED naming the policy, and is not retried.
+    apply(
+        &lab,
+        "deny-waypoint.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-waypoint, namespace: default}
+spec:
+  selector: {matchLabels: {app: grpc-server}}
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/waypoint"]}}]}]
+"#,
+    )?;
+    let retries = |lab: &Lab| -> Result<f64> {
+        Ok(metric(&scrape(lab)?, "weft_waypoint_retries_total", &[]))
+    };
+    let before = retries(&lab)?;
+    let refused = grpcio_to(&lab, "gateway", SEED_SERVICE, GET, 3)?;
+    assert_eq!(status(&refused, "PERMISSION_DENIED"), 3, "{refused}");
+    assert!(
+        refused["details"][0]
+            .as_str()
+            .is_some_and(|d| d.contains("default/no-waypoint")),
+        "the policy is named: {refused}"
+    );
+    assert_eq!(
+        retries(&lab)? - before,
+        0.0,
+        "a policy refusal is not retried"
+    );
+    lab.down()
+}

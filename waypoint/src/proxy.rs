@@ -84,6 +84,9 @@ pub struct Proxy {
 /// Why an attempt got no response headers.
 enum Failure {
     Connect(String),
+    /// The destination's node agent refused the tunnel by policy (HBONE 401/403): a
+    /// decision, not a fault, so never retried and not held against the endpoint's health.
+    Denied(String),
     Refused(String),
     Reset(String),
     Timeout,
@@ -93,6 +96,7 @@ impl Failure {
     fn outcome(&self) -> Outcome {
         match self {
             Failure::Connect(_) => Outcome::ConnectFailure,
+            Failure::Denied(_) => Outcome::Status(403),
             Failure::Refused(_) | Failure::Reset(_) => Outcome::Reset,
             Failure::Timeout => Outcome::Timeout,
         }
@@ -101,6 +105,7 @@ impl Failure {
     fn retriable(&self, on: &RetryOn) -> bool {
         match self {
             Failure::Connect(_) => on.connect_failure || on.http_5xx || on.gateway_error,
+            Failure::Denied(_) => false,
             Failure::Refused(_) => on.refused_stream || on.reset || on.http_5xx,
             Failure::Reset(_) => on.reset || on.http_5xx,
             // Envoy retries a per-try timeout on 5xx and gateway-error.
@@ -274,6 +279,7 @@ impl Proxy {
                 Err(failure) => {
                     record.flags.set(match failure {
                         Failure::Connect(_) => Flags::UF,
+                        Failure::Denied(_) => Flags::default(),
                         Failure::Timeout => Flags::UT,
                         _ => Flags::UR,
                     });
@@ -356,6 +362,10 @@ impl Proxy {
                         Failure::Connect(m) => {
                             (Code::Unavailable, format!("upstream connect error: {m}"))
                         }
+                        Failure::Denied(m) => (
+                            Code::PermissionDenied,
+                            format!("RBAC: access denied by the destination's node agent: {m}"),
+                        ),
                         Failure::Refused(m) | Failure::Reset(m) => {
                             (Code::Unavailable, format!("upstream reset: {m}"))
                         }
@@ -416,7 +426,15 @@ impl Proxy {
             host,
             headers: &parts.headers,
         };
-        let decision = authorize_l7(model, &at, called.port, &called.source.peer, &attributes);
+        let delegated = model.delegated_policies(&called.service.0, &called.service.1);
+        let decision = authorize_l7(
+            model,
+            &at,
+            delegated,
+            called.port,
+            &called.source.peer,
+            &attributes,
+        );
         for policy in &decision.audited_by {
             self.metrics
                 .authz_audited
@@ -462,7 +480,10 @@ impl Proxy {
                 .connections
                 .acquire(&cluster.policy.limits, dial)
                 .await
-                .map_err(|e| Failure::Connect(e.to_string()))?;
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => Failure::Denied(e.to_string()),
+                    _ => Failure::Connect(e.to_string()),
+                })?;
             let mut request = Request::new(replay.body());
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = parts.uri.clone();

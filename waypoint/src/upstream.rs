@@ -61,7 +61,7 @@ pub struct Connections {
     dialling: tokio::sync::Mutex<()>,
     /// When the last dial failed, and why: calls that queued behind it fail with it rather
     /// than each waiting out a connect timeout of its own.
-    failed: Mutex<Option<(Instant, String)>>,
+    failed: Mutex<Option<(Instant, io::ErrorKind, String)>>,
 }
 
 /// A call's hold on a connection's stream slot, released when dropped.
@@ -117,10 +117,12 @@ impl Connections {
         if let Some(lease) = self.pick(limits, false) {
             return Ok(lease);
         }
-        if let Some((at, why)) = self.failed.lock().ok().and_then(|f| f.clone())
+        // Calls that queued behind a dial that failed share its failure (and its kind: a
+        // policy refusal stays a refusal).
+        if let Some((at, kind, why)) = self.failed.lock().ok().and_then(|f| f.clone())
             && at >= queued
         {
-            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, why));
+            return Err(io::Error::new(kind, why));
         }
         let count = self.open.lock().map(|o| o.len()).unwrap_or(0);
         if count >= limits.max_connections {
@@ -137,7 +139,7 @@ impl Connections {
             Ok(send) => send,
             Err(err) => {
                 if let Ok(mut failed) = self.failed.lock() {
-                    *failed = Some((Instant::now(), err.to_string()));
+                    *failed = Some((Instant::now(), err.kind(), err.to_string()));
                 }
                 return Err(err);
             }

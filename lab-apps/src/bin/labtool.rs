@@ -84,6 +84,14 @@ enum Command {
         #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         grace: f64,
     },
+    /// Hold one connection to `echo`, one byte each way every 50 ms, until it ends or
+    /// `seconds` pass; report how long it lived and how it ended (for revocation tests).
+    Hold {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 20.0, value_parser = seconds)]
+        seconds: f64,
+    },
     /// New connections per second against `echo`: connect, one byte each way, close.
     Conns {
         #[arg(long)]
@@ -201,6 +209,9 @@ async fn run(command: Command) -> Result<ExitCode> {
                 .with_context(|| format!("tput against {connect}"))?;
             print_json(&report.to_json())?;
         }
+        Command::Hold { connect, seconds } => {
+            print_json(&hold(connect, Duration::from_secs_f64(seconds)).await?)?;
+        }
         Command::Conns {
             connect,
             seconds,
@@ -221,6 +232,38 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `labtool hold`: `{"round_trips": N, "held_ms": T, "ended": "closed"|"error: .."|"timeout"}`.
+async fn hold(addr: SocketAddr, limit: Duration) -> Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    let started = std::time::Instant::now();
+    let mut trips = 0u64;
+    let ended = loop {
+        if started.elapsed() >= limit {
+            break "timeout".to_string();
+        }
+        let mut byte = [0u8; 1];
+        let trip = async {
+            stream.write_all(b"x").await?;
+            stream.read(&mut byte).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), trip).await {
+            Ok(Ok(1)) => trips += 1,
+            Ok(Ok(_)) => break "closed".to_string(),
+            Ok(Err(e)) => break format!("error: {e}"),
+            Err(_) => break "error: no echo within 2 s".to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Ok(serde_json::json!({
+        "round_trips": trips,
+        "held_ms": started.elapsed().as_millis() as u64,
+        "ended": ended,
+    }))
 }
 
 /// Binds, and announces the bound address on stdout for the harness.

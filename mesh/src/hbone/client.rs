@@ -143,6 +143,11 @@ impl Pool {
                 peer,
                 authority,
                 status: response.status().as_u16(),
+                reason: response
+                    .headers()
+                    .get(super::REFUSAL_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
             });
         }
         Ok(H2Stream::new(

@@ -59,6 +59,9 @@ impl Default for Settings {
     }
 }
 
+/// The response header of a refused CONNECT that says why (Weft's; Istio sends none).
+pub const REFUSAL_HEADER: &str = "weft-refusal";
+
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
@@ -70,11 +73,14 @@ pub enum HboneError {
     H2(std::net::SocketAddr, h2::Error),
     #[error("{0} did not negotiate h2 with ALPN")]
     NoAlpn(std::net::SocketAddr),
-    #[error("{peer} refused the tunnel to {authority}: HTTP {status}")]
+    #[error("{peer} refused the tunnel to {authority}: HTTP {status}{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
     Refused {
         peer: std::net::SocketAddr,
         authority: std::net::SocketAddr,
         status: u16,
+        /// What the refusing end said ([`REFUSAL_HEADER`]): for a policy refusal, the
+        /// policy's verdict.
+        reason: Option<String>,
     },
     #[error("timed out connecting to {0}")]
     Timeout(std::net::SocketAddr),

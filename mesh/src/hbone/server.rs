@@ -135,8 +135,22 @@ async fn connection<O: Opener>(
 }
 
 fn reply(respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode) {
+    reply_with(respond, status, None);
+}
+
+/// A refusal, with its reason in [`super::REFUSAL_HEADER`] when there is one, so that a
+/// waypoint can tell its caller which policy refused (the peer is authenticated: the reason
+/// goes to a mesh workload, never to plaintext).
+fn reply_with(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    status: StatusCode,
+    reason: Option<&str>,
+) {
     let mut response = Response::new(());
     *response.status_mut() = status;
+    if let Some(value) = reason.and_then(|r| http::HeaderValue::from_str(r).ok()) {
+        response.headers_mut().insert(super::REFUSAL_HEADER, value);
+    }
     let _ = respond.send_response(response, true);
 }
 
@@ -177,9 +191,10 @@ async fn stream<O: Opener>(
         Ok(opened) => opened,
         Err(refusal) => {
             tracing::info!(%peer, %authority, status = refusal.status, reason = %refusal.reason, "tunnel refused");
-            reply(
+            reply_with(
                 &mut respond,
                 StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                Some(&refusal.reason),
             );
             return;
         }

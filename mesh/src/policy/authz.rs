@@ -89,13 +89,29 @@ pub fn authorize_l4(
     dest_port: u16,
     src: &Peer,
 ) -> Decision {
+    authorize_l4_except(model, root, dest, dest_port, src, |_| false)
+}
+
+/// [`authorize_l4`] without the policies `skip` names: those a waypoint enforces for this
+/// workload, when the peer is that waypoint (`crate::state::Delegation`).
+pub fn authorize_l4_except(
+    model: &Model,
+    root: &RootNamespace,
+    dest: &Workload<'_>,
+    dest_port: u16,
+    src: &Peer,
+    skip: impl Fn(&AuthorizationPolicyInfo) -> bool,
+) -> Decision {
     let l4 = L4 {
         src,
         dest,
         dest_port,
         request: None,
     };
-    decide(applicable_authorization_policies(model, root, dest), &l4)
+    decide(
+        applicable_authorization_policies(model, root, dest).filter(|p| !skip(p)),
+        &l4,
+    )
 }
 
 /// The waypoint a request passes through, and the Service it is addressed to.
@@ -138,11 +154,13 @@ pub fn attaches_to_waypoint(policy: &AuthorizationPolicyInfo, at: &WaypointTarge
 }
 
 /// Decides whether a request may pass the waypoint, by the AuthorizationPolicies that
-/// attach to it ([`attaches_to_waypoint`]), in Istio's order: DENY, then ALLOW, with AUDIT
-/// recorded. `dest_port` is the called Service port.
+/// attach to it ([`attaches_to_waypoint`]) and the workload policies `delegated` to it for
+/// the called Service (`crate::state::State::delegated_policies`), in Istio's order: DENY,
+/// then ALLOW, with AUDIT recorded. `dest_port` is the called Service port.
 pub fn authorize_l7(
     model: &Model,
     at: &WaypointTarget<'_>,
+    delegated: &[std::sync::Arc<AuthorizationPolicyInfo>],
     dest_port: u16,
     src: &Peer,
     request: &Request<'_>,
@@ -156,7 +174,8 @@ pub fn authorize_l7(
     let policies = model
         .authorization_policies
         .values()
-        .filter(|p| attaches_to_waypoint(p, at));
+        .filter(|p| attaches_to_waypoint(p, at))
+        .chain(delegated.iter().map(|p| &**p));
     decide(policies, &l7)
 }
 

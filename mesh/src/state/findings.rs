@@ -17,6 +17,7 @@
 //! | WEFT023 | warning | rules of another namespace than the ones used |
 //! | WEFT030 | warning | a VirtualService or DestinationRule for a Service with no waypoint |
 //! | WEFT031 | error | an AuthorizationPolicy with L7 rules enforced at L4, where they fail closed |
+//! | WEFT034 | info | an AuthorizationPolicy with L7 rules delegated to the waypoint that serves its workloads |
 //! | WEFT032 | warning | a use-waypoint label for traffic the waypoint is not for (`istio.io/waypoint-for`) |
 //! | WEFT033 | warning | a use-waypoint label naming a waypoint that has no Service |
 //! | WEFT040 | warning | a namespace set up for sidecar injection but not for ambient |
@@ -246,38 +247,15 @@ fn without_waypoint(state: &State, out: &mut Vec<Finding>) {
     }
 }
 
-/// A workload policy whose rules need L7 attributes is evaluated by the destination's node
-/// agent, which sees connections, not requests: its L7 rules never match there.
+/// A workload policy whose rules need L7 attributes: delegated to the waypoints that serve
+/// its workloads, or, where none does, left to the destination's node agent, which sees
+/// connections, not requests, so that its L7 rules never match there.
 fn l7_policies_at_l4(state: &State, out: &mut Vec<Finding>) {
-    for policy in state.model.authorization_policies.values() {
-        if !policy.target_refs.is_empty() || !policy.rules.iter().any(|r| r.needs_l7()) {
+    let label = |(ns, name): &(String, String)| format!("AuthorizationPolicy {ns}/{name}");
+    for key in &state.delegated.stranded {
+        let Some(policy) = state.model.authorization_policies.get(key) else {
             continue;
-        }
-        let root = crate::policy::RootNamespace::default();
-        let mut waypoints: Vec<WaypointRef> = state
-            .by_ip
-            .values()
-            .filter(|w| {
-                crate::policy::scope_of(
-                    &policy.namespace,
-                    policy.selector.as_ref(),
-                    &root,
-                    &crate::policy::Workload::from(&w.pod),
-                )
-                .is_some()
-            })
-            .flat_map(|w| {
-                let own = w.waypoint.clone();
-                let services = state.services_selecting(&w.pod).filter_map(|s| {
-                    state
-                        .service(&s.namespace, &s.name)
-                        .and_then(|c| c.waypoint.clone())
-                });
-                own.into_iter().chain(services).collect::<Vec<_>>()
-            })
-            .collect();
-        waypoints.sort();
-        waypoints.dedup();
+        };
         let effect = match policy.action {
             AuthzAction::Allow => {
                 "such an ALLOW rule matches no connection, so the policy admits nothing"
@@ -285,28 +263,32 @@ fn l7_policies_at_l4(state: &State, out: &mut Vec<Finding>) {
             AuthzAction::Deny => "such a DENY rule matches every connection (fail closed)",
             _ => "such rules cannot be evaluated there",
         };
-        let served = if waypoints.is_empty() {
-            "no waypoint serves the workloads it selects".to_string()
-        } else {
-            let names: Vec<String> = waypoints
-                .iter()
-                .map(|w| format!("{}/{}", w.namespace, w.name))
-                .collect();
-            format!(
-                "the workloads it selects are served by waypoint {}, but Weft does not yet \
-                 delegate a selector policy's L7 rules to a waypoint; attach the policy to the \
-                 waypoint with targetRefs (kind Service or Gateway) to have it enforced per call",
-                names.join(", ")
-            )
-        };
         out.push(Finding::new(
             Severity::Error,
             "WEFT031",
-            format!("AuthorizationPolicy {}/{}", policy.namespace, policy.name),
+            label(key),
             format!(
                 "its rules need L7 attributes (paths, methods, hosts, request principals or \
-                 headers), and with a selector it is enforced by the destination's node agent at \
-                 L4, where {effect}; {served}"
+                 headers) and no waypoint serves the workloads it selects, so their node agents \
+                 enforce it at L4, where {effect} ({})",
+                waypoint_hint()
+            ),
+        ));
+    }
+    for (key, waypoints) in &state.delegated.to {
+        let names: Vec<String> = waypoints
+            .iter()
+            .map(|w| format!("{}/{}", w.namespace, w.name))
+            .collect();
+        out.push(Finding::new(
+            Severity::Info,
+            "WEFT034",
+            label(key),
+            format!(
+                "its rules need L7 attributes: enforced per call by waypoint {}, for the \
+                 Services it serves, against the caller's identity; the workloads' node agents \
+                 admit that waypoint for it, and still refuse at L4 what bypasses the waypoint",
+                names.join(", ")
             ),
         ));
     }

@@ -29,13 +29,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{
-    DestinationRuleInfo, Model, PodInfo, ServiceInfo, VirtualServiceInfo, WaypointRef,
-    resolve_host, workload_name,
+    AuthorizationPolicyInfo, DestinationRuleInfo, Model, PodInfo, ServiceInfo, VirtualServiceInfo,
+    WaypointRef, resolve_host, workload_name,
 };
 
+mod delegation;
 mod findings;
 mod traffic;
 
+pub use delegation::Delegation;
 pub use findings::{Finding, Severity};
 
 /// A pod with what the data path derives from it, once.
@@ -96,6 +98,8 @@ pub struct State {
     by_vip: HashMap<IpAddr, Arc<CompiledService>>,
     /// The Services that select each pod, by the pod's (namespace, name).
     selecting: HashMap<(String, String), Vec<Arc<CompiledService>>>,
+    /// L7 workload policies handed to waypoints (see `delegation.rs`).
+    delegated: delegation::Delegated,
     findings: Vec<Finding>,
 }
 
@@ -162,12 +166,15 @@ impl State {
             services.insert(key.clone(), compiled);
         }
 
+        let delegated = delegation::compile(&model, &by_namespace, &selecting, &services);
+        drop(by_namespace);
         let mut state = State {
             epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
             by_ip,
             services,
             by_vip,
             selecting,
+            delegated,
             findings: traffic.findings,
             model,
         };
@@ -297,6 +304,34 @@ impl State {
         self.service(&waypoint.namespace, &waypoint.name)
             .map(|s| s.endpoints.iter().map(|w| &w.pod).collect())
             .unwrap_or_default()
+    }
+
+    /// The delegation of `pod`'s L7 policies to the waypoint whose identity is the peer
+    /// (namespace, service account), if that peer is such a waypoint: the destination agent
+    /// leaves those policies to it.
+    pub fn delegation_to(
+        &self,
+        pod: &PodInfo,
+        peer_namespace: &str,
+        peer_service_account: &str,
+    ) -> Option<&Delegation> {
+        self.delegated
+            .workloads
+            .get(&(pod.namespace.clone(), pod.name.clone()))?
+            .iter()
+            .find(|d| d.is_waypoint(peer_namespace, peer_service_account))
+    }
+
+    /// The workload policies a waypoint enforces per call for calls to this Service.
+    pub fn delegated_policies(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> &[Arc<AuthorizationPolicyInfo>] {
+        self.delegated
+            .services
+            .get(&(namespace.to_string(), name.to_string()))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The VirtualService that routes a Service, if any.

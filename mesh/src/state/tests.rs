@@ -238,7 +238,7 @@ fn l7_rules_without_a_waypoint_and_sidecar_namespaces_are_reported() {
     let s = state(&yaml);
     let paths: Vec<_> = s.findings_for("AuthorizationPolicy shop/paths").collect();
     assert_eq!(paths.len(), 1);
-    assert_eq!(paths[0].code, "WEFT031");
+    assert_eq!(paths[0].code, "WEFT034", "delegated to the waypoint");
     assert!(paths[0].message.contains("shop/waypoint"), "{}", paths[0]);
     assert!(codes(&s, "AuthorizationPolicy shop/l4").is_empty());
     assert_eq!(codes(&s, "Namespace legacy"), ["WEFT040"]);
@@ -250,4 +250,45 @@ fn every_compile_is_a_new_epoch() {
     let b = state(BASE);
     assert!(b.epoch() > a.epoch());
     assert!(b == *a.model());
+}
+
+const L7_POLICY: &str = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: calls, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/gateway]}}]
+    to: [{operation: {paths: [/cart.Cart/Get]}}]
+"#;
+
+#[test]
+fn l7_workload_policies_are_delegated_to_the_waypoint_that_serves_them() {
+    let s = state(&format!("{BASE}{L7_POLICY}"));
+    let delegated = s.delegated_policies("shop", "cart");
+    assert_eq!(delegated.len(), 1);
+    assert_eq!(delegated[0].name, "calls");
+    let cart = s.pod_by_ip("10.1.0.1".parse().unwrap()).unwrap();
+    // The waypoint's pod runs as `default` in the lab's manifests here.
+    let d = s.delegation_to(cart, "shop", "default").unwrap();
+    assert_eq!(d.waypoint.name, "waypoint");
+    assert_eq!(d.policies, [("shop".to_string(), "calls".to_string())]);
+    assert!(s.delegation_to(cart, "shop", "gateway").is_none());
+    assert_eq!(codes(&s, "AuthorizationPolicy shop/calls"), ["WEFT034"]);
+
+    // Without a waypoint, nothing is delegated, and the fail-closed policy is an error.
+    let unbound = format!("{BASE}{L7_POLICY}").replace("istio.io/use-waypoint: waypoint", "x: y");
+    let s = state(&unbound);
+    assert!(s.delegated_policies("shop", "cart").is_empty());
+    assert!(
+        s.delegation_to(
+            s.pod_by_ip("10.1.0.1".parse().unwrap()).unwrap(),
+            "shop",
+            "default"
+        )
+        .is_none()
+    );
+    assert_eq!(codes(&s, "AuthorizationPolicy shop/calls"), ["WEFT031"]);
 }

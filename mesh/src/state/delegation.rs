@@ -1,0 +1,155 @@
+//! Delegating L7 rules to the waypoint that can see them.
+//!
+//! A workload policy (a `selector`, or none: namespace- or mesh-wide) whose rules need L7
+//! attributes (paths, methods, hosts, request principals or headers) cannot be evaluated
+//! by the destination's node agent, which sees connections: there it fails closed, so an
+//! ALLOW of that kind admits nothing, not even the waypoint. When a waypoint serves the
+//! workloads it selects (the waypoint of a Service that selects them, or their own), the
+//! policy is delegated to that waypoint:
+//!
+//! - the waypoint enforces it per call, for calls to those Services, against the original
+//!   caller's principal, together with the policies attached to the waypoint itself;
+//! - the destination agents leave it out of the L4 decision for connections whose peer is
+//!   that waypoint (its pods' identities), and only for those: traffic that bypasses the
+//!   waypoint still meets the L4 evaluation, which fails closed.
+//!
+//! This is what the author of such a policy means. Istio ambient instead enforces it at the
+//! node proxy and denies everything; Weft reports the delegation (finding WEFT034).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{CompiledService, Workload};
+use crate::config::{AuthorizationPolicyInfo, Model, WaypointRef};
+use crate::policy::{RootNamespace, scope_of};
+
+type Key = (String, String);
+
+/// The policies one waypoint enforces for one workload, and who that waypoint is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delegation {
+    pub waypoint: WaypointRef,
+    /// The waypoint's pods' identities, as (namespace, service account).
+    pub identities: Vec<(String, String)>,
+    /// (namespace, name) of the delegated policies.
+    pub policies: Vec<Key>,
+}
+
+impl Delegation {
+    /// Whether the peer (namespace, service account) is this waypoint.
+    pub fn is_waypoint(&self, namespace: &str, service_account: &str) -> bool {
+        self.identities
+            .iter()
+            .any(|(ns, sa)| ns == namespace && sa == service_account)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Delegated {
+    /// By the workload's (namespace, name).
+    pub workloads: HashMap<Key, Vec<Delegation>>,
+    /// By the Service's (namespace, name): the policies its waypoint evaluates per call.
+    pub services: HashMap<Key, Vec<Arc<AuthorizationPolicyInfo>>>,
+    /// Policies with L7 rules that no waypoint can take: they stay fail-closed at L4.
+    pub stranded: Vec<Key>,
+    /// Policies delegated, with the waypoints they went to.
+    pub to: Vec<(Key, Vec<WaypointRef>)>,
+}
+
+pub(super) fn compile(
+    model: &Model,
+    by_namespace: &HashMap<&str, Vec<Arc<Workload>>>,
+    selecting: &HashMap<Key, Vec<Arc<CompiledService>>>,
+    services: &HashMap<Key, Arc<CompiledService>>,
+) -> Delegated {
+    let root = RootNamespace::default();
+    let mut out = Delegated::default();
+    for (key, policy) in &model.authorization_policies {
+        if !policy.target_refs.is_empty() || !policy.rules.iter().any(|r| r.needs_l7()) {
+            continue;
+        }
+        let policy_arc = Arc::new(policy.clone());
+        let candidates: Vec<&Arc<Workload>> = if policy.namespace == root.as_str() {
+            by_namespace.values().flatten().collect()
+        } else {
+            by_namespace
+                .get(policy.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        let mut waypoints: Vec<WaypointRef> = Vec::new();
+        for workload in candidates {
+            let pod = &workload.pod;
+            if scope_of(
+                &policy.namespace,
+                policy.selector.as_ref(),
+                &root,
+                &crate::policy::Workload::from(pod),
+            )
+            .is_none()
+            {
+                continue;
+            }
+            let pod_key = (pod.namespace.clone(), pod.name.clone());
+            let mut served: Vec<WaypointRef> = workload.waypoint.iter().cloned().collect();
+            for service in selecting.get(&pod_key).into_iter().flatten() {
+                if let Some(waypoint) = &service.waypoint {
+                    served.push(waypoint.clone());
+                    let list = out
+                        .services
+                        .entry((
+                            service.service.namespace.clone(),
+                            service.service.name.clone(),
+                        ))
+                        .or_default();
+                    if !list
+                        .iter()
+                        .any(|p| p.name == policy.name && p.namespace == policy.namespace)
+                    {
+                        list.push(policy_arc.clone());
+                    }
+                }
+            }
+            served.sort();
+            served.dedup();
+            for waypoint in served {
+                let delegations = out.workloads.entry(pod_key.clone()).or_default();
+                match delegations.iter_mut().find(|d| d.waypoint == waypoint) {
+                    Some(d) => d.policies.push(key.clone()),
+                    None => delegations.push(Delegation {
+                        identities: identities(services, &waypoint),
+                        waypoint: waypoint.clone(),
+                        policies: vec![key.clone()],
+                    }),
+                }
+                if !waypoints.contains(&waypoint) {
+                    waypoints.push(waypoint);
+                }
+            }
+        }
+        if waypoints.is_empty() {
+            out.stranded.push(key.clone());
+        } else {
+            waypoints.sort();
+            out.to.push((key.clone(), waypoints));
+        }
+    }
+    out
+}
+
+/// The identities of a waypoint's pods: the service accounts of its Service's endpoints.
+fn identities(
+    services: &HashMap<Key, Arc<CompiledService>>,
+    waypoint: &WaypointRef,
+) -> Vec<(String, String)> {
+    let mut ids: Vec<(String, String)> = services
+        .get(&(waypoint.namespace.clone(), waypoint.name.clone()))
+        .into_iter()
+        .flat_map(|s| s.endpoints.iter())
+        .map(|w| (w.pod.namespace.clone(), w.pod.service_account.clone()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
