@@ -20,6 +20,8 @@ pub struct Dump {
     pub pods: Vec<PodStatus>,
     pub programs: BTreeMap<String, u32>,
     pub config_errors: Vec<String>,
+    /// The compiled configuration's findings, one line each, as `analyze` prints them.
+    pub findings: Vec<String>,
 }
 
 #[derive(Serialize)]

@@ -433,10 +433,12 @@ async fn reconcile_until_signal(
             .map(ToString::to_string)
             .collect();
         metrics.config_errors.set(errors.len() as i64);
+        metrics.set_findings(current.findings());
         if let Ok(mut dump) = dump.write() {
             dump.pods = pods;
             dump.programs = datapath.program_ids();
             dump.config_errors = errors;
+            dump.findings = current.findings().iter().map(ToString::to_string).collect();
         }
         tokio::select! {
             _ = sigterm.recv() => return Ok(()),

@@ -62,6 +62,13 @@ impl std::fmt::Debug for ExpirySlot {
     }
 }
 
+/// A finding code of the compiled configuration (`weft-agent analyze` lists them).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabel {
+    code: &'static str,
+    severity: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
@@ -92,9 +99,23 @@ pub struct Metrics {
     pub enrolled_pods: Gauge,
     pub pending_pods: Gauge,
     pub config_errors: Gauge,
+    findings: Family<FindingLabel, Gauge>,
 }
 
 impl Metrics {
+    /// Sets `weft_config_findings` to the state's findings, by code.
+    pub fn set_findings(&self, findings: &[weft_mesh::state::Finding]) {
+        self.findings.clear();
+        for finding in findings {
+            self.findings
+                .get_or_create(&FindingLabel {
+                    code: finding.code,
+                    severity: finding.severity.as_str(),
+                })
+                .inc();
+        }
+    }
+
     pub fn register(&self, registry: &mut Registry, maps: SharedMaps) {
         registry.register(
             "weft_outbound_connections",
@@ -115,6 +136,11 @@ impl Metrics {
             "weft_pending_pods",
             "Pods to enrol that are not ready yet",
             self.pending_pods.clone(),
+        );
+        registry.register(
+            "weft_config_findings",
+            "Findings of the compiled configuration now, by code (see weft-agent analyze)",
+            self.findings.clone(),
         );
         registry.register(
             "weft_config_errors",

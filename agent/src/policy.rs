@@ -9,7 +9,7 @@ use weft_mesh::{
     identity::SpiffeId,
     policy::{
         DecisionReason, InboundModes, Peer, RootNamespace, Workload,
-        applicable_authorization_policies, authorize_l4_except, inbound_modes,
+        applicable_authorization_policies, authorize_l4_among, inbound_modes,
         peer_authentication_mode,
     },
     state::State,
@@ -59,9 +59,10 @@ impl L4Policy {
         };
         let delegated =
             source.and_then(|id| model.delegation_to(dest, id.namespace(), id.service_account()));
-        let decision = authorize_l4_except(
-            model,
-            &self.root(),
+        let root = self.root();
+        let decision = authorize_l4_among(
+            model.workload_policies(root.as_str(), &dest.namespace),
+            &root,
             &Workload::from(dest),
             port,
             &peer,

@@ -80,6 +80,15 @@ pub fn describe_pod(
                 " (by {p})"
             ))
     );
+    let modes = crate::policy::inbound_modes(model, root, &workload);
+    if !modes.ports.is_empty() {
+        let ports: Vec<String> = modes
+            .ports
+            .iter()
+            .map(|(port, mode)| format!("{port}: {mode:?}"))
+            .collect();
+        let _ = writeln!(out, "  Port-level mTLS: {}", ports.join(", "));
+    }
     let policies: Vec<String> = applicable_authorization_policies(model, root, &workload)
         .map(|p| format!("{}/{} ({})", p.namespace, p.name, p.action.as_str()))
         .collect();
@@ -186,6 +195,14 @@ pub fn describe_service(
                 .values()
                 .filter(|p| attaches_to_waypoint(p, &at))
                 .map(|p| format!("{}/{} ({})", p.namespace, p.name, p.action.as_str()))
+                .chain(model.delegated_policies(namespace, name).iter().map(|p| {
+                    format!(
+                        "{}/{} ({}, delegated: its selector picks this Service's pods)",
+                        p.namespace,
+                        p.name,
+                        p.action.as_str()
+                    )
+                }))
                 .collect();
             let _ = writeln!(
                 out,
@@ -208,11 +225,9 @@ pub fn describe_service(
                 .local_rate_limits
                 .values()
                 .filter(|l| {
-                    l.namespace == namespace
-                        && l.target_refs.iter().any(|r| {
-                            (r.kind == "Service" && r.name == name)
-                                || (r.kind == "Gateway" && r.name == w.name)
-                        })
+                    l.target_refs.iter().any(|r| {
+                        r.attaches(&l.namespace, (&w.namespace, &w.name), (namespace, name))
+                    })
                 })
                 .map(|l| format!("{}/{}", l.namespace, l.name))
                 .collect();
@@ -331,6 +346,14 @@ metadata: {name: strict, namespace: shop}
 spec: {mtls: {mode: STRICT}}
 ---
 apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: users-metrics, namespace: shop}
+spec:
+  selector: {matchLabels: {app: users}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {9090: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: users-authz, namespace: shop}
 spec:
@@ -356,7 +379,8 @@ spec:
         for want in [
             "Enrolled: yes",
             "Identity: spiffe://cluster.local/ns/shop/sa/users",
-            "PeerAuthentication: Strict (by shop/strict)",
+            "PeerAuthentication: Strict (by shop/users-metrics)",
+            "Port-level mTLS: 9090: Permissive",
             "Service shop/users:",
             "port 50051 (grpc-api): gRPC",
             "port 9090 (metrics): TCP (L4 only)",

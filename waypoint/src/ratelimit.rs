@@ -69,11 +69,10 @@ pub struct Limiter {
 }
 
 fn attaches(limit: &LocalRateLimitInfo, call: &CallKey<'_>) -> bool {
-    limit.target_refs.iter().any(|r| match r.kind.as_str() {
-        "Gateway" => (limit.namespace.as_str(), r.name.as_str()) == call.waypoint,
-        "Service" => (limit.namespace.as_str(), r.name.as_str()) == call.service,
-        _ => false,
-    })
+    limit
+        .target_refs
+        .iter()
+        .any(|r| r.attaches(&limit.namespace, call.waypoint, call.service))
 }
 
 impl Limiter {

@@ -102,16 +102,39 @@ pub fn authorize_l4_except(
     src: &Peer,
     skip: impl Fn(&AuthorizationPolicyInfo) -> bool,
 ) -> Decision {
+    authorize_l4_among(
+        model.authorization_policies.values(),
+        root,
+        dest,
+        dest_port,
+        src,
+        skip,
+    )
+}
+
+/// [`authorize_l4_except`] over `candidates` rather than every policy of the model: the
+/// compiled state's policies of the workload's and the root namespace
+/// (`crate::state::State::workload_policies`), so that a decision does not scan the mesh.
+pub fn authorize_l4_among<'a>(
+    candidates: impl Iterator<Item = &'a AuthorizationPolicyInfo>,
+    root: &RootNamespace,
+    dest: &Workload<'_>,
+    dest_port: u16,
+    src: &Peer,
+    skip: impl Fn(&AuthorizationPolicyInfo) -> bool,
+) -> Decision {
     let l4 = L4 {
         src,
         dest,
         dest_port,
         request: None,
     };
-    decide(
-        applicable_authorization_policies(model, root, dest).filter(|p| !skip(p)),
-        &l4,
-    )
+    let applicable = candidates.filter(|p| {
+        p.target_refs.is_empty()
+            && scope_of(&p.namespace, p.selector.as_ref(), root, dest).is_some()
+            && !skip(p)
+    });
+    decide(applicable, &l4)
 }
 
 /// The waypoint a request passes through, and the Service it is addressed to.
@@ -142,14 +165,11 @@ pub fn attaches_to_waypoint(policy: &AuthorizationPolicyInfo, at: &WaypointTarge
             .is_some();
     }
     policy.target_refs.iter().any(|r| {
-        let gateway = r.kind == "Gateway"
-            && matches!(r.group.as_str(), "gateway.networking.k8s.io" | "")
-            && r.name == at.name
-            && policy.namespace == at.waypoint.namespace;
-        let service = r.kind == "Service"
-            && matches!(r.group.as_str(), "" | "core")
-            && (policy.namespace.as_str(), r.name.as_str()) == at.service;
-        gateway || service
+        r.attaches(
+            &policy.namespace,
+            (at.waypoint.namespace, at.name),
+            at.service,
+        )
     })
 }
 

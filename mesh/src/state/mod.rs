@@ -100,6 +100,9 @@ pub struct State {
     selecting: HashMap<(String, String), Vec<Arc<CompiledService>>>,
     /// L7 workload policies handed to waypoints (see `delegation.rs`).
     delegated: delegation::Delegated,
+    /// Workload-attached AuthorizationPolicies (no `targetRefs`) by namespace, so that a
+    /// connection's decision looks at its namespace's and the root namespace's only.
+    workload_policies: HashMap<String, Vec<Arc<AuthorizationPolicyInfo>>>,
     findings: Vec<Finding>,
 }
 
@@ -168,6 +171,16 @@ impl State {
 
         let delegated = delegation::compile(&model, &by_namespace, &selecting, &services);
         drop(by_namespace);
+        let mut workload_policies: HashMap<String, Vec<Arc<AuthorizationPolicyInfo>>> =
+            HashMap::new();
+        for policy in model.authorization_policies.values() {
+            if policy.target_refs.is_empty() {
+                workload_policies
+                    .entry(policy.namespace.clone())
+                    .or_default()
+                    .push(Arc::new(policy.clone()));
+            }
+        }
         let mut state = State {
             epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
             by_ip,
@@ -175,6 +188,7 @@ impl State {
             by_vip,
             selecting,
             delegated,
+            workload_policies,
             findings: traffic.findings,
             model,
         };
@@ -332,6 +346,37 @@ impl State {
             .services
             .get(&(namespace.to_string(), name.to_string()))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The AuthorizationPolicies that can apply to a workload of `namespace` by selector or
+    /// namespace: those of `root` (the root namespace) and of `namespace`, in (namespace,
+    /// name) order. Which of them select the workload is the policy evaluator's question.
+    pub fn workload_policies<'a>(
+        &'a self,
+        root: &'a str,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a AuthorizationPolicyInfo> + 'a {
+        let (first, second) = if root <= namespace {
+            (root, namespace)
+        } else {
+            (namespace, root)
+        };
+        let get = |ns: &str| {
+            self.workload_policies
+                .get(ns)
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .map(|p| &**p)
+        };
+        get(first).chain(
+            if first == second {
+                None
+            } else {
+                Some(get(second))
+            }
+            .into_iter()
+            .flatten(),
+        )
     }
 
     /// The VirtualService that routes a Service, if any.
