@@ -105,6 +105,15 @@ impl Connections {
         }
     }
 
+    /// Counts a connection closed by `policy` elsewhere (the kernel's, see `sockdiag`).
+    pub fn count_closed(&self, policy: &str) {
+        self.closed_by_policy
+            .get_or_create(&PolicyLabel {
+                policy: policy.to_string(),
+            })
+            .inc();
+    }
+
     /// Decides every tracked connection again under `state`; ends and counts those it
     /// denies. Returns how many were ended.
     pub fn recheck(&self, state: &State, policy: &L4Policy) -> usize {

@@ -15,6 +15,7 @@ mod policy;
 mod preflight;
 mod redirect;
 mod settings;
+mod sockdiag;
 mod tunnel;
 mod upstream;
 
@@ -387,6 +388,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
         config_errors,
         &metrics,
         &dump,
+        &connections,
     )
     .await;
     tracing::info!("stopping");
@@ -410,16 +412,32 @@ async fn reconcile_until_signal(
     mut config_errors: weft_mesh::config::ErrorsReceiver,
     metrics: &Metrics,
     dump: &RwLock<Dump>,
+    connections: &connections::Connections,
 ) -> anyhow::Result<()> {
     let policy = policy::L4Policy {
         root_namespace: settings.tunnel.root_namespace.clone(),
     };
+    let mut decided_epoch = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     loop {
         let current = model.borrow_and_update().clone();
         datapath.reconcile(&current, &settings.node_name, &policy);
+        // A new state may deny connections the kernel carries between pods of this node.
+        if current.epoch() != decided_epoch {
+            decided_epoch = current.epoch();
+            let ended = datapath.revoke_direct(
+                &current,
+                &settings.node_name,
+                &settings.tunnel.trust_domain,
+                &policy,
+                connections,
+            );
+            if ended > 0 {
+                tracing::info!(ended, "policy change closed same-node kernel connections");
+            }
+        }
         let pods = datapath.pod_statuses();
         metrics
             .enrolled_pods

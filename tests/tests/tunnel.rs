@@ -453,10 +453,12 @@ fn many_connections_share_a_few_pooled_tls_connections() -> Result<()> {
 }
 
 /// A policy change reaches established connections: a long-lived connection across nodes
-/// (tunnel inbound), one on the same node through the agent, and a PERMISSIVE plaintext
-/// one (plaintext inbound) are each closed within 2 s of a DENY that matches them, and
-/// counted in `weft_connections_closed_by_policy_total`; a connection the DENY does not
-/// match lives on.
+/// (tunnel inbound), one on the same node through the agent, one on the same node that the
+/// kernel carries directly (made while its destination was ungoverned; ended with
+/// sock_diag), and a PERMISSIVE plaintext one (plaintext inbound) are each closed within
+/// 2 s of a DENY that matches them, and counted in
+/// `weft_connections_closed_by_policy_total`; a connection the DENY does not match lives
+/// on.
 #[test]
 fn a_new_deny_closes_established_connections() -> Result<()> {
     let spec = LabSpec::new("wl-t-revoke", 2)
@@ -465,18 +467,21 @@ fn a_new_deny_closes_established_connections() -> Result<()> {
     let spec = pod_as(spec, "a", "mesh", 1, "a", &[]);
     let spec = pod_as(spec, "keep", "mesh", 1, "keep", &[]);
     let spec = spec
-        .with_pod("b", "mesh", 1, &[("app", "b")])
-        .with_pod("c", "mesh", 2, &[("app", "c")])
+        .with_pod("b", "mesh", 1, &[("gov", "yes")])
+        .with_pod("c", "mesh", 2, &[("gov", "yes")])
+        .with_pod("d", "mesh", 1, &[])
         .with_pod("far", "plain", 1, &[]);
     let mut lab = Lab::up(spec)?;
     lab.start_agents()?;
     let _b = lab.serve("b", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
     let _c = lab.serve("c", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
+    let _d = lab.serve("d", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
     // An ALLOW for everything governs b and c, so that same-node connections to them take
-    // the agent's path (where policy is checked) rather than the kernel's splice.
+    // the agent's path (where policy is checked); d stays ungoverned, so a's connection to
+    // it is the kernel's (spliced), until the DENY governs d too.
     lab.write_manifest(
         "allow.yaml",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: mesh}\nspec: {rules: [{}]}\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: mesh}\nspec: {selector: {matchLabels: {gov: \"yes\"}}, rules: [{}]}\n",
     )?;
     std::thread::sleep(Duration::from_millis(1500));
 
@@ -491,8 +496,14 @@ fn a_new_deny_closes_established_connections() -> Result<()> {
     };
     let far_ip = lab.pod("far").ip;
     let (ended, applied) = std::thread::scope(|s| -> Result<_> {
-        let holds = [("a", "c"), ("a", "b"), ("far", "c"), ("keep", "c")]
-            .map(|(from, to)| (from, to, s.spawn(move || (hold(from, to), Instant::now()))));
+        let holds = [
+            ("a", "c"),
+            ("a", "b"),
+            ("a", "d"),
+            ("far", "c"),
+            ("keep", "c"),
+        ]
+        .map(|(from, to)| (from, to, s.spawn(move || (hold(from, to), Instant::now()))));
         std::thread::sleep(Duration::from_millis(2500));
         lab.write_manifest(
             "deny.yaml",
@@ -536,7 +547,11 @@ fn a_new_deny_closes_established_connections() -> Result<()> {
             &["policy=\"mesh/deny-a\""],
         )
     };
-    assert_eq!(closed(1)?, 1.0, "a -> b, on node 1");
+    assert_eq!(
+        closed(1)?,
+        2.0,
+        "a -> b and a -> d (the kernel's), on node 1"
+    );
     assert_eq!(closed(2)?, 2.0, "a -> c and far -> c, on node 2");
     lab.down()
 }

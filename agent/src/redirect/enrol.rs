@@ -428,6 +428,80 @@ impl Datapath {
     }
 
     /// Enrolled and pending pods, for /config_dump.
+    /// Ends the same-node connections between enrolled pods that the kernel carries
+    /// directly (no agent task holds them) and that `state` no longer allows, and counts
+    /// them. Such a connection was made while its destination was ungoverned; the agent
+    /// finds it among the client pod's sockets (sock_diag), decides it as it would have at
+    /// setup, with the client pod's identity, and aborts it (`sockdiag::destroy`).
+    /// Returns how many were ended.
+    pub fn revoke_direct(
+        &self,
+        state: &State,
+        node: &str,
+        trust_domain: &str,
+        policy: &crate::policy::L4Policy,
+        connections: &crate::connections::Connections,
+    ) -> usize {
+        let mut ended = 0;
+        for enrolled in self.enrolled.values() {
+            let Ok(netns) = netns::pod_netns(&enrolled.cgroup) else {
+                continue;
+            };
+            let sockets = match crate::sockdiag::established(&netns) {
+                Ok(sockets) => sockets,
+                Err(err) => {
+                    tracing::warn!(pod = %enrolled.pod.name, %err, "cannot list the pod's sockets");
+                    continue;
+                }
+            };
+            // Accepted sockets share a listener's port: they are the server's side.
+            let listening: std::collections::HashSet<u16> = sockets
+                .iter()
+                .filter(|s| s.listening)
+                .map(|s| s.local.port())
+                .collect();
+            let client = crate::tunnel::pod_identity(trust_domain, &enrolled.pod).ok();
+            let mut doomed = Vec::new();
+            for socket in sockets
+                .iter()
+                .filter(|s| !s.listening && !listening.contains(&s.local.port()))
+            {
+                let Some(dest) = state.pod_by_ip(socket.remote.ip()) else {
+                    continue;
+                };
+                if dest.node_name.as_deref() != Some(node) || !state.in_mesh(dest) {
+                    continue;
+                }
+                if let Err((by, reason)) = policy.decide(
+                    state,
+                    dest,
+                    socket.remote.port(),
+                    client.as_ref(),
+                    socket.local.ip(),
+                ) {
+                    tracing::info!(local = %socket.local, remote = %socket.remote, %reason,
+                        "closing a same-node connection the new policy denies");
+                    doomed.push((socket.clone(), by.unwrap_or_else(|| "-".into())));
+                }
+            }
+            if doomed.is_empty() {
+                continue;
+            }
+            let targets: Vec<_> = doomed.iter().map(|(s, _)| s.clone()).collect();
+            match crate::sockdiag::destroy(&netns, &targets) {
+                Ok(n) => {
+                    ended += n;
+                    for (_, by) in doomed.iter().take(n) {
+                        connections.count_closed(by);
+                    }
+                }
+                Err(err) => tracing::warn!(pod = %enrolled.pod.name, %err,
+                    "cannot close the pod's denied connections (sock_diag SOCK_DESTROY: needs CONFIG_INET_DIAG_DESTROY)"),
+            }
+        }
+        ended
+    }
+
     pub fn pod_statuses(&self) -> Vec<PodStatus> {
         self.enrolled
             .values()
