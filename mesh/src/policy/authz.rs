@@ -89,32 +89,21 @@ pub fn authorize_l4(
     dest_port: u16,
     src: &Peer,
 ) -> Decision {
-    authorize_l4_except(model, root, dest, dest_port, src, |_| false)
-}
-
-/// [`authorize_l4`] without the policies `skip` names: those a waypoint enforces for this
-/// workload, when the peer is that waypoint (`crate::state::Delegation`).
-pub fn authorize_l4_except(
-    model: &Model,
-    root: &RootNamespace,
-    dest: &Workload<'_>,
-    dest_port: u16,
-    src: &Peer,
-    skip: impl Fn(&AuthorizationPolicyInfo) -> bool,
-) -> Decision {
     authorize_l4_among(
         model.authorization_policies.values(),
         root,
         dest,
         dest_port,
         src,
-        skip,
+        |_| false,
     )
 }
 
-/// [`authorize_l4_except`] over `candidates` rather than every policy of the model: the
-/// compiled state's policies of the workload's and the root namespace
-/// (`crate::state::State::workload_policies`), so that a decision does not scan the mesh.
+/// [`authorize_l4`] over `candidates` rather than every policy of the model (the compiled
+/// state's policies of the workload's and the root namespace,
+/// `crate::state::State::workload_policies`, so that a decision does not scan the mesh),
+/// and without the policies `skip` names: those a waypoint enforces for this workload,
+/// when the peer is that waypoint (`crate::state::Delegation`).
 pub fn authorize_l4_among<'a>(
     candidates: impl Iterator<Item = &'a AuthorizationPolicyInfo>,
     root: &RootNamespace,

@@ -297,22 +297,25 @@ fn l7_policies_at_l4(state: &State, out: &mut Vec<Finding>) {
 /// Use-waypoint labels that bind nothing.
 fn waypoint_labels(state: &State, out: &mut Vec<Finding>) {
     let model = &state.model;
-    let check = |out: &mut Vec<Finding>, object: String, namespace: &str, labels, kind| {
-        let Some(name) = use_waypoint(labels) else {
-            return;
-        };
-        if name == NONE || name.is_empty() {
-            return;
-        }
-        let waypoint = WaypointRef {
-            namespace: namespace.to_string(),
-            name: name.clone(),
-        };
-        if !model
-            .services
-            .contains_key(&(namespace.to_string(), name.clone()))
-        {
-            out.push(Finding::new(
+    let check =
+        |out: &mut Vec<Finding>, object: &dyn Fn() -> String, namespace: &str, labels, kind| {
+            let Some(name) = use_waypoint(labels) else {
+                return;
+            };
+            if name == NONE || name.is_empty() {
+                return;
+            }
+            // Formatted only for an object that has a finding: most objects have no label.
+            let object = object();
+            let waypoint = WaypointRef {
+                namespace: namespace.to_string(),
+                name: name.clone(),
+            };
+            if !model
+                .services
+                .contains_key(&(namespace.to_string(), name.clone()))
+            {
+                out.push(Finding::new(
                 Severity::Warning,
                 "WEFT033",
                 object,
@@ -321,8 +324,8 @@ fn waypoint_labels(state: &State, out: &mut Vec<Finding>) {
                      fails until the waypoint exists"
                 ),
             ));
-        } else if !model.waypoint_serves(&waypoint, kind) {
-            out.push(Finding::new(
+            } else if !model.waypoint_serves(&waypoint, kind) {
+                out.push(Finding::new(
                 Severity::Warning,
                 "WEFT032",
                 object,
@@ -336,47 +339,41 @@ fn waypoint_labels(state: &State, out: &mut Vec<Finding>) {
                     }
                 ),
             ));
-        }
-    };
-    let namespaces = model.namespaces.values().map(|ns| {
-        (
-            format!("Namespace {}", ns.name),
-            &ns.name,
-            &ns.labels,
+            }
+        };
+    for ns in model.namespaces.values() {
+        let label = || format!("Namespace {}", ns.name);
+        check(out, &label, &ns.name, &ns.labels, TrafficKind::Service);
+    }
+    for svc in model.services.values().filter(|s| !is_waypoint(state, s)) {
+        let label = || format!("Service {}/{}", svc.namespace, svc.name);
+        check(
+            out,
+            &label,
+            &svc.namespace,
+            &svc.labels,
             TrafficKind::Service,
-        )
-    });
-    let services = model
-        .services
-        .values()
-        .filter(|svc| !is_waypoint(state, svc))
-        .map(|s| {
-            (
-                format!("Service {}/{}", s.namespace, s.name),
-                &s.namespace,
-                &s.labels,
-                TrafficKind::Service,
-            )
-        });
-    let accounts = model.service_accounts.values().map(|a| {
-        (
-            format!("ServiceAccount {}/{}", a.namespace, a.name),
-            &a.namespace,
-            &a.labels,
+        );
+    }
+    for sa in model.service_accounts.values() {
+        let label = || format!("ServiceAccount {}/{}", sa.namespace, sa.name);
+        check(
+            out,
+            &label,
+            &sa.namespace,
+            &sa.labels,
             TrafficKind::Workload,
-        )
-    });
-    let pods = model.pods.values().map(|p| {
-        (
-            format!("Pod {}/{}", p.namespace, p.name),
-            &p.namespace,
-            &p.labels,
+        );
+    }
+    for pod in model.pods.values() {
+        let label = || format!("Pod {}/{}", pod.namespace, pod.name);
+        check(
+            out,
+            &label,
+            &pod.namespace,
+            &pod.labels,
             TrafficKind::Workload,
-        )
-    });
-    for (object, namespace, labels, kind) in namespaces.chain(services).chain(accounts).chain(pods)
-    {
-        check(out, object, namespace, labels, kind);
+        );
     }
 }
 
