@@ -156,7 +156,17 @@ fn main() {
         })
         .collect();
 
+    let clone_ms = median(
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                black_box(state.model().clone());
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect(),
+    );
     let figures = serde_json::json!({
+        "model_clone_ms": clone_ms,
         "pods": 10_000,
         "services": state.model().services.len(),
         "authorization_policies": state.model().authorization_policies.len(),
