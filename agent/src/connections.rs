@@ -35,6 +35,8 @@ pub struct Admitted {
     pub source_ip: IpAddr,
     /// Plaintext connections are also subject to the port's mTLS mode.
     pub plaintext: bool,
+    /// The epoch of the state it was admitted under.
+    pub epoch: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +105,25 @@ impl Connections {
             registry: self.clone(),
             revoked: Some(rx),
         }
+    }
+
+    /// Registers a connection admitted under an earlier state than `now`'s, or under it:
+    /// one admitted while a new state was being published would miss that state's
+    /// recheck, so it is decided again here. Register before any await that follows the
+    /// decision (the dial), so that a later recheck sees it.
+    pub fn track_at(&self, admitted: Admitted, now: &State, policy: &L4Policy) -> Tracked {
+        let stale = admitted.epoch != now.epoch();
+        let check = stale.then(|| admitted.clone());
+        let tracked = self.track(admitted);
+        if let Some(admitted) = check
+            && let Err((by, reason)) = verdict(now, policy, &admitted)
+            && let Ok(mut inner) = self.inner.lock()
+            && let Some(entry) = inner.remove(&tracked.id)
+        {
+            self.count_closed(&by);
+            let _ = entry.revoke.send(reason);
+        }
+        tracked
     }
 
     /// Counts a connection closed by `policy` elsewhere (the kernel's, see `sockdiag`).
@@ -212,6 +233,7 @@ mod tests {
             peer: Some(SpiffeId::new("cluster.local", "shop", sa).unwrap()),
             source_ip: "10.1.0.9".parse().unwrap(),
             plaintext: false,
+            epoch: 0,
         }
     }
 
@@ -248,5 +270,9 @@ mod tests {
         let allow = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: only-api, namespace: shop}\nspec:\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/api]}}]}]\n";
         assert_eq!(registry.recheck(&state(allow), &policy), 1);
         assert!(web.revoked().await.contains("denied"));
+
+        // Admitted under an older state than the one now published: decided again at once.
+        let mut late = registry.track_at(admitted("batch"), &state(deny), &policy);
+        assert!(late.revoked().await.contains("shop/no-batch"));
     }
 }

@@ -104,17 +104,23 @@ impl Opener for Inbound {
                 .tcp_refused(self.labels(&model, &request, peer), "UAEX");
             return Err(refuse(401, reason));
         }
+        // Registered before the dial, so that a policy change during it reaches it.
+        let tracked = self.connections.track_at(
+            crate::connections::Admitted {
+                destination: request.authority.ip(),
+                port: request.authority.port(),
+                peer: Some(peer.clone()),
+                source_ip,
+                plaintext: false,
+                epoch: model.epoch(),
+            },
+            &self.model.borrow(),
+            &self.policy,
+        );
         match self.dial(request.authority).await {
             Ok(stream) => {
                 let labels = self.labels(&model, &request, peer);
                 self.metrics.tcp_opened(&labels);
-                let tracked = self.connections.track(crate::connections::Admitted {
-                    destination: request.authority.ip(),
-                    port: request.authority.port(),
-                    peer: Some(peer.clone()),
-                    source_ip,
-                    plaintext: false,
-                });
                 Ok((stream, labels, tracked))
             }
             Err(e) => {

@@ -99,19 +99,25 @@ impl PlaintextInbound {
         if let Err(reason) = self.policy.check(&model, pod, port, None, peer.ip()) {
             return refuse(labels, "UAEX", reason);
         }
+        // Registered before the dial, so that a policy change during it reaches it.
+        let tracked = self.connections.track_at(
+            crate::connections::Admitted {
+                destination: destination.ip(),
+                port,
+                peer: None,
+                source_ip: peer.ip(),
+                plaintext: true,
+                epoch: model.epoch(),
+            },
+            &self.model.borrow(),
+            &self.policy,
+        );
         let upstream = match self.direct.connect(peer, destination).await {
             Ok((upstream, _)) => upstream,
             Err(err) => return refuse(labels, "UF", format!("dialling {destination}: {err}")),
         };
         let _ = client.set_nodelay(true);
         self.metrics.tcp_opened(&labels);
-        let tracked = self.connections.track(crate::connections::Admitted {
-            destination: destination.ip(),
-            port,
-            peer: None,
-            source_ip: peer.ip(),
-            plaintext: true,
-        });
         let upstream = crate::upstream::Opened::Revocable(Box::new(upstream), tracked);
         let (request, response) = upstream.join(&mut client).await.unwrap_or_else(|err| {
             tracing::debug!(%peer, %destination, %err, "plaintext connection ended with an error");

@@ -57,8 +57,9 @@ impl L4Policy {
             Some(id) => Peer::authenticated(id.principal(), source_ip),
             None => Peer::plaintext(source_ip),
         };
-        let delegated =
-            source.and_then(|id| model.delegation_to(dest, id.namespace(), id.service_account()));
+        let delegated = source
+            .and_then(|id| model.delegation_to(dest, id.namespace(), id.service_account()))
+            .filter(|d| d.ports.contains(&port));
         let root = self.root();
         let decision = authorize_l4_among(
             model.workload_policies(root.as_str(), &dest.namespace),

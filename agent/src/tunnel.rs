@@ -132,6 +132,7 @@ impl<S: CertificateSource> Tunnel<S> {
                 peer: client,
                 source_ip: source,
                 plaintext: false,
+                epoch: model.epoch(),
             })));
         }
         let node_name = dest.node_name.as_deref().unwrap_or_default();
@@ -234,8 +235,11 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
         match self.route(source.ip(), target)? {
             Route::Direct(None) => self.direct.connect(source, target).await,
             Route::Direct(Some(admitted)) => {
+                // Registered before the dial, so that a policy change during it reaches it.
+                let tracked =
+                    self.connections
+                        .track_at(admitted, &self.model.borrow(), &self.policy);
                 let (opened, security) = self.direct.connect(source, target).await?;
-                let tracked = self.connections.track(admitted);
                 Ok((Opened::Revocable(Box::new(opened), tracked), security))
             }
             Route::Hbone {

@@ -18,7 +18,10 @@ use rand::Rng;
 use tokio::sync::watch;
 use weft_mesh::{
     config::{HashKey, LoadBalancer, RetryOn},
-    policy::{Peer, Request as Attributes, RootNamespace, WaypointTarget, Workload, authorize_l7},
+    policy::{
+        Peer, Request as Attributes, RootNamespace, WaypointTarget, Workload, authorize_l7,
+        authorize_l7_among,
+    },
 };
 
 use crate::{
@@ -185,6 +188,16 @@ impl Proxy {
             Err(no) => return local(record, Code::Unimplemented, Flags::NR, &no.0),
         };
         record.route = decision.route.clone();
+        if let Err(denied) = self.authorize_delegated(
+            &model,
+            &called,
+            target,
+            decision.cluster.port,
+            &parts,
+            &record.path,
+        ) {
+            return local(record, Code::PermissionDenied, Flags::default(), &denied);
+        }
         let call = CallKey {
             waypoint: (&self.waypoint.namespace, &self.waypoint.name),
             service: (&called.service.0, &called.service.1),
@@ -426,15 +439,71 @@ impl Proxy {
             host,
             headers: &parts.headers,
         };
-        let delegated = model.delegated_policies(&called.service.0, &called.service.1);
-        let decision = authorize_l7(
-            model,
-            &at,
-            delegated,
-            called.port,
+        let decision = authorize_l7(model, &at, called.port, &called.source.peer, &attributes);
+        self.verdict(decision, called, path)
+    }
+
+    /// The workload policies delegated to this waypoint (see `weft_mesh::state::Delegation`)
+    /// for the Service a call was routed to, and for the one it was sent to when a
+    /// VirtualService sends it elsewhere, decided with the pod port the call goes to.
+    fn authorize_delegated(
+        &self,
+        model: &State,
+        called: &Called,
+        target: &weft_mesh::config::ServiceInfo,
+        target_port: u16,
+        parts: &Parts,
+        path: &str,
+    ) -> Result<(), String> {
+        let mut policies: Vec<&weft_mesh::config::AuthorizationPolicyInfo> = model
+            .delegated_policies(&called.service.0, &called.service.1)
+            .iter()
+            .chain(model.delegated_policies(&target.namespace, &target.name))
+            .map(|p| &**p)
+            .collect();
+        if policies.is_empty() {
+            return Ok(());
+        }
+        policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        policies.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        // As the workload's agent would see the port: the pod's (a named target port
+        // falls back to the Service port).
+        let port = target
+            .ports
+            .iter()
+            .find(|p| p.port == target_port)
+            .and_then(|p| p.target_port)
+            .unwrap_or(target_port);
+        let no_labels = std::collections::BTreeMap::new();
+        let dest = Workload {
+            namespace: &target.namespace,
+            labels: &no_labels,
+            ip: None,
+        };
+        let host = parts.uri.authority().map_or("", |a| a.as_str());
+        let attributes = Attributes {
+            method: parts.method.as_str(),
+            path,
+            host,
+            headers: &parts.headers,
+        };
+        let decision = authorize_l7_among(
+            policies.into_iter(),
+            &dest,
+            port,
             &called.source.peer,
             &attributes,
         );
+        self.verdict(decision, called, path)
+    }
+
+    /// Counts and logs a decision; `Err` is the message a denied client gets.
+    fn verdict(
+        &self,
+        decision: weft_mesh::policy::Decision,
+        called: &Called,
+        path: &str,
+    ) -> Result<(), String> {
         for policy in &decision.audited_by {
             self.metrics
                 .authz_audited

@@ -163,28 +163,38 @@ pub fn attaches_to_waypoint(policy: &AuthorizationPolicyInfo, at: &WaypointTarge
 }
 
 /// Decides whether a request may pass the waypoint, by the AuthorizationPolicies that
-/// attach to it ([`attaches_to_waypoint`]) and the workload policies `delegated` to it for
-/// the called Service (`crate::state::State::delegated_policies`), in Istio's order: DENY,
-/// then ALLOW, with AUDIT recorded. `dest_port` is the called Service port.
+/// attach to it ([`attaches_to_waypoint`]), in Istio's order: DENY, then ALLOW, with AUDIT
+/// recorded. `dest_port` is the called Service port.
 pub fn authorize_l7(
     model: &Model,
     at: &WaypointTarget<'_>,
-    delegated: &[std::sync::Arc<AuthorizationPolicyInfo>],
+    dest_port: u16,
+    src: &Peer,
+    request: &Request<'_>,
+) -> Decision {
+    let policies = model
+        .authorization_policies
+        .values()
+        .filter(|p| attaches_to_waypoint(p, at));
+    authorize_l7_among(policies, &at.waypoint, dest_port, src, request)
+}
+
+/// Decides a request by `policies` alone, in the same order: the workload policies
+/// delegated to a waypoint for the Service a call goes to (`crate::state::Delegation`),
+/// with `dest_port` the pod's port, as a workload policy means it.
+pub fn authorize_l7_among<'a>(
+    policies: impl Iterator<Item = &'a AuthorizationPolicyInfo>,
+    dest: &Workload<'_>,
     dest_port: u16,
     src: &Peer,
     request: &Request<'_>,
 ) -> Decision {
     let l7 = L4 {
         src,
-        dest: &at.waypoint,
+        dest,
         dest_port,
         request: Some(request),
     };
-    let policies = model
-        .authorization_policies
-        .values()
-        .filter(|p| attaches_to_waypoint(p, at))
-        .chain(delegated.iter().map(|p| &**p));
     decide(policies, &l7)
 }
 

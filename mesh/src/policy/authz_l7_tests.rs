@@ -71,7 +71,7 @@ fn decide(policies: &str, c: &Call<'_>) -> (bool, DecisionReason, Vec<PolicyRef>
         headers: &c.headers,
     };
     let peer = Peer::authenticated(c.principal, "10.200.1.5".parse().unwrap());
-    let d = authorize_l7(&model, &at, &[], 50051, &peer, &request);
+    let d = authorize_l7(&model, &at, 50051, &peer, &request);
     (d.allowed, d.reason, d.audited_by)
 }
 

@@ -10,8 +10,15 @@
 //! - the waypoint enforces it per call, for calls to those Services, against the original
 //!   caller's principal, together with the policies attached to the waypoint itself;
 //! - the destination agents leave it out of the L4 decision for connections whose peer is
-//!   that waypoint (its pods' identities), and only for those: traffic that bypasses the
-//!   waypoint still meets the L4 evaluation, which fails closed.
+//!   that waypoint (its pods' identities) to the pod ports it serves per call, and only
+//!   for those: traffic that bypasses the waypoint, and TCP ports the waypoint carries at
+//!   L4, still meet the L4 evaluation, which fails closed.
+//!
+//! A policy is delegated for a pod only when the waypoint checks it on every way it
+//! reaches the pod: it must select every endpoint of each Service bound to the waypoint
+//! that selects the pod (the waypoint decides before it picks an endpoint), and the pod
+//! must not be bound to a workload waypoint (pod-addressed traffic is carried at L4).
+//! Otherwise the policy stays at L4, fail-closed, and is reported.
 //!
 //! This is what the author of such a policy means. Istio ambient instead enforces it at the
 //! node proxy and denies everything; Weft reports the delegation (finding WEFT034).
@@ -33,6 +40,10 @@ pub struct Delegation {
     pub identities: Vec<(String, String)>,
     /// (namespace, name) of the delegated policies.
     pub policies: Vec<Key>,
+    /// The pod ports the waypoint serves per call (the target ports of the gRPC and HTTP/2
+    /// ports of its Services that select the pod): only connections to these are left to
+    /// the waypoint.
+    pub ports: Vec<u16>,
 }
 
 impl Delegation {
@@ -78,24 +89,64 @@ pub(super) fn compile(
                 .flatten()
                 .collect()
         };
-        let mut waypoints: Vec<WaypointRef> = Vec::new();
-        for workload in candidates {
-            let pod = &workload.pod;
-            if scope_of(
+        let selected = |pod: &crate::config::PodInfo| {
+            scope_of(
                 &policy.namespace,
                 policy.selector.as_ref(),
                 &root,
                 &crate::policy::Workload::from(pod),
             )
-            .is_none()
-            {
+            .is_some()
+        };
+        // A Service takes the policy only if the policy selects every one of its
+        // endpoints: the waypoint applies it to every call of the Service, before it picks
+        // an endpoint.
+        let delegable = |service: &CompiledService| {
+            service.waypoint.is_some() && service.endpoints.iter().all(|w| selected(&w.pod))
+        };
+        let mut waypoints: Vec<WaypointRef> = Vec::new();
+        for workload in candidates {
+            let pod = &workload.pod;
+            // Traffic to the pod's own address through a workload waypoint is carried at
+            // L4 there: it must keep meeting the policy at the pod's agent.
+            if !selected(pod) || workload.waypoint.is_some() {
                 continue;
             }
             let pod_key = (pod.namespace.clone(), pod.name.clone());
-            let mut served: Vec<WaypointRef> = workload.waypoint.iter().cloned().collect();
-            for service in selecting.get(&pod_key).into_iter().flatten() {
-                if let Some(waypoint) = &service.waypoint {
-                    served.push(waypoint.clone());
+            let bound: Vec<&Arc<CompiledService>> = selecting
+                .get(&pod_key)
+                .into_iter()
+                .flatten()
+                .filter(|s| s.waypoint.is_some())
+                .collect();
+            let mut served: Vec<WaypointRef> =
+                bound.iter().filter_map(|s| s.waypoint.clone()).collect();
+            served.sort();
+            served.dedup();
+            for waypoint in served {
+                let through: Vec<&&Arc<CompiledService>> = bound
+                    .iter()
+                    .filter(|s| s.waypoint.as_ref() == Some(&waypoint))
+                    .collect();
+                // Every way this waypoint reaches the pod must check the policy, or the
+                // agent may not leave it out for the waypoint.
+                if !through.iter().all(|s| delegable(s)) {
+                    continue;
+                }
+                // Only the pod ports the waypoint serves per call (gRPC and HTTP/2); TCP
+                // ports it carries at L4 keep the policy at the agent.
+                let mut ports: Vec<u16> = through
+                    .iter()
+                    .flat_map(|s| s.service.ports.iter())
+                    .filter(|p| p.protocol != crate::config::AppProtocol::Tcp)
+                    .filter_map(|p| p.target_on(pod))
+                    .collect();
+                ports.sort_unstable();
+                ports.dedup();
+                if ports.is_empty() {
+                    continue;
+                }
+                for service in &through {
                     let list = out
                         .services
                         .entry((
@@ -110,10 +161,6 @@ pub(super) fn compile(
                         list.push(policy_arc.clone());
                     }
                 }
-            }
-            served.sort();
-            served.dedup();
-            for waypoint in served {
                 let delegations = out.workloads.entry(pod_key.clone()).or_default();
                 match delegations.iter_mut().find(|d| d.waypoint == waypoint) {
                     Some(d) => d.policies.push(key.clone()),
@@ -121,6 +168,7 @@ pub(super) fn compile(
                         identities: identities(services, &waypoint),
                         waypoint: waypoint.clone(),
                         policies: vec![key.clone()],
+                        ports,
                     }),
                 }
                 if !waypoints.contains(&waypoint) {

@@ -275,6 +275,7 @@ fn l7_workload_policies_are_delegated_to_the_waypoint_that_serves_them() {
     let d = s.delegation_to(cart, "shop", "default").unwrap();
     assert_eq!(d.waypoint.name, "waypoint");
     assert_eq!(d.policies, [("shop".to_string(), "calls".to_string())]);
+    assert_eq!(d.ports, [50051], "only the pod ports the waypoint serves per call");
     assert!(s.delegation_to(cart, "shop", "gateway").is_none());
     assert_eq!(codes(&s, "AuthorizationPolicy shop/calls"), ["WEFT034"]);
 
@@ -290,5 +291,15 @@ fn l7_workload_policies_are_delegated_to_the_waypoint_that_serves_them() {
         )
         .is_none()
     );
+    assert_eq!(codes(&s, "AuthorizationPolicy shop/calls"), ["WEFT031"]);
+
+    // A policy that selects only some of a Service's endpoints is not delegated: the
+    // waypoint decides before it picks an endpoint, so it stays (fail-closed) at L4.
+    let partial = format!("{BASE}{L7_POLICY}").replace(
+        "selector: {matchLabels: {app: cart}}",
+        "selector: {matchLabels: {version: v1}}",
+    );
+    let s = state(&partial);
+    assert!(s.delegated_policies("shop", "cart").is_empty());
     assert_eq!(codes(&s, "AuthorizationPolicy shop/calls"), ["WEFT031"]);
 }
