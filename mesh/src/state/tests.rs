@@ -275,7 +275,11 @@ fn l7_workload_policies_are_delegated_to_the_waypoint_that_serves_them() {
     let d = s.delegation_to(cart, "shop", "default").unwrap();
     assert_eq!(d.waypoint.name, "waypoint");
     assert_eq!(d.policies, [("shop".to_string(), "calls".to_string())]);
-    assert_eq!(d.ports, [50051], "only the pod ports the waypoint serves per call");
+    assert_eq!(
+        d.ports,
+        [50051],
+        "only the pod ports the waypoint serves per call"
+    );
     assert!(s.delegation_to(cart, "shop", "gateway").is_none());
     assert_eq!(codes(&s, "AuthorizationPolicy shop/calls"), ["WEFT034"]);
 
