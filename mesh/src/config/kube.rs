@@ -80,8 +80,12 @@ pub type SyncedReceiver = watch::Receiver<bool>;
 
 #[derive(Default)]
 struct Store {
-    /// The last good version of each object, by kind.
-    objects: BTreeMap<&'static str, BTreeMap<ObjectKey, Object>>,
+    /// The last good version of each object. Its maps are persistent: the publisher copies
+    /// it in O(1), and an event changes one object in O(log n).
+    model: Model,
+    /// The objects changed since the last publication, so that it recompiles only what
+    /// they touch ([`State::update`]).
+    changed: Vec<ObjectKey>,
     /// The current rejection of each object that has one, by (kind, namespace/name).
     errors: BTreeMap<(&'static str, String), ConfigError>,
     synced: BTreeSet<&'static str>,
@@ -129,11 +133,10 @@ impl Shared {
         match parse(kind, object) {
             Ok(Some(parsed)) => {
                 store.errors.remove(&id);
-                store
-                    .objects
-                    .entry(kind.2)
-                    .or_default()
-                    .insert(parsed.key(), parsed);
+                let key = parsed.key();
+                if store.model.upsert(parsed) {
+                    store.changed.push(key);
+                }
             }
             // Valid, but no place in the mesh (a finished pod): as good as gone.
             Ok(None) => {
@@ -156,8 +159,8 @@ impl Shared {
             namespace: object.metadata.namespace.clone(),
             name: object.metadata.name.clone().unwrap_or_default(),
         };
-        if let Some(objects) = store.objects.get_mut(kind.2) {
-            objects.remove(&key);
+        if store.model.remove(&key) {
+            store.changed.push(key);
         }
         store.errors.remove(&(kind.2, object_name(object)));
     }
@@ -175,22 +178,20 @@ impl Shared {
                 // A (re)list replaces the kind's objects: what it did not return is gone.
                 // An object it returns invalid keeps its last good version, as an update
                 // would.
-                let mut old = store
-                    .objects
-                    .insert(kind.2, BTreeMap::new())
-                    .unwrap_or_default();
+                let mut gone: BTreeSet<ObjectKey> =
+                    store.model.keys_of(kind.2).into_iter().collect();
                 store.errors.retain(|(k, _), _| *k != kind.2);
                 for object in relist.drain(..) {
+                    gone.remove(&ObjectKey {
+                        kind: kind.2,
+                        namespace: object.metadata.namespace.clone(),
+                        name: object.metadata.name.clone().unwrap_or_default(),
+                    });
                     Self::apply(&mut store, kind, &object);
-                    if store.errors.contains_key(&(kind.2, object_name(&object))) {
-                        let key = ObjectKey {
-                            kind: kind.2,
-                            namespace: object.metadata.namespace.clone(),
-                            name: object.metadata.name.clone().unwrap_or_default(),
-                        };
-                        if let Some(good) = old.remove(&key) {
-                            store.objects.entry(kind.2).or_default().insert(key, good);
-                        }
+                }
+                for key in gone {
+                    if store.model.remove(&key) {
+                        store.changed.push(key);
                     }
                 }
                 if store.synced.insert(kind.2) {
@@ -260,28 +261,30 @@ pub fn watch_kube(client: kube::Client) -> (ModelReceiver, ErrorsReceiver, Synce
         loop {
             shared.changed.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
-            let (model, errors, synced) = {
-                let Ok(store) = shared.store.lock() else {
+            let (model, changed, errors, synced) = {
+                let Ok(mut store) = shared.store.lock() else {
                     return;
                 };
-                let mut model = Model::default();
-                for object in store.objects.values().flat_map(BTreeMap::values) {
-                    model.insert(object.clone());
-                }
+                let changed = std::mem::take(&mut store.changed);
                 let errors: Vec<ConfigError> = store.errors.values().cloned().collect();
-                (model, errors, store.synced.len() == KINDS.len())
+                (
+                    store.model.clone(),
+                    changed,
+                    errors,
+                    store.synced.len() == KINDS.len(),
+                )
             };
             if model_tx.is_closed() && errors_tx.is_closed() {
                 return;
             }
             model_tx.send_if_modified(|old| {
-                let changed = **old != model;
-                if changed {
-                    let state = State::compile(model);
-                    crate::state::log_new_findings(old.findings(), state.findings());
-                    *old = Arc::new(state);
+                if changed.is_empty() {
+                    return false;
                 }
-                changed
+                let state = old.update(model, &changed);
+                crate::state::log_new_findings(old.findings(), state.findings());
+                *old = Arc::new(state);
+                true
             });
             errors_tx.send_if_modified(|old| {
                 let changed = *old != errors;

@@ -269,22 +269,26 @@ impl Object {
     }
 }
 
+/// The maps of a [`Model`]: persistent, so that a copy is O(1) and shares what it does not
+/// change.
+pub type Map<K, V> = imbl::OrdMap<K, V>;
+
 /// The whole configuration one process sees. Keyed by (namespace, name), or by name for
 /// cluster-scoped kinds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Model {
-    pub namespaces: BTreeMap<String, NamespaceInfo>,
-    pub nodes: BTreeMap<String, NodeInfo>,
-    pub pods: BTreeMap<(String, String), PodInfo>,
-    pub services: BTreeMap<(String, String), ServiceInfo>,
-    pub authorization_policies: BTreeMap<(String, String), AuthorizationPolicyInfo>,
-    pub peer_authentications: BTreeMap<(String, String), PeerAuthenticationInfo>,
-    pub service_accounts: BTreeMap<(String, String), ServiceAccountInfo>,
-    pub virtual_services: BTreeMap<(String, String), VirtualServiceInfo>,
-    pub destination_rules: BTreeMap<(String, String), DestinationRuleInfo>,
-    pub local_rate_limits: BTreeMap<(String, String), LocalRateLimitInfo>,
+    pub namespaces: Map<String, NamespaceInfo>,
+    pub nodes: Map<String, NodeInfo>,
+    pub pods: Map<(String, String), PodInfo>,
+    pub services: Map<(String, String), ServiceInfo>,
+    pub authorization_policies: Map<(String, String), AuthorizationPolicyInfo>,
+    pub peer_authentications: Map<(String, String), PeerAuthenticationInfo>,
+    pub service_accounts: Map<(String, String), ServiceAccountInfo>,
+    pub virtual_services: Map<(String, String), VirtualServiceInfo>,
+    pub destination_rules: Map<(String, String), DestinationRuleInfo>,
+    pub local_rate_limits: Map<(String, String), LocalRateLimitInfo>,
     /// Objects of mesh API groups that Weft does not read, by (namespace or "", key name).
-    pub unread: BTreeMap<(String, String), UnreadInfo>,
+    pub unread: Map<(String, String), UnreadInfo>,
 }
 
 /// The [`ObjectKey`] kind of an [`UnreadInfo`].
@@ -335,6 +339,81 @@ impl Model {
                 );
                 self.unread.insert(key, unread).is_some()
             }
+        }
+    }
+
+    /// The object with `key`, if there is one.
+    pub fn get(&self, key: &ObjectKey) -> Option<Object> {
+        let namespaced = || (key.namespace.clone().unwrap_or_default(), key.name.clone());
+        Some(match key.kind {
+            "Namespace" => Object::Namespace(self.namespaces.get(&key.name)?.clone()),
+            "Node" => Object::Node(self.nodes.get(&key.name)?.clone()),
+            "Pod" => Object::Pod(self.pods.get(&namespaced())?.clone()),
+            "Service" => Object::Service(self.services.get(&namespaced())?.clone()),
+            "AuthorizationPolicy" => {
+                Object::AuthorizationPolicy(self.authorization_policies.get(&namespaced())?.clone())
+            }
+            "PeerAuthentication" => {
+                Object::PeerAuthentication(self.peer_authentications.get(&namespaced())?.clone())
+            }
+            "ServiceAccount" => {
+                Object::ServiceAccount(self.service_accounts.get(&namespaced())?.clone())
+            }
+            "VirtualService" => {
+                Object::VirtualService(self.virtual_services.get(&namespaced())?.clone())
+            }
+            "DestinationRule" => {
+                Object::DestinationRule(self.destination_rules.get(&namespaced())?.clone())
+            }
+            "LocalRateLimit" => {
+                Object::LocalRateLimit(self.local_rate_limits.get(&namespaced())?.clone())
+            }
+            UNREAD => Object::Unread(self.unread.get(&namespaced())?.clone()),
+            _ => return None,
+        })
+    }
+
+    /// Adds or replaces an object. Returns whether the model changed (false when the same
+    /// version was already there), so that a source re-publishes only real changes.
+    pub fn upsert(&mut self, object: Object) -> bool {
+        if self.get(&object.key()).as_ref() == Some(&object) {
+            return false;
+        }
+        self.insert(object);
+        true
+    }
+
+    /// The keys of every object of `kind`.
+    pub fn keys_of(&self, kind: &'static str) -> Vec<ObjectKey> {
+        let cluster = |names: &mut dyn Iterator<Item = &String>| -> Vec<ObjectKey> {
+            names
+                .map(|name| ObjectKey {
+                    kind,
+                    namespace: None,
+                    name: name.clone(),
+                })
+                .collect()
+        };
+        let namespaced = |keys: &mut dyn Iterator<Item = &(String, String)>| -> Vec<ObjectKey> {
+            keys.map(|(namespace, name)| ObjectKey {
+                kind,
+                namespace: Some(namespace.clone()),
+                name: name.clone(),
+            })
+            .collect()
+        };
+        match kind {
+            "Namespace" => cluster(&mut self.namespaces.keys()),
+            "Node" => cluster(&mut self.nodes.keys()),
+            "Pod" => namespaced(&mut self.pods.keys()),
+            "Service" => namespaced(&mut self.services.keys()),
+            "AuthorizationPolicy" => namespaced(&mut self.authorization_policies.keys()),
+            "PeerAuthentication" => namespaced(&mut self.peer_authentications.keys()),
+            "ServiceAccount" => namespaced(&mut self.service_accounts.keys()),
+            "VirtualService" => namespaced(&mut self.virtual_services.keys()),
+            "DestinationRule" => namespaced(&mut self.destination_rules.keys()),
+            "LocalRateLimit" => namespaced(&mut self.local_rate_limits.keys()),
+            _ => Vec::new(),
         }
     }
 

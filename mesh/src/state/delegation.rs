@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{CompiledService, Workload};
+use super::{CompiledService, Shard, Workload};
 use crate::config::{AuthorizationPolicyInfo, Model, WaypointRef};
 use crate::policy::{RootNamespace, scope_of};
 
@@ -55,45 +55,82 @@ impl Delegation {
     }
 }
 
+/// The delegations of one namespace's pods and Services (a shard's).
 #[derive(Debug, Default)]
 pub(super) struct Delegated {
-    /// By the workload's (namespace, name).
-    pub workloads: HashMap<Key, Vec<Delegation>>,
-    /// By the Service's (namespace, name): the policies its waypoint evaluates per call.
-    pub services: HashMap<Key, Vec<Arc<AuthorizationPolicyInfo>>>,
-    /// Policies with L7 rules that no waypoint can take: they stay fail-closed at L4.
-    pub stranded: Vec<Key>,
-    /// Policies delegated, with the waypoints they went to.
+    /// By the pod's name.
+    pub workloads: HashMap<String, Vec<Delegation>>,
+    /// By the Service's name: the policies its waypoint evaluates per call.
+    pub services: HashMap<String, Vec<Arc<AuthorizationPolicyInfo>>>,
+    /// Policies delegated for these pods, with the waypoints they went to.
     pub to: Vec<(Key, Vec<WaypointRef>)>,
 }
 
-pub(super) fn compile(
-    model: &Model,
-    by_namespace: &HashMap<&str, Vec<Arc<Workload>>>,
-    selecting: &HashMap<Key, Vec<Arc<CompiledService>>>,
-    services: &HashMap<Key, Arc<CompiledService>>,
-) -> Delegated {
-    let root = RootNamespace::default();
-    let mut out = Delegated::default();
-    for (key, policy) in &model.authorization_policies {
-        if !policy.target_refs.is_empty() || !policy.rules.iter().any(|r| r.needs_l7()) {
-            continue;
+/// The workload policies that have L7 rules: those that may be delegated.
+#[derive(Debug, Default)]
+pub(super) struct Candidates {
+    root: RootNamespace,
+    by_namespace: HashMap<String, Vec<Arc<AuthorizationPolicyInfo>>>,
+}
+
+impl Candidates {
+    pub fn of(model: &Model) -> Candidates {
+        let mut out = Candidates::default();
+        for policy in model.authorization_policies.values() {
+            if policy.target_refs.is_empty() && policy.rules.iter().any(|r| r.needs_l7()) {
+                out.by_namespace
+                    .entry(policy.namespace.clone())
+                    .or_default()
+                    .push(Arc::new(policy.clone()));
+            }
         }
-        let policy_arc = Arc::new(policy.clone());
-        let candidates: Vec<&Arc<Workload>> = if policy.namespace == root.as_str() {
-            by_namespace.values().flatten().collect()
-        } else {
-            by_namespace
-                .get(policy.namespace.as_str())
-                .into_iter()
-                .flatten()
-                .collect()
-        };
+        out
+    }
+
+    /// Every candidate, in (namespace, name) order.
+    pub fn all(&self) -> impl Iterator<Item = &AuthorizationPolicyInfo> {
+        let mut namespaces: Vec<&String> = self.by_namespace.keys().collect();
+        namespaces.sort();
+        namespaces
+            .into_iter()
+            .flat_map(|ns| self.by_namespace[ns].iter().map(|p| &**p))
+    }
+
+    /// Those that can select pods of `namespace`: its own and the root namespace's, in
+    /// (namespace, name) order.
+    fn for_namespace<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<AuthorizationPolicyInfo>> + 'a {
+        let mut namespaces = vec![namespace, self.root.as_str()];
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        namespaces
+            .into_iter()
+            .flat_map(|ns| self.by_namespace.get(ns).into_iter().flatten())
+    }
+}
+
+/// The delegations of one namespace's pods. `identities` gives a waypoint's identities
+/// (see [`identities`]).
+pub(super) fn compile(
+    shard: &Shard,
+    candidates: &Candidates,
+    identities: impl Fn(&WaypointRef) -> Vec<(String, String)>,
+) -> Delegated {
+    let mut out = Delegated::default();
+    let Some(namespace) = shard.workloads.values().next().map(|w| &w.pod.namespace) else {
+        return out;
+    };
+    let mut pods: Vec<&Arc<Workload>> = shard.workloads.values().collect();
+    pods.sort_by(|a, b| a.pod.name.cmp(&b.pod.name));
+    for policy in candidates.for_namespace(namespace) {
+        let key = (policy.namespace.clone(), policy.name.clone());
         let selected = |pod: &crate::config::PodInfo| {
             scope_of(
                 &policy.namespace,
                 policy.selector.as_ref(),
-                &root,
+                &candidates.root,
                 &crate::policy::Workload::from(pod),
             )
             .is_some()
@@ -105,16 +142,16 @@ pub(super) fn compile(
             service.waypoint.is_some() && service.endpoints.iter().all(|w| selected(&w.pod))
         };
         let mut waypoints: Vec<WaypointRef> = Vec::new();
-        for workload in candidates {
+        for workload in &pods {
             let pod = &workload.pod;
             // Traffic to the pod's own address through a workload waypoint is carried at
             // L4 there: it must keep meeting the policy at the pod's agent.
             if !selected(pod) || workload.waypoint.is_some() {
                 continue;
             }
-            let pod_key = (pod.namespace.clone(), pod.name.clone());
-            let bound: Vec<&Arc<CompiledService>> = selecting
-                .get(&pod_key)
+            let bound: Vec<&Arc<CompiledService>> = shard
+                .selecting
+                .get(&pod.name)
                 .into_iter()
                 .flatten()
                 .filter(|s| s.waypoint.is_some())
@@ -149,23 +186,17 @@ pub(super) fn compile(
                 for service in &through {
                     let list = out
                         .services
-                        .entry((
-                            service.service.namespace.clone(),
-                            service.service.name.clone(),
-                        ))
+                        .entry(service.service.name.clone())
                         .or_default();
-                    if !list
-                        .iter()
-                        .any(|p| p.name == policy.name && p.namespace == policy.namespace)
-                    {
-                        list.push(policy_arc.clone());
+                    if !list.iter().any(|p| Arc::ptr_eq(p, policy)) {
+                        list.push(policy.clone());
                     }
                 }
-                let delegations = out.workloads.entry(pod_key.clone()).or_default();
+                let delegations = out.workloads.entry(pod.name.clone()).or_default();
                 match delegations.iter_mut().find(|d| d.waypoint == waypoint) {
                     Some(d) => d.policies.push(key.clone()),
                     None => delegations.push(Delegation {
-                        identities: identities(services, &waypoint),
+                        identities: identities(&waypoint),
                         waypoint: waypoint.clone(),
                         policies: vec![key.clone()],
                         ports,
@@ -176,23 +207,18 @@ pub(super) fn compile(
                 }
             }
         }
-        if waypoints.is_empty() {
-            out.stranded.push(key.clone());
-        } else {
+        if !waypoints.is_empty() {
             waypoints.sort();
-            out.to.push((key.clone(), waypoints));
+            out.to.push((key, waypoints));
         }
     }
     out
 }
 
-/// The identities of a waypoint's pods: the service accounts of its Service's endpoints.
-fn identities(
-    services: &HashMap<Key, Arc<CompiledService>>,
-    waypoint: &WaypointRef,
-) -> Vec<(String, String)> {
-    let mut ids: Vec<(String, String)> = services
-        .get(&(waypoint.namespace.clone(), waypoint.name.clone()))
+/// The identities of a waypoint's pods: the service accounts of its Service's endpoints,
+/// as (namespace, service account), sorted.
+pub(super) fn identities(service: Option<&CompiledService>) -> Vec<(String, String)> {
+    let mut ids: Vec<(String, String)> = service
         .into_iter()
         .flat_map(|s| s.endpoints.iter())
         .map(|w| (w.pod.namespace.clone(), w.pod.service_account.clone()))

@@ -25,11 +25,13 @@
 //! The findings come from the same compile step that the data path reads, so they cannot
 //! disagree with it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use super::State;
 use crate::config::{
-    AuthzAction, NONE, ServiceInfo, TrafficKind, TrafficPolicy, WaypointRef, use_waypoint,
+    AuthzAction, Model, NONE, PodInfo, ServiceInfo, TrafficKind, TrafficPolicy, WaypointRef,
+    use_waypoint,
 };
 
 /// How much a finding matters. `analyze` exits non-zero when there is an [`Error`].
@@ -102,7 +104,6 @@ pub(super) fn analyze(state: &State) -> Vec<Finding> {
     ignored_fields(state, &mut out);
     destinations(state, &mut out);
     without_waypoint(state, &mut out);
-    l7_policies_at_l4(state, &mut out);
     waypoint_labels(state, &mut out);
     sidecar_namespaces(state, &mut out);
     out
@@ -209,7 +210,7 @@ fn waypoint_hint() -> String {
 
 /// Routes and balancing are the waypoint's: without one they do nothing.
 fn without_waypoint(state: &State, out: &mut Vec<Finding>) {
-    for compiled in state.services.values() {
+    for compiled in state.compiled_services() {
         if compiled.waypoint.is_some() {
             continue;
         }
@@ -250,12 +251,19 @@ fn without_waypoint(state: &State, out: &mut Vec<Finding>) {
 /// A workload policy whose rules need L7 attributes: delegated to the waypoints that serve
 /// its workloads, or, where none does, left to the destination's node agent, which sees
 /// connections, not requests, so that its L7 rules never match there.
-fn l7_policies_at_l4(state: &State, out: &mut Vec<Finding>) {
+pub(super) fn delegations(state: &State) -> Vec<Finding> {
+    let mut out = Vec::new();
     let label = |(ns, name): &(String, String)| format!("AuthorizationPolicy {ns}/{name}");
-    for key in &state.delegated.stranded {
-        let Some(policy) = state.model.authorization_policies.get(key) else {
+    // Each policy's waypoints, over every namespace's pods.
+    let mut to: BTreeMap<&(String, String), Vec<&WaypointRef>> = BTreeMap::new();
+    for (key, waypoints) in state.shards.values().flat_map(|s| s.delegated.to.iter()) {
+        to.entry(key).or_default().extend(waypoints);
+    }
+    for policy in state.fixed.l7_policies.all() {
+        let key = (policy.namespace.clone(), policy.name.clone());
+        if to.contains_key(&key) {
             continue;
-        };
+        }
         let effect = match policy.action {
             AuthzAction::Allow => {
                 "such an ALLOW rule matches no connection, so the policy admits nothing"
@@ -266,7 +274,7 @@ fn l7_policies_at_l4(state: &State, out: &mut Vec<Finding>) {
         out.push(Finding::new(
             Severity::Error,
             "WEFT031",
-            label(key),
+            label(&key),
             format!(
                 "its rules need L7 attributes (paths, methods, hosts, request principals or \
                  headers) and no waypoint serves the workloads it selects, so their node agents \
@@ -275,7 +283,9 @@ fn l7_policies_at_l4(state: &State, out: &mut Vec<Finding>) {
             ),
         ));
     }
-    for (key, waypoints) in &state.delegated.to {
+    for (key, mut waypoints) in to {
+        waypoints.sort();
+        waypoints.dedup();
         let names: Vec<String> = waypoints
             .iter()
             .map(|w| format!("{}/{}", w.namespace, w.name))
@@ -292,62 +302,27 @@ fn l7_policies_at_l4(state: &State, out: &mut Vec<Finding>) {
             ),
         ));
     }
+    out
 }
 
 /// Use-waypoint labels that bind nothing.
 fn waypoint_labels(state: &State, out: &mut Vec<Finding>) {
     let model = &state.model;
-    let check =
-        |out: &mut Vec<Finding>, object: &dyn Fn() -> String, namespace: &str, labels, kind| {
-            let Some(name) = use_waypoint(labels) else {
-                return;
-            };
-            if name == NONE || name.is_empty() {
-                return;
-            }
-            // Formatted only for an object that has a finding: most objects have no label.
-            let object = object();
-            let waypoint = WaypointRef {
-                namespace: namespace.to_string(),
-                name: name.clone(),
-            };
-            if !model
-                .services
-                .contains_key(&(namespace.to_string(), name.clone()))
-            {
-                out.push(Finding::new(
-                Severity::Warning,
-                "WEFT033",
-                object,
-                format!(
-                    "names waypoint {namespace}/{name}, which has no Service: traffic bound to it \
-                     fails until the waypoint exists"
-                ),
-            ));
-            } else if !model.waypoint_serves(&waypoint, kind) {
-                out.push(Finding::new(
-                Severity::Warning,
-                "WEFT032",
-                object,
-                format!(
-                    "names waypoint {namespace}/{name}, whose {} label says it does not serve {} \
-                     traffic: the binding is not made",
-                    crate::config::WAYPOINT_FOR_LABEL,
-                    match kind {
-                        TrafficKind::Service => "Service",
-                        TrafficKind::Workload => "workload",
-                    }
-                ),
-            ));
-            }
-        };
     for ns in model.namespaces.values() {
         let label = || format!("Namespace {}", ns.name);
-        check(out, &label, &ns.name, &ns.labels, TrafficKind::Service);
+        check_waypoint_label(
+            model,
+            out,
+            &label,
+            &ns.name,
+            &ns.labels,
+            TrafficKind::Service,
+        );
     }
     for svc in model.services.values().filter(|s| !is_waypoint(state, s)) {
         let label = || format!("Service {}/{}", svc.namespace, svc.name);
-        check(
+        check_waypoint_label(
+            model,
             out,
             &label,
             &svc.namespace,
@@ -357,7 +332,8 @@ fn waypoint_labels(state: &State, out: &mut Vec<Finding>) {
     }
     for sa in model.service_accounts.values() {
         let label = || format!("ServiceAccount {}/{}", sa.namespace, sa.name);
-        check(
+        check_waypoint_label(
+            model,
             out,
             &label,
             &sa.namespace,
@@ -365,15 +341,74 @@ fn waypoint_labels(state: &State, out: &mut Vec<Finding>) {
             TrafficKind::Workload,
         );
     }
-    for pod in model.pods.values() {
+}
+
+/// The findings about pods (their use-waypoint labels), kept with their namespace's shard.
+pub(super) fn pods<'a>(model: &Model, pods: impl Iterator<Item = &'a PodInfo>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for pod in pods {
         let label = || format!("Pod {}/{}", pod.namespace, pod.name);
-        check(
-            out,
+        check_waypoint_label(
+            model,
+            &mut out,
             &label,
             &pod.namespace,
             &pod.labels,
             TrafficKind::Workload,
         );
+    }
+    out
+}
+
+/// A use-waypoint label on an object of `namespace` that binds nothing.
+fn check_waypoint_label(
+    model: &Model,
+    out: &mut Vec<Finding>,
+    object: &dyn Fn() -> String,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    kind: TrafficKind,
+) {
+    let Some(name) = use_waypoint(labels) else {
+        return;
+    };
+    if name == NONE || name.is_empty() {
+        return;
+    }
+    // Formatted only for an object that has a finding: most objects have no label.
+    let object = object();
+    let waypoint = WaypointRef {
+        namespace: namespace.to_string(),
+        name: name.clone(),
+    };
+    if !model
+        .services
+        .contains_key(&(namespace.to_string(), name.clone()))
+    {
+        out.push(Finding::new(
+            Severity::Warning,
+            "WEFT033",
+            object,
+            format!(
+                "names waypoint {namespace}/{name}, which has no Service: traffic bound to it \
+                 fails until the waypoint exists"
+            ),
+        ));
+    } else if !model.waypoint_serves(&waypoint, kind) {
+        out.push(Finding::new(
+            Severity::Warning,
+            "WEFT032",
+            object,
+            format!(
+                "names waypoint {namespace}/{name}, whose {} label says it does not serve {} \
+                 traffic: the binding is not made",
+                crate::config::WAYPOINT_FOR_LABEL,
+                match kind {
+                    TrafficKind::Service => "Service",
+                    TrafficKind::Workload => "workload",
+                }
+            ),
+        ));
     }
 }
 

@@ -18,19 +18,23 @@
 //!
 //! Files:
 //! - `traffic.rs`: VirtualService precedence and DestinationRule merging per Service;
+//! - `delegation.rs`: L7 workload policies handed to the waypoint that serves the workloads;
 //! - `findings.rs`: the findings and their stable codes.
+//!
+//! What derives from pods is kept per namespace (a Service selects pods of its own
+//! namespace), so that [`State::update`] rebuilds one namespace when one Pod changes.
 //!
 //! [`epoch`]: State::epoch
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{
-    AuthorizationPolicyInfo, DestinationRuleInfo, Model, PodInfo, ServiceInfo, VirtualServiceInfo,
-    WaypointRef, resolve_host, workload_name,
+    AuthorizationPolicyInfo, DestinationRuleInfo, Model, ObjectKey, PodInfo, ServiceInfo,
+    VirtualServiceInfo, WaypointRef, resolve_host, workload_name,
 };
 
 mod delegation;
@@ -88,89 +92,228 @@ pub struct Resolved<'a> {
     pub waypoint: Option<&'a WaypointRef>,
 }
 
+/// What the State derives from one namespace's pods and Services. Only pods of the same
+/// namespace feed it (a Service selects pods of its own namespace), so a changed Pod
+/// rebuilds its namespace's shard and nothing else ([`State::update`]).
+#[derive(Debug, Default)]
+struct Shard {
+    /// Every pod of the namespace, host-network ones too, by name.
+    workloads: HashMap<String, Arc<Workload>>,
+    /// Services by name.
+    services: HashMap<String, Arc<CompiledService>>,
+    /// The Services that select each pod, by the pod's name.
+    selecting: HashMap<String, Vec<Arc<CompiledService>>>,
+    /// The L7 policies handed to waypoints for these pods and Services (`delegation.rs`).
+    delegated: delegation::Delegated,
+    /// Findings about these pods.
+    findings: Vec<Finding>,
+}
+
 /// The compiled state. See the module documentation.
 #[derive(Debug, Default)]
 pub struct State {
     model: Model,
     epoch: u64,
-    by_ip: HashMap<IpAddr, Arc<Workload>>,
-    services: HashMap<(String, String), Arc<CompiledService>>,
-    by_vip: HashMap<IpAddr, Arc<CompiledService>>,
-    /// The Services that select each pod, by the pod's (namespace, name).
-    selecting: HashMap<(String, String), Vec<Arc<CompiledService>>>,
-    /// L7 workload policies handed to waypoints (see `delegation.rs`).
-    delegated: delegation::Delegated,
+    shards: HashMap<String, Arc<Shard>>,
+    /// Cluster IPs, and the addresses of pods that own theirs (not host-network).
+    addresses: Addresses,
+    /// Whether two pods or Services claim one address: then a Service holds it over a pod,
+    /// and the later by (namespace, name) over the earlier, which only a full compile can
+    /// settle.
+    address_conflict: bool,
+    /// What does not depend on pods, kept as it is by [`State::update`].
+    fixed: Arc<Fixed>,
+    findings: Vec<Finding>,
+}
+
+#[derive(Debug, Default)]
+struct Fixed {
     /// Workload-attached AuthorizationPolicies (no `targetRefs`) by namespace, so that a
     /// connection's decision looks at its namespace's and the root namespace's only.
     workload_policies: HashMap<String, Vec<Arc<AuthorizationPolicyInfo>>>,
+    /// The workload policies with L7 rules, which may be delegated (`delegation.rs`).
+    l7_policies: delegation::Candidates,
+    /// The waypoints that Services are bound to: a pod change that changes one of their
+    /// identities needs a full compile.
+    service_waypoints: Vec<WaypointRef>,
+    /// The findings that do not depend on pods.
     findings: Vec<Finding>,
+}
+
+/// What owns an address, and the waypoint that a connection to it goes through, copied
+/// here so that [`State::resolve`] reads the map's entry and nothing else.
+#[derive(Debug, Clone)]
+struct Address {
+    owner: Owner,
+    waypoint: Option<Arc<WaypointRef>>,
+}
+
+#[derive(Debug, Clone)]
+enum Owner {
+    Service(Arc<CompiledService>),
+    Workload(Arc<Workload>),
+}
+
+impl Address {
+    fn service(service: &Arc<CompiledService>) -> Address {
+        Address {
+            waypoint: service.waypoint.clone().map(Arc::new),
+            owner: Owner::Service(service.clone()),
+        }
+    }
+
+    fn workload(workload: &Arc<Workload>) -> Address {
+        Address {
+            waypoint: workload
+                .waypoint
+                .clone()
+                .filter(|_| workload.in_mesh)
+                .map(Arc::new),
+            owner: Owner::Workload(workload.clone()),
+        }
+    }
+
+    fn is_workload(&self, workload: &Arc<Workload>) -> bool {
+        matches!(&self.owner, Owner::Workload(w) if Arc::ptr_eq(w, workload))
+    }
+}
+
+/// Addresses keyed by their number: an IPv4 map entry is 32 bytes, where one keyed by
+/// `IpAddr` is 48, so that 10k pods' entries stay in a core's cache (`bench scale`,
+/// `resolve_ratio`).
+#[derive(Debug, Clone, Default)]
+struct Addresses {
+    v4: HashMap<u32, Address>,
+    v6: HashMap<u128, Address>,
+}
+
+impl Addresses {
+    fn get(&self, ip: &IpAddr) -> Option<&Address> {
+        match ip {
+            IpAddr::V4(ip) => self.v4.get(&u32::from(*ip)),
+            IpAddr::V6(ip) => self.v6.get(&u128::from(*ip)),
+        }
+    }
+
+    fn insert(&mut self, ip: IpAddr, address: Address) -> Option<Address> {
+        match ip {
+            IpAddr::V4(ip) => self.v4.insert(u32::from(ip), address),
+            IpAddr::V6(ip) => self.v6.insert(u128::from(ip), address),
+        }
+    }
+
+    fn remove(&mut self, ip: &IpAddr) -> Option<Address> {
+        match ip {
+            IpAddr::V4(ip) => self.v4.remove(&u32::from(*ip)),
+            IpAddr::V6(ip) => self.v6.remove(&u128::from(*ip)),
+        }
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = (IpAddr, &Address)> {
+        let v4 = self
+            .v4
+            .iter()
+            .map(|(ip, a)| (IpAddr::from(std::net::Ipv4Addr::from(*ip)), a));
+        let v6 = self
+            .v6
+            .iter()
+            .map(|(ip, a)| (IpAddr::from(std::net::Ipv6Addr::from(*ip)), a));
+        v4.chain(v6)
+    }
+}
+
+/// The address a pod owns: none for a host-network pod (its address is the node's).
+fn own_ip(workload: &Workload) -> Option<IpAddr> {
+    workload.pod.ip.filter(|_| !workload.pod.host_network)
 }
 
 /// Epochs are unique within a process, so that a connection can tell whether the state it
 /// was admitted under is still the current one.
 static EPOCH: AtomicU64 = AtomicU64::new(1);
 
+/// The pods and Services of each namespace, in (namespace, name) order.
+fn by_namespace(model: &Model) -> BTreeMap<&str, (Vec<&PodInfo>, Vec<&ServiceInfo>)> {
+    let mut out: BTreeMap<&str, (Vec<&PodInfo>, Vec<&ServiceInfo>)> = BTreeMap::new();
+    for pod in model.pods.values() {
+        out.entry(pod.namespace.as_str()).or_default().0.push(pod);
+    }
+    for service in model.services.values() {
+        out.entry(service.namespace.as_str())
+            .or_default()
+            .1
+            .push(service);
+    }
+    out
+}
+
+/// A namespace's workloads, Services and endpoints (no delegations yet: those need the
+/// waypoints' identities, which may live in another shard). `traffic` gives each Service's
+/// VirtualService and merged DestinationRule.
+fn shard(
+    model: &Model,
+    pods: &[&PodInfo],
+    services: &[&ServiceInfo],
+    traffic: impl Fn(&ServiceInfo) -> traffic::ServiceTraffic,
+) -> Shard {
+    let mut shard = Shard::default();
+    let mut addressed = Vec::new();
+    for pod in pods {
+        let workload = Arc::new(Workload {
+            name: workload_name(pod),
+            in_mesh: model.in_mesh(pod),
+            waypoint: model.bind_workload_waypoint(pod),
+            pod: (*pod).clone(),
+        });
+        if !pod.host_network && pod.ip.is_some() {
+            addressed.push(workload.clone());
+        }
+        shard.workloads.insert(pod.name.clone(), workload);
+    }
+    for service in services {
+        let (virtual_service, destination_rule) = traffic(service);
+        let compiled = Arc::new(CompiledService {
+            waypoint: model.bind_service_waypoint(service),
+            service: (*service).clone(),
+            endpoints: addressed
+                .iter()
+                .filter(|w| service.selects(&w.pod))
+                .cloned()
+                .collect(),
+            virtual_service,
+            destination_rule,
+        });
+        for endpoint in &compiled.endpoints {
+            shard
+                .selecting
+                .entry(endpoint.pod.name.clone())
+                .or_default()
+                .push(compiled.clone());
+        }
+        shard.services.insert(service.name.clone(), compiled);
+    }
+    shard
+}
+
 impl State {
     /// Compiles a model. Cost: linear in the objects, plus each Service's selector against
     /// the pods of its own namespace.
     pub fn compile(model: Model) -> State {
-        let mut workloads: HashMap<(String, String), Arc<Workload>> = HashMap::new();
-        let mut by_namespace: HashMap<&str, Vec<Arc<Workload>>> = HashMap::new();
-        let mut by_ip = HashMap::new();
-        for pod in model.pods.values() {
-            let workload = Arc::new(Workload {
-                name: workload_name(pod),
-                in_mesh: model.in_mesh(pod),
-                waypoint: model.bind_workload_waypoint(pod),
-                pod: pod.clone(),
-            });
-            if !pod.host_network
-                && let Some(ip) = pod.ip
-            {
-                by_ip.insert(ip, workload.clone());
-                by_namespace
-                    .entry(pod.namespace.as_str())
-                    .or_default()
-                    .push(workload.clone());
-            }
-            workloads.insert((pod.namespace.clone(), pod.name.clone()), workload);
-        }
-
         let traffic = traffic::compile(&model);
-        let mut services = HashMap::new();
-        let mut by_vip = HashMap::new();
-        let mut selecting: HashMap<(String, String), Vec<Arc<CompiledService>>> = HashMap::new();
-        for (key, service) in &model.services {
-            let endpoints: Vec<Arc<Workload>> = by_namespace
-                .get(service.namespace.as_str())
-                .into_iter()
-                .flatten()
-                .filter(|w| service.selects(&w.pod))
-                .cloned()
-                .collect();
-            let (virtual_service, destination_rule) =
-                traffic.for_service.get(key).cloned().unwrap_or_default();
-            let compiled = Arc::new(CompiledService {
-                waypoint: model.bind_service_waypoint(service),
-                service: service.clone(),
-                endpoints,
-                virtual_service,
-                destination_rule,
-            });
-            for endpoint in &compiled.endpoints {
-                selecting
-                    .entry((endpoint.pod.namespace.clone(), endpoint.pod.name.clone()))
-                    .or_default()
-                    .push(compiled.clone());
-            }
-            if let Some(ip) = service.cluster_ip {
-                by_vip.insert(ip, compiled.clone());
-            }
-            services.insert(key.clone(), compiled);
-        }
+        let mut shards: HashMap<String, Shard> = by_namespace(&model)
+            .into_iter()
+            .map(|(namespace, (pods, services))| {
+                let shard = shard(&model, &pods, &services, |service| {
+                    traffic
+                        .for_service
+                        .get(&(service.namespace.clone(), service.name.clone()))
+                        .cloned()
+                        .unwrap_or_default()
+                });
+                (namespace.to_string(), shard)
+            })
+            .collect();
 
-        let delegated = delegation::compile(&model, &by_namespace, &selecting, &services);
-        drop(by_namespace);
         let mut workload_policies: HashMap<String, Vec<Arc<AuthorizationPolicyInfo>>> =
             HashMap::new();
         for policy in model.authorization_policies.values() {
@@ -181,22 +324,242 @@ impl State {
                     .push(Arc::new(policy.clone()));
             }
         }
+        let mut service_waypoints: Vec<WaypointRef> = shards
+            .values()
+            .flat_map(|s| s.services.values())
+            .filter_map(|s| s.waypoint.clone())
+            .collect();
+        service_waypoints.sort();
+        service_waypoints.dedup();
+        let l7_policies = delegation::Candidates::of(&model);
+
+        // Delegations need every shard's endpoints (a waypoint's identities).
+        let delegated: Vec<(String, delegation::Delegated)> = shards
+            .iter()
+            .map(|(namespace, shard)| {
+                let identities = |w: &WaypointRef| {
+                    let endpoints = if w.namespace == *namespace {
+                        shard.services.get(&w.name)
+                    } else {
+                        shards
+                            .get(&w.namespace)
+                            .and_then(|s| s.services.get(&w.name))
+                    };
+                    delegation::identities(endpoints.map(|s| &**s))
+                };
+                (
+                    namespace.clone(),
+                    delegation::compile(shard, &l7_policies, identities),
+                )
+            })
+            .collect();
+        for (namespace, delegated) in delegated {
+            if let Some(shard) = shards.get_mut(&namespace) {
+                shard.delegated = delegated;
+            }
+        }
+        for shard in shards.values_mut() {
+            shard.findings = findings::pods(&model, shard.workloads.values().map(|w| &w.pod));
+        }
+
         let mut state = State {
             epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
-            by_ip,
-            services,
-            by_vip,
-            selecting,
-            delegated,
-            workload_policies,
-            findings: traffic.findings,
+            shards: shards.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             model,
+            ..State::default()
         };
-        let more = findings::analyze(&state);
-        state.findings.extend(more);
-        state.findings.sort();
-        state.findings.dedup();
+        state.address_conflict = !state.index_addresses();
+        let mut fixed = Fixed {
+            workload_policies,
+            l7_policies,
+            service_waypoints,
+            findings: traffic.findings,
+        };
+        fixed.findings.extend(findings::analyze(&state));
+        state.fixed = Arc::new(fixed);
+        state.collect_findings();
         state
+    }
+
+    /// The state after a change of the model to `model`, where `changed` names the objects
+    /// that differ. When only Pods changed, only their namespaces' shards are rebuilt and
+    /// the address indexes patched; anything else is a full [`compile`](State::compile).
+    pub fn update(&self, model: Model, changed: &[ObjectKey]) -> State {
+        let mut namespaces: Vec<&str> = Vec::new();
+        for key in changed {
+            match (key.kind, key.namespace.as_deref()) {
+                ("Pod", Some(namespace)) => namespaces.push(namespace),
+                _ => return State::compile(model),
+            }
+        }
+        // The default State (before a first compile) has nothing to update.
+        if self.address_conflict || self.epoch == 0 {
+            return State::compile(model);
+        }
+        namespaces.sort_unstable();
+        namespaces.dedup();
+
+        let mut rebuilt: Vec<(String, Shard)> = Vec::new();
+        for namespace in namespaces {
+            let range = (namespace.to_string(), String::new())..;
+            let pods: Vec<&PodInfo> = model
+                .pods
+                .range(range.clone())
+                .take_while(|((ns, _), _)| ns == namespace)
+                .map(|(_, pod)| pod)
+                .collect();
+            let services: Vec<&ServiceInfo> = model
+                .services
+                .range(range)
+                .take_while(|((ns, _), _)| ns == namespace)
+                .map(|(_, service)| service)
+                .collect();
+            let old = self.shards.get(namespace);
+            // Only pods changed: each Service keeps its traffic objects.
+            let new = shard(&model, &pods, &services, |service| {
+                old.and_then(|s| s.services.get(&service.name))
+                    .map(|s| (s.virtual_service.clone(), s.destination_rule.clone()))
+                    .unwrap_or_default()
+            });
+            // A waypoint whose pods changed identity changes delegations everywhere.
+            let waypoint_changed = self
+                .fixed
+                .service_waypoints
+                .iter()
+                .filter(|w| w.namespace == namespace)
+                .any(|w| {
+                    let before = old.and_then(|s| s.services.get(&w.name)).map(|s| &**s);
+                    let after = new.services.get(&w.name).map(|s| &**s);
+                    delegation::identities(before) != delegation::identities(after)
+                });
+            if waypoint_changed {
+                return State::compile(model);
+            }
+            rebuilt.push((namespace.to_string(), new));
+        }
+
+        let mut shards = self.shards.clone();
+        for (namespace, mut new) in rebuilt {
+            let identities = |w: &WaypointRef| {
+                let service = if w.namespace == namespace {
+                    new.services.get(&w.name).map(|s| &**s)
+                } else {
+                    self.service(&w.namespace, &w.name)
+                };
+                delegation::identities(service)
+            };
+            new.delegated = delegation::compile(&new, &self.fixed.l7_policies, identities);
+            new.findings = findings::pods(&model, new.workloads.values().map(|w| &w.pod));
+            shards.insert(namespace, Arc::new(new));
+        }
+        let mut state = State {
+            model,
+            epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
+            shards,
+            fixed: self.fixed.clone(),
+            ..State::default()
+        };
+        state.addresses = self.addresses.clone();
+        if !state.patch_addresses(self) {
+            return State::compile(state.model);
+        }
+        state.collect_findings();
+        state
+    }
+
+    /// Fills the address index from the shards. Returns false if two pods or Services
+    /// claim one address.
+    fn index_addresses(&mut self) -> bool {
+        let mut namespaces: Vec<(&String, &Arc<Shard>)> = self.shards.iter().collect();
+        namespaces.sort_by_key(|(namespace, _)| *namespace);
+        let namespaces: Vec<&Arc<Shard>> = namespaces.into_iter().map(|(_, s)| s).collect();
+        let mut unique = true;
+        // Pods first, so that a Service holds an address that a pod claims too.
+        for shard in &namespaces {
+            let mut pods: Vec<&Arc<Workload>> = shard.workloads.values().collect();
+            pods.sort_by(|a, b| a.pod.name.cmp(&b.pod.name));
+            for workload in pods {
+                if let Some(ip) = own_ip(workload) {
+                    unique &= self
+                        .addresses
+                        .insert(ip, Address::workload(workload))
+                        .is_none();
+                }
+            }
+        }
+        let mut services: Vec<&Arc<CompiledService>> = namespaces
+            .iter()
+            .flat_map(|s| s.services.values())
+            .collect();
+        services.sort_by(|a, b| {
+            (&a.service.namespace, &a.service.name).cmp(&(&b.service.namespace, &b.service.name))
+        });
+        for service in services {
+            if let Some(ip) = service.service.cluster_ip {
+                unique &= self
+                    .addresses
+                    .insert(ip, Address::service(service))
+                    .is_none();
+            }
+        }
+        unique
+    }
+
+    /// Moves the address index (copied from `before`) to the shards that changed. Returns
+    /// false if a new address collides with another's.
+    fn patch_addresses(&mut self, before: &State) -> bool {
+        for (namespace, shard) in &self.shards {
+            let old = before.shards.get(namespace);
+            if old.is_some_and(|old| Arc::ptr_eq(old, shard)) {
+                continue;
+            }
+            for workload in old.into_iter().flat_map(|s| s.workloads.values()) {
+                if let Some(ip) = own_ip(workload)
+                    && self
+                        .addresses
+                        .get(&ip)
+                        .is_some_and(|a| a.is_workload(workload))
+                {
+                    self.addresses.remove(&ip);
+                }
+            }
+            for workload in shard.workloads.values() {
+                if let Some(ip) = own_ip(workload)
+                    && self
+                        .addresses
+                        .insert(ip, Address::workload(workload))
+                        .is_some()
+                {
+                    return false;
+                }
+            }
+            // Same Services, same addresses: only their endpoints are new.
+            for service in shard.services.values() {
+                if let Some(ip) = service.service.cluster_ip {
+                    self.addresses.insert(ip, Address::service(service));
+                }
+            }
+        }
+        true
+    }
+
+    /// The findings: those that do not depend on pods, the shards', and the delegations'.
+    fn collect_findings(&mut self) {
+        let mut all = self.fixed.findings.clone();
+        for shard in self.shards.values() {
+            all.extend(shard.findings.iter().cloned());
+        }
+        all.extend(findings::delegations(self));
+        all.sort();
+        all.dedup();
+        self.findings = all;
+    }
+
+    /// Every compiled Service.
+    fn compiled_services(&self) -> impl Iterator<Item = &CompiledService> {
+        self.shards
+            .values()
+            .flat_map(|s| s.services.values().map(|s| &**s))
     }
 
     /// The objects as parsed.
@@ -221,22 +584,25 @@ impl State {
 
     /// The workload that owns `ip` (never a host-network pod: its address is the node's).
     pub fn workload(&self, ip: IpAddr) -> Option<&Workload> {
-        self.by_ip.get(&ip).map(|w| &**w)
+        match &self.addresses.get(&ip)?.owner {
+            Owner::Workload(w) => Some(w),
+            Owner::Service(_) => None,
+        }
     }
 
     /// What happens to a connection from `source` to `target`: the one decision the
     /// outbound paths start from, in two hash lookups.
     pub fn resolve(&self, source: IpAddr, target: IpAddr) -> Resolved<'_> {
         let source = self.workload(source);
-        let (destination, waypoint) = match self.by_vip.get(&target) {
-            Some(service) => (Destination::Service(service), service.waypoint.as_ref()),
-            None => match self.by_ip.get(&target) {
-                Some(w) => (
-                    Destination::Workload(w),
-                    w.waypoint.as_ref().filter(|_| w.in_mesh),
-                ),
-                None => (Destination::Outside, None),
-            },
+        let (destination, waypoint) = match self.addresses.get(&target) {
+            Some(address) => (
+                match &address.owner {
+                    Owner::Service(s) => Destination::Service(s),
+                    Owner::Workload(w) => Destination::Workload(w),
+                },
+                address.waypoint.as_deref(),
+            ),
+            None => (Destination::Outside, None),
         };
         Resolved {
             source,
@@ -252,9 +618,7 @@ impl State {
 
     /// A Service by namespace and name.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&CompiledService> {
-        self.services
-            .get(&(namespace.to_string(), name.to_string()))
-            .map(|s| &**s)
+        self.shards.get(namespace)?.services.get(name).map(|s| &**s)
     }
 
     fn compiled(&self, service: &ServiceInfo) -> Option<&CompiledService> {
@@ -263,18 +627,21 @@ impl State {
 
     /// The Service whose cluster IP is `ip`.
     pub fn service_by_ip(&self, ip: IpAddr) -> Option<&ServiceInfo> {
-        self.by_vip.get(&ip).map(|s| &s.service)
+        self.compiled_by_ip(ip).map(|s| &s.service)
     }
 
     /// The compiled Service whose cluster IP is `ip`.
     pub fn compiled_by_ip(&self, ip: IpAddr) -> Option<&CompiledService> {
-        self.by_vip.get(&ip).map(|s| &**s)
+        match &self.addresses.get(&ip)?.owner {
+            Owner::Service(s) => Some(s),
+            Owner::Workload(_) => None,
+        }
     }
 
     /// The Service a VirtualService or DestinationRule host names, written in `namespace`.
     pub fn service_for_host(&self, host: &str, namespace: &str) -> Option<&ServiceInfo> {
         let (namespace, name) = resolve_host(host, namespace)?;
-        self.services.get(&(namespace, name)).map(|s| &s.service)
+        self.service(&namespace, &name).map(|s| &s.service)
     }
 
     /// The pods behind a Service (its endpoints): selected, and owning an address.
@@ -292,8 +659,9 @@ impl State {
         &'a self,
         pod: &PodInfo,
     ) -> impl Iterator<Item = &'a ServiceInfo> + 'a {
-        self.selecting
-            .get(&(pod.namespace.clone(), pod.name.clone()))
+        self.shards
+            .get(&pod.namespace)
+            .and_then(|s| s.selecting.get(&pod.name))
             .into_iter()
             .flat_map(|services| services.iter().map(|s| &s.service))
     }
@@ -305,7 +673,7 @@ impl State {
 
     /// The waypoint for traffic addressed to the pod's own IP.
     pub fn workload_waypoint(&self, pod: &PodInfo) -> Option<WaypointRef> {
-        match pod.ip.and_then(|ip| self.by_ip.get(&ip)) {
+        match pod.ip.and_then(|ip| self.workload(ip)) {
             Some(w) if w.pod.name == pod.name && w.pod.namespace == pod.namespace => {
                 w.waypoint.clone()
             }
@@ -329,9 +697,11 @@ impl State {
         peer_namespace: &str,
         peer_service_account: &str,
     ) -> Option<&Delegation> {
-        self.delegated
+        self.shards
+            .get(&pod.namespace)?
+            .delegated
             .workloads
-            .get(&(pod.namespace.clone(), pod.name.clone()))?
+            .get(&pod.name)?
             .iter()
             .find(|d| d.is_waypoint(peer_namespace, peer_service_account))
     }
@@ -342,9 +712,9 @@ impl State {
         namespace: &str,
         name: &str,
     ) -> &[Arc<AuthorizationPolicyInfo>] {
-        self.delegated
-            .services
-            .get(&(namespace.to_string(), name.to_string()))
+        self.shards
+            .get(namespace)
+            .and_then(|s| s.delegated.services.get(name))
             .map_or(&[], Vec::as_slice)
     }
 
@@ -362,7 +732,8 @@ impl State {
             (namespace, root)
         };
         let get = |ns: &str| {
-            self.workload_policies
+            self.fixed
+                .workload_policies
                 .get(ns)
                 .map_or(&[][..], Vec::as_slice)
                 .iter()

@@ -307,3 +307,140 @@ fn l7_workload_policies_are_delegated_to_the_waypoint_that_serves_them() {
     assert!(s.delegated_policies("shop", "cart").is_empty());
     assert_eq!(codes(&s, "AuthorizationPolicy shop/calls"), ["WEFT031"]);
 }
+
+/// Everything a State answers, as sorted lines, so that two states can be compared.
+fn digest(s: &State) -> Vec<String> {
+    let mut out = Vec::new();
+    for (ip, a) in s.addresses.iter() {
+        match &a.owner {
+            Owner::Workload(w) => out.push(format!(
+                "ip {ip} {}/{} {} {} {:?} {:?}",
+                w.pod.namespace, w.pod.name, w.name, w.in_mesh, w.waypoint, a.waypoint
+            )),
+            Owner::Service(c) => out.push(format!(
+                "vip {ip} {}/{} {:?}",
+                c.service.namespace, c.service.name, a.waypoint
+            )),
+        }
+    }
+    for (ns, shard) in &s.shards {
+        for c in shard.services.values() {
+            let endpoints: Vec<&str> = c.endpoints.iter().map(|w| w.pod.name.as_str()).collect();
+            out.push(format!(
+                "service {ns}/{} {endpoints:?} {:?} {:?} {:?}",
+                c.service.name,
+                c.waypoint,
+                c.virtual_service.as_ref().map(|v| &v.name),
+                c.destination_rule.as_ref().map(|d| &d.name)
+            ));
+        }
+        for (pod, services) in &shard.selecting {
+            let mut names: Vec<&str> = services.iter().map(|c| c.service.name.as_str()).collect();
+            names.sort_unstable();
+            out.push(format!("selecting {ns}/{pod} {names:?}"));
+        }
+        for (pod, delegations) in &shard.delegated.workloads {
+            out.push(format!("delegation {ns}/{pod} {delegations:?}"));
+        }
+        for (service, policies) in &shard.delegated.services {
+            let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+            out.push(format!("delegated {ns}/{service} {names:?}"));
+        }
+    }
+    for f in &s.findings {
+        out.push(format!("finding {} {} {}", f.code, f.object, f.message));
+    }
+    out.retain(|line| !line.ends_with("[]") || !line.starts_with("selecting"));
+    out.sort();
+    out
+}
+
+fn pod_object(yaml: &str) -> Object {
+    match parse_documents(yaml).pop() {
+        Some((_, Ok(Some(object)))) => object,
+        other => panic!("not a pod: {other:?}"),
+    }
+}
+
+use crate::config::Object;
+
+#[test]
+fn one_changed_pod_updates_to_what_a_full_compile_gives() {
+    let base = state(&format!("{BASE}{L7_POLICY}"));
+    assert!(!base.delegated_policies("shop", "cart").is_empty());
+    let cases = [
+        // A new endpoint of the bound Service.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-3, namespace: shop, uid: u5, labels: {app: cart, version: v1}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.1.0.3}\n",
+        // An endpoint relabelled out of the Service, and so out of the policy's reach.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-2, namespace: shop, uid: u2, labels: {app: other}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.1.0.2}\n",
+        // A new address.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-1, namespace: shop, uid: u1, labels: {app: cart, version: v1}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.1.0.7}\n",
+        // Its own waypoint label (a workload waypoint), which ends the delegation for it.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-1, namespace: shop, uid: u1, labels: {app: cart, version: v1, istio.io/use-waypoint: waypoint}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.1.0.1}\n",
+        // A waypoint pod under another identity: every delegation's identities change.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: waypoint-1, namespace: shop, uid: u4, labels: {gateway: waypoint}}\nspec: {nodeName: n1, serviceAccountName: wp}\nstatus: {podIP: 10.1.0.9}\n",
+        // A pod in a namespace that had none.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: lone, namespace: elsewhere, uid: u9, labels: {app: cart}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.2.0.1}\n",
+        // An address another pod holds.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: clash, namespace: other, uid: u8}\nspec: {nodeName: n1}\nstatus: {podIP: 10.1.0.1}\n",
+    ];
+    for yaml in cases {
+        let object = pod_object(yaml);
+        let key = object.key();
+        let mut model = base.model().clone();
+        model.insert(object);
+        let updated = base.update(model.clone(), std::slice::from_ref(&key));
+        let compiled = State::compile(model);
+        assert_eq!(digest(&updated), digest(&compiled), "after {key}");
+        assert!(updated.epoch() > base.epoch());
+    }
+    // A pod removed.
+    let key = pod_object(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-1, namespace: shop, uid: u1}\nspec: {nodeName: n1}\nstatus: {podIP: 10.1.0.1}\n",
+    )
+    .key();
+    let mut model = base.model().clone();
+    assert!(model.remove(&key));
+    let updated = base.update(model.clone(), std::slice::from_ref(&key));
+    assert!(updated.workload("10.1.0.1".parse().unwrap()).is_none());
+    assert_eq!(digest(&updated), digest(&State::compile(model)));
+}
+
+#[test]
+fn only_the_changed_namespace_is_rebuilt() {
+    let base = state(&format!(
+        "{BASE}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: other, uid: u7}}\nspec: {{nodeName: n1}}\nstatus: {{podIP: 10.3.0.1}}\n"
+    ));
+    let object = pod_object(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-3, namespace: shop, uid: u5, labels: {app: cart}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.1.0.3}\n",
+    );
+    let key = object.key();
+    let mut model = base.model().clone();
+    model.insert(object);
+    let updated = base.update(model, &[key]);
+    assert!(Arc::ptr_eq(&base.shards["other"], &updated.shards["other"]));
+    assert!(!Arc::ptr_eq(&base.shards["shop"], &updated.shards["shop"]));
+    assert!(Arc::ptr_eq(&base.fixed, &updated.fixed));
+    assert_eq!(
+        updated.service("shop", "cart").unwrap().endpoints.len(),
+        3,
+        "cart-1, cart-2 and cart-3"
+    );
+}
+
+#[test]
+fn a_change_of_another_kind_recompiles() {
+    let base = state(BASE);
+    let object = pod_object("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+    let key = object.key();
+    let mut model = base.model().clone();
+    model.insert(object);
+    let updated = base.update(model.clone(), &[key]);
+    assert!(
+        !updated
+            .workload("10.1.0.1".parse().unwrap())
+            .unwrap()
+            .in_mesh
+    );
+    assert_eq!(digest(&updated), digest(&State::compile(model)));
+}
