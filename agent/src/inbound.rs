@@ -94,7 +94,12 @@ impl Opener for Inbound {
                 ),
             ));
         }
-        let source_ip = request.forwarded_for.unwrap_or(request.peer.ip());
+        let source_ip = model.client_address(
+            Some(pod),
+            (peer.namespace(), peer.service_account()),
+            request.peer.ip(),
+            request.forwarded_for,
+        );
         if let Err(reason) =
             self.policy
                 .check(&model, pod, request.authority.port(), Some(peer), source_ip)

@@ -8,9 +8,8 @@ use weft_mesh::{
     config::{Model, MtlsMode, PodInfo},
     identity::SpiffeId,
     policy::{
-        DecisionReason, InboundModes, Peer, RootNamespace, Workload,
-        applicable_authorization_policies, authorize_l4_among, inbound_modes,
-        peer_authentication_mode,
+        InboundModes, Peer, RootNamespace, Workload, applicable_authorization_policies,
+        authorize_l4_among, inbound_modes, peer_authentication_mode,
     },
     state::State,
 };
@@ -57,6 +56,31 @@ impl L4Policy {
             Some(id) => Peer::authenticated(id.principal(), source_ip),
             None => Peer::plaintext(source_ip),
         };
+        // A pod bound to a workload waypoint is reached through it: a connection from any
+        // other identity bypasses the waypoint and its policies. Plaintext from a node's own
+        // address (kubelet probes) is left to PeerAuthentication and the policies below.
+        if let Some((waypoint, identities)) = model.bound_waypoint(dest) {
+            let through = source.is_some_and(|id| {
+                identities
+                    .iter()
+                    .any(|(ns, sa)| ns == id.namespace() && sa == id.service_account())
+            });
+            let probe = source.is_none() && model.is_node_address(source_ip);
+            if !through && !probe {
+                return Err((
+                    Some(format!("waypoint {}/{}", waypoint.namespace, waypoint.name)),
+                    format!(
+                        "{} to {}/{}:{port} denied: the pod is bound to waypoint {}/{} and the \
+                         connection did not come through it",
+                        source.map_or_else(|| source_ip.to_string(), ToString::to_string),
+                        dest.namespace,
+                        dest.name,
+                        waypoint.namespace,
+                        waypoint.name
+                    ),
+                ));
+            }
+        }
         let delegated = source
             .and_then(|id| model.delegation_to(dest, id.namespace(), id.service_account()))
             .filter(|d| d.ports.contains(&port));
@@ -78,10 +102,7 @@ impl L4Policy {
         if decision.allowed {
             return Ok(());
         }
-        let by = match &decision.reason {
-            DecisionReason::DeniedBy(p) => Some(p.to_string()),
-            _ => None,
-        };
+        let by = decision.reason.denied_by().map(ToString::to_string);
         Err((
             by,
             format!(
@@ -94,13 +115,15 @@ impl L4Policy {
         ))
     }
 
-    /// Whether any AuthorizationPolicy governs the pod. Only ungoverned pods may be reached
-    /// by same-node pods directly (spliced, not via the agent): the kernel fast path cannot
-    /// evaluate policy, so governed pods take the agent's path, where `check` runs.
-    pub fn governs(&self, model: &Model, pod: &PodInfo) -> bool {
-        applicable_authorization_policies(model, &self.root(), &Workload::from(pod))
-            .next()
-            .is_some()
+    /// Whether any AuthorizationPolicy or a workload waypoint governs the pod. Only
+    /// ungoverned pods may be reached by same-node pods directly (spliced, not via the
+    /// agent): the kernel fast path can neither evaluate policy nor send a connection
+    /// through a waypoint, so governed pods take the agent's path.
+    pub fn governs(&self, model: &State, pod: &PodInfo) -> bool {
+        (model.in_mesh(pod) && model.workload_waypoint(pod).is_some())
+            || applicable_authorization_policies(model, &self.root(), &Workload::from(pod))
+                .next()
+                .is_some()
     }
 
     /// The pod's PeerAuthentication modes, for the tc gate: the workload's, and each port a

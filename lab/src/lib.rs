@@ -527,6 +527,67 @@ impl Lab {
         )
     }
 
+    /// Runs `weft-probe` (the misbehaving peer) in the network namespace of `node`; returns
+    /// whether it exited 0 and the JSON object it printed.
+    pub fn probe(&self, node: usize, args: &[&str]) -> Result<(bool, serde_json::Value)> {
+        let program = bin_dir()?.join("weft-probe");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.node_netns(node)])
+            .arg(&program)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {} in node {node}", program.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = serde_json::from_str(stdout.trim()).with_context(|| {
+            format!(
+                "weft-probe {args:?} printed no JSON ({}): {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok((out.status.success(), json))
+    }
+
+    /// Sends `bytes` from `pod` to `target` with `labtool send` (a `labtool sink` must listen
+    /// there) and says whether they arrived intact; `Err` only if the tool could not run.
+    pub fn send_ok(&self, pod: &str, target: &str, bytes: u64) -> Result<bool> {
+        let out = self.run(
+            pod,
+            "labtool",
+            &[
+                "send",
+                "--connect",
+                target,
+                "--bytes",
+                &bytes.to_string(),
+                "--timeout",
+                "8",
+            ],
+            Duration::from_secs(30),
+        )?;
+        Ok(out.status.success())
+    }
+
+    /// Waits up to 20 s until [`send_ok`](Self::send_ok) from `pod` to `target` gives `want`
+    /// (policy changes take a moment to reach every process).
+    pub fn expect_send(&self, pod: &str, target: &str, want: bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self.send_ok(pod, target, 64 * 1024)?;
+            if ok == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{pod} -> {target}: expected {}, got {}",
+                    if want { "success" } else { "refusal" },
+                    if ok { "success" } else { "refusal" },
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// Runs a program in a node's network namespace (beside its agent) and parses the JSON
     /// object it prints; fails if it fails.
     pub fn run_json_in_node(

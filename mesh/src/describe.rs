@@ -187,7 +187,7 @@ pub fn describe_service(
             let at = WaypointTarget {
                 waypoint: Workload::new(&w.namespace, labels),
                 name: &w.name,
-                service: (namespace, name),
+                service: Some((namespace, name)),
                 root,
             };
             let policies: Vec<String> = model
@@ -213,10 +213,19 @@ pub fn describe_service(
                     policies.join(", ")
                 }
             );
-            let routes: Vec<String> = model
-                .virtual_service_for(service)
+            let compiled = model.service(&service.namespace, &service.name);
+            let routes: Vec<String> = compiled
+                .and_then(|c| c.virtual_service.as_ref())
                 .map(|vs| format!("{}/{}", vs.namespace, vs.name))
                 .into_iter()
+                .chain(compiled.into_iter().flat_map(|c| {
+                    c.consumer_routes.iter().map(|vs| {
+                        format!(
+                            "{}/{} (for callers in {} only)",
+                            vs.namespace, vs.name, vs.namespace
+                        )
+                    })
+                }))
                 .collect();
             let rule = model
                 .destination_rule_for(service)
@@ -226,7 +235,11 @@ pub fn describe_service(
                 .values()
                 .filter(|l| {
                     l.target_refs.iter().any(|r| {
-                        r.attaches(&l.namespace, (&w.namespace, &w.name), (namespace, name))
+                        r.attaches(
+                            &l.namespace,
+                            (&w.namespace, &w.name),
+                            Some((namespace, name)),
+                        )
                     })
                 })
                 .map(|l| format!("{}/{}", l.namespace, l.name))
@@ -286,8 +299,14 @@ fn merged_rule(dr: &crate::config::DestinationRuleInfo) -> String {
 /// The findings about the Service and the objects that apply to it.
 fn findings(out: &mut String, model: &State, service: &ServiceInfo) {
     let mut objects = vec![format!("Service {}/{}", service.namespace, service.name)];
-    if let Some(vs) = model.virtual_service_for(service) {
-        objects.push(format!("VirtualService {}/{}", vs.namespace, vs.name));
+    if let Some(compiled) = model.service(&service.namespace, &service.name) {
+        for vs in compiled
+            .virtual_service
+            .iter()
+            .chain(&compiled.consumer_routes)
+        {
+            objects.push(format!("VirtualService {}/{}", vs.namespace, vs.name));
+        }
     }
     for dr in model.destination_rules.values() {
         if crate::config::resolve_host(&dr.host, &dr.namespace)

@@ -54,25 +54,8 @@ struct Probe {
 
 /// Runs `weft-probe` in the network namespace of `node` (the probe needs no cgroup).
 fn probe(lab: &Lab, node: usize, args: &[&str]) -> Result<Probe> {
-    let program = weft_lab::bin_dir()?.join("weft-probe");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.node_netns(node)])
-        .arg(&program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {} in node {node}", program.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(stdout.trim()).with_context(|| {
-        format!(
-            "weft-probe {args:?} printed no JSON ({}): {stdout}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    Ok(Probe {
-        success: out.status.success(),
-        out: json,
-    })
+    let (success, out) = lab.probe(node, args)?;
+    Ok(Probe { success, out })
 }
 
 fn root_cert(lab: &Lab) -> String {

@@ -44,22 +44,7 @@ fn try_send(lab: &Lab, from: &str, to: &str, bytes: u64) -> Result<bool> {
 }
 
 fn try_send_to(lab: &Lab, from: &str, to: &str, port: u16, bytes: u64) -> Result<bool> {
-    let target = format!("{}:{port}", lab.pod(to).ip);
-    let out = lab.run(
-        from,
-        "labtool",
-        &[
-            "send",
-            "--connect",
-            &target,
-            "--bytes",
-            &bytes.to_string(),
-            "--timeout",
-            "8",
-        ],
-        Duration::from_secs(30),
-    )?;
-    Ok(out.status.success())
+    lab.send_ok(from, &format!("{}:{port}", lab.pod(to).ip), bytes)
 }
 
 /// Waits until `from` -> `to` succeeds (or fails, per `want`), as policy changes propagate.

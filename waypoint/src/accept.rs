@@ -84,6 +84,10 @@ impl Opener for Accept {
                 .and_then(|n| model.nodes.get(n))
                 .and_then(|n| n.internal_ip)
                 .ok_or_else(|| refuse(503, format!("no node address for pod {}", pod.name)))?;
+            let client = source(&model, peer, client_ip(&model, &request, peer));
+            self.proxy
+                .authorize_connection(&model, None, target.port(), &client.principal, &client.peer)
+                .map_err(|reason| refuse(403, reason))?;
             return Ok(Opened::Pod {
                 address: target,
                 node: SocketAddr::new(node, weft_mesh::hbone::PORT),
@@ -113,7 +117,7 @@ impl Opener for Accept {
                     ),
                 )
             })?;
-        let client_ip = request.forwarded_for.unwrap_or(request.peer.ip());
+        let client_ip = client_ip(&model, &request, peer);
         match port.protocol {
             AppProtocol::Grpc | AppProtocol::Http2 => Ok(Opened::Http(Arc::new(Called {
                 service: (service.namespace.clone(), service.name.clone()),
@@ -124,6 +128,16 @@ impl Opener for Accept {
                 source: source(&model, peer, client_ip),
             }))),
             AppProtocol::Tcp => {
+                let client = source(&model, peer, client_ip);
+                self.proxy
+                    .authorize_connection(
+                        &model,
+                        Some((&service.namespace, &service.name)),
+                        port.port,
+                        &client.principal,
+                        &client.peer,
+                    )
+                    .map_err(|reason| refuse(403, reason))?;
                 let key = ClusterKey {
                     namespace: service.namespace.clone(),
                     service: service.name.clone(),
@@ -169,6 +183,17 @@ impl Opener for Accept {
             Opened::Pod { address, node } => self.l4(&mut tunnel, address, node).await,
         }
     }
+}
+
+/// The client's address: the one the source agent forwarded, if the peer may speak for it
+/// ([`State::client_address`]), else the tunnel peer's own.
+fn client_ip(model: &State, request: &ConnectRequest, peer: &SpiffeId) -> IpAddr {
+    model.client_address(
+        None,
+        (peer.namespace(), peer.service_account()),
+        request.peer.ip(),
+        request.forwarded_for,
+    )
 }
 
 /// The client as its certificate proves it; its workload is looked up by address (a name

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use weft_mesh::{
     config::{HashKey, LoadBalancer, RetryOn},
     policy::{
-        Peer, Request as Attributes, RootNamespace, WaypointTarget, Workload, authorize_l7,
-        authorize_l7_among,
+        Peer, Request as Attributes, RootNamespace, WaypointTarget, Workload,
+        authorize_l4_at_waypoint, authorize_l7, authorize_l7_among,
     },
 };
 
@@ -180,6 +180,7 @@ impl Proxy {
         let (decision, target) = match route(
             &model,
             service,
+            &called.source.namespace,
             called.port,
             parts.uri.path(),
             &parts.headers,
@@ -401,27 +402,7 @@ impl Proxy {
         if model.authorization_policies.is_empty() {
             return Ok(());
         }
-        // The waypoint's own labels matter only to policies that select it; finding its pod
-        // is a scan of the pods, so skip it when no policy has a selector.
-        let no_labels = std::collections::BTreeMap::new();
-        let selects = model
-            .authorization_policies
-            .values()
-            .any(|p| p.target_refs.is_empty() && p.selector.is_some());
-        let labels = selects
-            .then(|| model.pod_by_ip(self.waypoint.pod_ip))
-            .flatten()
-            .map_or(&no_labels, |pod| &pod.labels);
-        let at = WaypointTarget {
-            waypoint: Workload {
-                namespace: &self.waypoint.namespace,
-                labels,
-                ip: Some(self.waypoint.pod_ip),
-            },
-            name: &self.waypoint.name,
-            service: (&called.service.0, &called.service.1),
-            root: &self.waypoint.root,
-        };
+        let at = self.target(model, Some((&called.service.0, &called.service.1)));
         let host = parts
             .uri
             .authority()
@@ -440,7 +421,53 @@ impl Proxy {
             headers: &parts.headers,
         };
         let decision = authorize_l7(model, &at, called.port, &called.source.peer, &attributes);
-        self.verdict(decision, called, path)
+        self.verdict(decision, &called.source.principal, &called.label, path)
+    }
+
+    /// This waypoint as policies attach to it, for traffic to `service` (`None`: to a pod).
+    fn target<'a>(
+        &'a self,
+        model: &'a State,
+        service: Option<(&'a str, &'a str)>,
+    ) -> WaypointTarget<'a> {
+        static NO_LABELS: std::collections::BTreeMap<String, String> =
+            std::collections::BTreeMap::new();
+        WaypointTarget {
+            waypoint: Workload {
+                namespace: &self.waypoint.namespace,
+                // Its own labels, for policies that select it.
+                labels: model
+                    .pod_by_ip(self.waypoint.pod_ip)
+                    .map_or(&NO_LABELS, |pod| &pod.labels),
+                ip: Some(self.waypoint.pod_ip),
+            },
+            name: &self.waypoint.name,
+            service,
+            root: &self.waypoint.root,
+        }
+    }
+
+    /// The AuthorizationPolicies attached to this waypoint, for a connection it carries at
+    /// L4: to a TCP port of `service`, or to a bound pod (`service` is `None`), addressed to
+    /// `port`. Rules that need L7 attributes fail closed. `Err` names the policy.
+    pub fn authorize_connection(
+        &self,
+        model: &State,
+        service: Option<(&str, &str)>,
+        port: u16,
+        principal: &str,
+        peer: &Peer,
+    ) -> Result<(), String> {
+        if model.authorization_policies.is_empty() {
+            return Ok(());
+        }
+        let at = self.target(model, service);
+        let decision = authorize_l4_at_waypoint(model, &at, port, peer);
+        let what = match service {
+            Some((namespace, name)) => format!("{namespace}/{name}:{port}"),
+            None => format!("pod port {port}"),
+        };
+        self.verdict(decision, principal, &what, "")
     }
 
     /// The workload policies delegated to this waypoint (see `weft_mesh::state::Delegation`)
@@ -494,14 +521,15 @@ impl Proxy {
             &called.source.peer,
             &attributes,
         );
-        self.verdict(decision, called, path)
+        self.verdict(decision, &called.source.principal, &called.label, path)
     }
 
     /// Counts and logs a decision; `Err` is the message a denied client gets.
     fn verdict(
         &self,
         decision: weft_mesh::policy::Decision,
-        called: &Called,
+        principal: &str,
+        service: &str,
         path: &str,
     ) -> Result<(), String> {
         for policy in &decision.audited_by {
@@ -511,25 +539,25 @@ impl Proxy {
                     policy: policy.to_string(),
                 })
                 .inc();
-            tracing::info!(%policy, source = %called.source.principal, path, "AUDIT policy matched");
+            tracing::info!(%policy, source = %principal, path, "AUDIT policy matched");
         }
         if decision.allowed {
             return Ok(());
         }
-        let policy = match &decision.reason {
-            weft_mesh::policy::DecisionReason::DeniedBy(p) => p.to_string(),
-            _ => "-".to_string(),
-        };
+        let policy = decision
+            .reason
+            .denied_by()
+            .map_or_else(|| "-".to_string(), ToString::to_string);
         self.metrics
             .authz_denied
             .get_or_create(&PolicyLabels { policy })
             .inc();
         tracing::info!(
-            source = %called.source.principal,
-            service = %called.label,
+            source = %principal,
+            %service,
             path,
             reason = %decision.reason,
-            "call denied"
+            "denied"
         );
         Err(format!("RBAC: access denied ({})", decision.reason))
     }

@@ -72,7 +72,7 @@ fn attaches(limit: &LocalRateLimitInfo, call: &CallKey<'_>) -> bool {
     limit
         .target_refs
         .iter()
-        .any(|r| r.attaches(&limit.namespace, call.waypoint, call.service))
+        .any(|r| r.attaches(&limit.namespace, call.waypoint, Some(call.service)))
 }
 
 impl Limiter {

@@ -29,15 +29,17 @@ pub struct Decision {
 #[error("{0}")]
 pub struct NoRoute(pub String);
 
-/// Routes a call to `service` on `port` with `path` and `headers`.
+/// Routes a call to `service` on `port` with `path` and `headers`, from a caller in
+/// namespace `caller` (which decides whose VirtualService applies: [`State::route_for`]).
 pub fn route<'a>(
     model: &'a State,
     service: &'a ServiceInfo,
+    caller: &str,
     port: u16,
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(Decision, &'a ServiceInfo), NoRoute> {
-    if let Some(vs) = model.virtual_service_for(service) {
+    if let Some(vs) = model.route_for(service, caller) {
         for (index, route) in vs.http.iter().enumerate() {
             if !route.matches.is_empty()
                 && !route

@@ -305,12 +305,18 @@ impl<A: NodeAuthenticator> CaService for Signer<A> {
     }
 }
 
-/// Whether some pod on `node` runs as `id` (same namespace and service account).
+/// Whether some pod on `node` runs as `id` (same namespace and service account) and may
+/// have an identity. A mirror pod may not: the node defines it (a static pod), so it would
+/// let a node mint any namespace's identity. Nor may a pod that names no service account:
+/// the API server names one for every pod it admits except mirror pods, and the
+/// `default` the model fills in was never granted.
 fn scheduled_on(model: &Model, id: &SpiffeId, node: &str) -> bool {
     model.pods.values().any(|pod| {
         pod.namespace == id.namespace()
             && pod.service_account == id.service_account()
             && pod.node_name.as_deref() == Some(node)
+            && !pod.mirror
+            && !pod.service_account_unset
     })
 }
 

@@ -31,6 +31,8 @@ fn pod(namespace: &str, name: &str, service_account: &str, node: &str) -> PodInf
         node_name: Some(node.into()),
         ip: None,
         service_account: service_account.into(),
+        service_account_unset: false,
+        mirror: false,
         labels: BTreeMap::new(),
         host_network: false,
     }
@@ -294,5 +296,30 @@ async fn a_workload_token_gets_its_own_identity_only() {
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
     assert!(err.to_string().contains("its own identity only"), "{err}");
+    ca.stop().await;
+}
+
+#[tokio::test]
+async fn mirror_pods_and_pods_without_a_service_account_get_no_identity() {
+    let ca = start(|s| s).await;
+    let id = testutil::id("kube-system", "default");
+    // A static pod's mirror on node-a, in a namespace with a `default` account.
+    let mut mirror = pod("kube-system", "etcd-node-a", "default", "node-a");
+    mirror.mirror = true;
+    ca.model.send(model(&[mirror.clone()])).unwrap();
+    let err = sign(&ca.client("token-a"), &id).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+
+    // A pod whose manifest names no service account: `default` was filled in, not granted.
+    let mut unnamed = pod("kube-system", "unnamed", "default", "node-a");
+    unnamed.service_account_unset = true;
+    ca.model.send(model(&[unnamed])).unwrap();
+    let err = sign(&ca.client("token-a"), &id).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+
+    // The same pod, admitted with its account named: signed.
+    mirror.mirror = false;
+    ca.model.send(model(&[mirror])).unwrap();
+    sign(&ca.client("token-a"), &id).await.unwrap();
     ca.stop().await;
 }

@@ -45,6 +45,12 @@ pub struct PodInfo {
     pub ip: Option<IpAddr>,
     /// `spec.serviceAccountName`, `default` when unset, as the API server defaults it.
     pub service_account: String,
+    /// Whether the manifest names no service account. The API server names one for every
+    /// pod it admits except mirror pods, so the CA signs no identity for such a pod.
+    pub service_account_unset: bool,
+    /// A mirror pod (annotation `kubernetes.io/config.mirror`): the kubelet's copy of a
+    /// static pod, which the node itself defines. The CA signs no identity for one.
+    pub mirror: bool,
     pub labels: BTreeMap<String, String>,
     /// `spec.hostNetwork`.
     pub host_network: bool,
@@ -500,6 +506,8 @@ mod tests {
 
     fn pod(ns: &str, name: &str, node: &str, ip: &str, l: &[(&str, &str)]) -> PodInfo {
         PodInfo {
+            service_account_unset: false,
+            mirror: false,
             container_ports: Default::default(),
             host_network: false,
             namespace: ns.into(),
@@ -630,6 +638,7 @@ mod tests {
                 name: "cart".into(),
                 hosts: vec!["cart".into()],
                 http: vec![],
+                export_to: vec![],
                 meta: Default::default(),
             }),
             Object::DestinationRule(DestinationRuleInfo {

@@ -115,6 +115,9 @@ const KINDS: &[KindEntry] = &[
 
 const DEFAULT_NAMESPACE: &str = "default";
 
+/// The annotation the kubelet puts on a static pod's mirror in the API.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 /// Parses one manifest document.
 ///
 /// `Ok(None)` for an empty (null) document, for a kind Weft does not read, and for an
@@ -408,9 +411,15 @@ pub fn pod_info(pod: &Pod) -> Result<Option<PodInfo>, InvalidObject> {
 
     let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
     // serviceAccount is the deprecated spelling the API server still honours.
-    let service_account = spec
-        .and_then(|s| non_empty(&s.service_account_name).or_else(|| non_empty(&s.service_account)))
-        .unwrap_or_else(|| "default".to_string());
+    let named = spec
+        .and_then(|s| non_empty(&s.service_account_name).or_else(|| non_empty(&s.service_account)));
+    let service_account_unset = named.is_none();
+    let service_account = named.unwrap_or_else(|| "default".to_string());
+    let mirror = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION));
 
     let container_ports = spec
         .iter()
@@ -425,6 +434,8 @@ pub fn pod_info(pod: &Pod) -> Result<Option<PodInfo>, InvalidObject> {
         node_name: spec.and_then(|s| non_empty(&s.node_name)),
         ip,
         service_account,
+        service_account_unset,
+        mirror,
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         host_network,
         namespace,

@@ -84,6 +84,8 @@ metadata: {name: bare}
             node_name: Some("node-1".into()),
             ip: Some("10.1.0.5".parse().unwrap()),
             service_account: "cart".into(),
+            service_account_unset: false,
+            mirror: false,
             labels: [("app".to_string(), "cart".to_string())].into(),
             host_network: false,
         }
@@ -386,4 +388,20 @@ items:
         "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: x}, spec: {ports: [{port: 70000}]}}\n",
     );
     assert!(bad.contains("items[0]: spec.ports[0].port"), "{bad}");
+}
+
+#[test]
+fn mirror_pods_and_unnamed_service_accounts_are_marked() {
+    let objects = objects(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: etcd-n1, namespace: kube-system, annotations: {kubernetes.io/config.mirror: abc}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.1.0.5}\n",
+    );
+    let Object::Pod(pod) = &objects[0] else {
+        panic!("{objects:?}")
+    };
+    assert!(pod.mirror);
+    assert!(pod.service_account_unset);
+    assert_eq!(
+        pod.service_account, "default",
+        "as the model reads it for policy"
+    );
 }

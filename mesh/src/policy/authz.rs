@@ -3,8 +3,10 @@
 //! The order is the one the Istio "Authorization Policy" reference gives: CUSTOM first, then
 //! DENY, then ALLOW; AUDIT only records. At L4:
 //!
-//! 1. CUSTOM policies are skipped. They hand the decision to an external authorizer, which
-//!    speaks HTTP; in ambient mode only a waypoint can call it.
+//! 1. CUSTOM policies hand the decision to an external authorizer (`provider`). Weft has
+//!    none, so a CUSTOM policy with a matching rule denies (fail closed), as the authorizer
+//!    would have to be asked and cannot be; a rule that needs L7 attributes counts as
+//!    matching here too. `analyze` reports every CUSTOM policy (WEFT035).
 //! 2. If any applicable DENY policy has a matching rule, the connection is denied. A rule
 //!    that needs L7 attributes counts as matching (fail closed; see `matching.rs`).
 //! 3. If any ALLOW policy applies, the connection is allowed only if one of their rules
@@ -18,8 +20,8 @@
 //! Policies with `targetRefs` attach to a Gateway, waypoint or Service, not to workloads:
 //! the agent skips them, and the waypoint that they target enforces them with
 //! [`authorize_l7`], which sees the request as well, so that `paths`, `methods`, `hosts` and
-//! `request.headers[...]` are decided rather than failing closed. CUSTOM is skipped there
-//! too: Weft has no external authorizer yet.
+//! `request.headers[...]` are decided rather than failing closed. CUSTOM fails closed there
+//! too.
 
 use std::fmt;
 
@@ -44,6 +46,9 @@ pub enum DecisionReason {
     /// Denied: a rule of this DENY policy matched. With several, the first in (namespace,
     /// name) order is named.
     DeniedBy(PolicyRef),
+    /// Denied: a rule of this CUSTOM policy matched, and Weft has no external authorizer to
+    /// ask (fail closed).
+    CustomWithoutAuthorizer(PolicyRef),
     /// Denied: ALLOW policies apply to the workload, and none has a matching rule.
     NoAllowMatched,
     /// Allowed: a rule of this ALLOW policy matched (the first in (namespace, name) order).
@@ -52,10 +57,24 @@ pub enum DecisionReason {
     NoAllowPolicies,
 }
 
+impl DecisionReason {
+    /// The policy that denied, if one did (rather than the absence of a matching ALLOW).
+    pub fn denied_by(&self) -> Option<&PolicyRef> {
+        match self {
+            DecisionReason::DeniedBy(p) | DecisionReason::CustomWithoutAuthorizer(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for DecisionReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecisionReason::DeniedBy(p) => write!(f, "denied by DENY policy {p}"),
+            DecisionReason::CustomWithoutAuthorizer(p) => write!(
+                f,
+                "denied by CUSTOM policy {p}: Weft has no external authorizer (fail closed)"
+            ),
             DecisionReason::NoAllowMatched => f.write_str("no ALLOW policy matched"),
             DecisionReason::AllowedBy(p) => write!(f, "allowed by ALLOW policy {p}"),
             DecisionReason::NoAllowPolicies => f.write_str("no ALLOW policy applies"),
@@ -133,8 +152,9 @@ pub struct WaypointTarget<'a> {
     pub waypoint: Workload<'a>,
     /// The waypoint's name (its Gateway, for `targetRefs`).
     pub name: &'a str,
-    /// The called Service's (namespace, name).
-    pub service: (&'a str, &'a str),
+    /// The called Service's (namespace, name); `None` for a connection addressed to a pod
+    /// (a workload bound to the waypoint), which no Service-attached policy covers.
+    pub service: Option<(&'a str, &'a str)>,
     pub root: &'a RootNamespace,
 }
 
@@ -160,6 +180,30 @@ pub fn attaches_to_waypoint(policy: &AuthorizationPolicyInfo, at: &WaypointTarge
             at.service,
         )
     })
+}
+
+/// Decides whether a connection the waypoint carries at L4 may pass it (a TCP port of a
+/// bound Service, or a connection addressed to a bound pod): the policies attached to the
+/// waypoint ([`attaches_to_waypoint`]), with the connection's attributes only. Rules that
+/// need L7 attributes fail closed, as at the node agents: a DENY of that kind matches, an
+/// ALLOW does not. `dest_port` is the port the connection was addressed to.
+pub fn authorize_l4_at_waypoint(
+    model: &Model,
+    at: &WaypointTarget<'_>,
+    dest_port: u16,
+    src: &Peer,
+) -> Decision {
+    let policies = model
+        .authorization_policies
+        .values()
+        .filter(|p| attaches_to_waypoint(p, at));
+    let l4 = L4 {
+        src,
+        dest: &at.waypoint,
+        dest_port,
+        request: None,
+    };
+    decide(policies, &l4)
 }
 
 /// Decides whether a request may pass the waypoint, by the AuthorizationPolicies that
@@ -214,12 +258,17 @@ fn decide<'a>(
     let policy_ref = |p: &AuthorizationPolicyInfo| PolicyRef::new(&p.namespace, &p.name);
 
     let mut denied_by = None;
+    let mut custom_by = None;
     let mut allow_policies = 0usize;
     let mut allowed_by = None;
     let mut audited_by = Vec::new();
     for policy in policies {
         match policy.action {
-            AuthzAction::Custom => {}
+            AuthzAction::Custom => {
+                if custom_by.is_none() && best(policy) >= Match::Unknown {
+                    custom_by = Some(policy_ref(policy));
+                }
+            }
             AuthzAction::Deny => {
                 if denied_by.is_none() && best(policy) >= Match::Unknown {
                     denied_by = Some(policy_ref(policy));
@@ -240,6 +289,10 @@ fn decide<'a>(
     }
 
     let (allowed, reason) = match (denied_by, allowed_by) {
+        _ if custom_by.is_some() => (
+            false,
+            DecisionReason::CustomWithoutAuthorizer(custom_by.expect("checked")),
+        ),
         (Some(deny), _) => (false, DecisionReason::DeniedBy(deny)),
         (None, Some(allow)) => (true, DecisionReason::AllowedBy(allow)),
         (None, None) if allow_policies > 0 => (false, DecisionReason::NoAllowMatched),

@@ -61,7 +61,7 @@ fn decide(policies: &str, c: &Call<'_>) -> (bool, DecisionReason, Vec<PolicyRef>
     let at = WaypointTarget {
         waypoint: Workload::new("shop", &labels),
         name: "waypoint",
-        service: c.service,
+        service: Some(c.service),
         root: &root,
     };
     let request = Request {

@@ -363,18 +363,55 @@ fn precedence_deny_then_allow_then_default() {
             web(),
             denied_by("istio-system", "z-deny"),
         ),
-        // CUSTOM is left to the waypoint: it neither allows nor denies here.
+        // CUSTOM has no authorizer to ask: a matching rule denies (fail closed), before
+        // any ALLOW.
+        (
+            format!(
+                "{}{}",
+                ap(
+                    "shop",
+                    "ext-authz",
+                    "{action: CUSTOM, provider: {name: opa}, rules: [{}]}",
+                ),
+                ap("shop", "allow-all", "{action: ALLOW, rules: [{}]}")
+            ),
+            "shop",
+            &[],
+            80,
+            web(),
+            (
+                false,
+                DecisionReason::CustomWithoutAuthorizer(PolicyRef::new("shop", "ext-authz")),
+            ),
+        ),
+        // One whose rules do not match leaves the decision to the others.
         (
             ap(
                 "shop",
                 "ext-authz",
-                "{action: CUSTOM, provider: {name: opa}, rules: [{}]}",
+                "{action: CUSTOM, provider: {name: opa}, rules: [{from: [{source: {namespaces: [evil]}}]}]}",
             ),
             "shop",
             &[],
             80,
             web(),
             NO_ALLOW_POLICIES,
+        ),
+        // One that needs L7 attributes matches at L4 (fail closed).
+        (
+            ap(
+                "shop",
+                "ext-authz",
+                "{action: CUSTOM, provider: {name: opa}, rules: [{to: [{operation: {paths: [/admin]}}]}]}",
+            ),
+            "shop",
+            &[],
+            80,
+            web(),
+            (
+                false,
+                DecisionReason::CustomWithoutAuthorizer(PolicyRef::new("shop", "ext-authz")),
+            ),
         ),
     ]);
 }

@@ -30,7 +30,8 @@ mod scope;
 
 pub use authz::{
     Decision, DecisionReason, WaypointTarget, applicable_authorization_policies,
-    attaches_to_waypoint, authorize_l4, authorize_l4_among, authorize_l7, authorize_l7_among,
+    attaches_to_waypoint, authorize_l4, authorize_l4_among, authorize_l4_at_waypoint, authorize_l7,
+    authorize_l7_among,
 };
 pub use matching::{Request, value_matches};
 pub use peer_authn::{

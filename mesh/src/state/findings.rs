@@ -8,6 +8,7 @@
 //! | WEFT002 | error | a group that looks like a misspelt Istio group (`networking.io`) |
 //! | WEFT010 | warning | a field Weft accepts but does not act on (`localityLbSetting`, `gateways`) |
 //! | WEFT011 | warning | a VirtualService host that names no Service |
+//! | WEFT013 | info | a VirtualService for a Service of another namespace: it routes its own namespace's callers only |
 //! | WEFT012 | warning | a DestinationRule host that names no Service |
 //! | IST0101 | error | a VirtualService destination host or subset that resolves to nothing |
 //! | IST0109 | error | a second VirtualService for a Service: the oldest wins |
@@ -20,6 +21,7 @@
 //! | WEFT034 | info | an AuthorizationPolicy with L7 rules delegated to the waypoint that serves its workloads |
 //! | WEFT032 | warning | a use-waypoint label for traffic the waypoint is not for (`istio.io/waypoint-for`) |
 //! | WEFT033 | warning | a use-waypoint label naming a waypoint that has no Service |
+//! | WEFT035 | error | a CUSTOM AuthorizationPolicy: no external authorizer, so what its rules match is denied |
 //! | WEFT040 | warning | a namespace set up for sidecar injection but not for ambient |
 //!
 //! The findings come from the same compile step that the data path reads, so they cannot
@@ -106,7 +108,28 @@ pub(super) fn analyze(state: &State) -> Vec<Finding> {
     without_waypoint(state, &mut out);
     waypoint_labels(state, &mut out);
     sidecar_namespaces(state, &mut out);
+    custom_policies(state, &mut out);
     out
+}
+
+/// CUSTOM hands the decision to an external authorizer, which Weft does not have: what
+/// the rules match is denied instead (fail closed, `policy/authz.rs`).
+fn custom_policies(state: &State, out: &mut Vec<Finding>) {
+    for policy in state.model.authorization_policies.values() {
+        if policy.action != AuthzAction::Custom {
+            continue;
+        }
+        out.push(Finding::new(
+            Severity::Error,
+            "WEFT035",
+            format!("AuthorizationPolicy {}/{}", policy.namespace, policy.name),
+            format!(
+                "action CUSTOM asks the external authorizer {:?}, and Weft has none: every \
+                 request or connection its rules match is denied (fail closed)",
+                policy.provider.as_deref().unwrap_or("")
+            ),
+        ));
+    }
 }
 
 fn unread(state: &State, out: &mut Vec<Finding>) {
@@ -215,7 +238,11 @@ fn without_waypoint(state: &State, out: &mut Vec<Finding>) {
             continue;
         }
         let service = &compiled.service;
-        if let Some(vs) = &compiled.virtual_service {
+        for vs in compiled
+            .virtual_service
+            .iter()
+            .chain(&compiled.consumer_routes)
+        {
             out.push(Finding::new(
                 Severity::Warning,
                 "WEFT030",

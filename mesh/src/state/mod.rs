@@ -64,8 +64,12 @@ pub struct CompiledService {
     pub endpoints: Vec<Arc<Workload>>,
     /// The waypoint for traffic to its cluster IP.
     pub waypoint: Option<WaypointRef>,
-    /// The VirtualService that routes it: the oldest of those naming it.
+    /// The VirtualService that routes it (the producer route): the oldest of those of its
+    /// own namespace that name it.
     pub virtual_service: Option<Arc<VirtualServiceInfo>>,
+    /// Routes of other namespaces (consumer routes), one per namespace, for that
+    /// namespace's callers only; see [`State::route_for`].
+    pub consumer_routes: Vec<Arc<VirtualServiceInfo>>,
     /// Its DestinationRules merged into one (see `traffic.rs`).
     pub destination_rule: Option<Arc<DestinationRuleInfo>>,
 }
@@ -271,7 +275,7 @@ fn shard(
         shard.workloads.insert(pod.name.clone(), workload);
     }
     for service in services {
-        let (virtual_service, destination_rule) = traffic(service);
+        let traffic = traffic(service);
         let compiled = Arc::new(CompiledService {
             waypoint: model.bind_service_waypoint(service),
             service: (*service).clone(),
@@ -280,8 +284,9 @@ fn shard(
                 .filter(|w| service.selects(&w.pod))
                 .cloned()
                 .collect(),
-            virtual_service,
-            destination_rule,
+            virtual_service: traffic.producer,
+            consumer_routes: traffic.consumers,
+            destination_rule: traffic.destination_rule,
         });
         for endpoint in &compiled.endpoints {
             shard
@@ -418,7 +423,11 @@ impl State {
             // Only pods changed: each Service keeps its traffic objects.
             let new = shard(&model, &pods, &services, |service| {
                 old.and_then(|s| s.services.get(&service.name))
-                    .map(|s| (s.virtual_service.clone(), s.destination_rule.clone()))
+                    .map(|s| traffic::ServiceTraffic {
+                        producer: s.virtual_service.clone(),
+                        consumers: s.consumer_routes.clone(),
+                        destination_rule: s.destination_rule.clone(),
+                    })
                     .unwrap_or_default()
             });
             // A waypoint whose pods changed identity changes delegations everywhere.
@@ -681,6 +690,83 @@ impl State {
         }
     }
 
+    /// For a pod in the mesh bound to a workload waypoint: that waypoint, and the
+    /// identities, as (namespace, service account), that may open connections to it: the
+    /// waypoint's pods', and those of the waypoints of the Services that select the pod,
+    /// which dial it for calls to those Services. Everything else bypasses the waypoint.
+    pub fn bound_waypoint(&self, pod: &PodInfo) -> Option<(&WaypointRef, Vec<(String, String)>)> {
+        let workload = self.shards.get(&pod.namespace)?.workloads.get(&pod.name)?;
+        let waypoint = workload.waypoint.as_ref().filter(|_| workload.in_mesh)?;
+        Some((waypoint, self.waypoint_peers(pod)))
+    }
+
+    /// The identities, as (namespace, service account), of the waypoints that carry traffic
+    /// to `pod`: its workload waypoint's pods', and those of the waypoints of the Services
+    /// that select it. Sorted.
+    pub fn waypoint_peers(&self, pod: &PodInfo) -> Vec<(String, String)> {
+        let Some(shard) = self.shards.get(&pod.namespace) else {
+            return Vec::new();
+        };
+        let own = shard
+            .workloads
+            .get(&pod.name)
+            .filter(|w| w.in_mesh)
+            .and_then(|w| w.waypoint.as_ref());
+        let services = shard
+            .selecting
+            .get(&pod.name)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.waypoint.as_ref());
+        let mut identities: Vec<(String, String)> = own
+            .into_iter()
+            .chain(services)
+            .flat_map(|w| delegation::identities(self.service(&w.namespace, &w.name)))
+            .collect();
+        identities.sort();
+        identities.dedup();
+        identities
+    }
+
+    /// The client address that a tunnelled connection stands for, for `source.ip` and
+    /// `ipBlocks`. The tunnel's peer (`peer_ip`, proven identity `peer`) is the direct
+    /// client; the address it forwards (`Forwarded: for=`) is believed only when the peer
+    /// may speak for it: the forwarded address is a pod whose identity is the peer's own
+    /// (a source agent forwarding its pod's address), or the peer is a waypoint that
+    /// carries traffic to `dest` (forwarding its client's). Istio's `source.ip` is likewise
+    /// the direct peer's address.
+    pub fn client_address(
+        &self,
+        dest: Option<&PodInfo>,
+        peer: (&str, &str),
+        peer_ip: IpAddr,
+        forwarded: Option<IpAddr>,
+    ) -> IpAddr {
+        let Some(forwarded) = forwarded else {
+            return peer_ip;
+        };
+        let own = self
+            .workload(forwarded)
+            .is_some_and(|w| (w.pod.namespace.as_str(), w.pod.service_account.as_str()) == peer);
+        let waypoint = || {
+            dest.is_some_and(|d| {
+                self.waypoint_peers(d)
+                    .iter()
+                    .any(|(ns, sa)| (ns.as_str(), sa.as_str()) == peer)
+            })
+        };
+        if own || waypoint() {
+            forwarded
+        } else {
+            peer_ip
+        }
+    }
+
+    /// Whether `ip` is a node's own address (`InternalIP`).
+    pub fn is_node_address(&self, ip: IpAddr) -> bool {
+        self.model.nodes.values().any(|n| n.internal_ip == Some(ip))
+    }
+
     /// The waypoint's pods that have an address: the endpoints of its Service.
     pub fn waypoint_pods(&self, waypoint: &WaypointRef) -> Vec<&PodInfo> {
         self.service(&waypoint.namespace, &waypoint.name)
@@ -750,9 +836,27 @@ impl State {
         )
     }
 
-    /// The VirtualService that routes a Service, if any.
+    /// The VirtualService of the Service's own namespace that routes it (the producer
+    /// route), if any.
     pub fn virtual_service_for(&self, service: &ServiceInfo) -> Option<&VirtualServiceInfo> {
         self.compiled(service)?.virtual_service.as_deref()
+    }
+
+    /// The VirtualService that routes a call to `service` from a caller in `caller`: the
+    /// caller's namespace's own route for it (a consumer route) if it has one, else the
+    /// Service's namespace's (the producer route), each only where its `exportTo` reaches
+    /// the caller. A route of a third namespace never applies (Istio's "Traffic Management
+    /// Best Practices", "Cross-namespace configuration sharing").
+    pub fn route_for(&self, service: &ServiceInfo, caller: &str) -> Option<&VirtualServiceInfo> {
+        let compiled = self.compiled(service)?;
+        compiled
+            .consumer_routes
+            .iter()
+            .find(|vs| vs.namespace == caller)
+            .filter(|vs| vs.exported_to(caller))
+            .or(compiled.virtual_service.as_ref())
+            .filter(|vs| vs.exported_to(caller))
+            .map(|vs| &**vs)
     }
 
     /// The Service's DestinationRules, merged.

@@ -444,3 +444,85 @@ fn a_change_of_another_kind_recompiles() {
     );
     assert_eq!(digest(&updated), digest(&State::compile(model)));
 }
+
+#[test]
+fn custom_policies_are_reported_as_failing_closed() {
+    let s = state(&format!(
+        "{BASE}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: ext, namespace: shop}}\nspec:\n  action: CUSTOM\n  provider: {{name: opa}}\n  rules: [{{from: [{{source: {{namespaces: [shop]}}}}]}}]\n"
+    ));
+    let found: Vec<_> = s.findings_for("AuthorizationPolicy shop/ext").collect();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].code, "WEFT035");
+    assert_eq!(found[0].severity, Severity::Error);
+    assert!(found[0].message.contains("\"opa\""), "{}", found[0]);
+}
+
+#[test]
+fn a_route_of_another_namespace_routes_its_own_callers_only() {
+    let vs = |ns: &str, name: &str, export: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [cart.shop.svc.cluster.local]\n{export}  http: [{{route: [{{destination: {{host: cart.shop.svc.cluster.local}}}}]}}]\n"
+        )
+    };
+    let yaml = format!(
+        "{BASE}{}{}{}",
+        vs("shop", "producer", ""),
+        vs("web", "consumer", ""),
+        vs("evil", "takeover", "")
+    );
+    let s = state(&yaml);
+    let cart = s.service("shop", "cart").unwrap().service.clone();
+    let name = |caller: &str| s.route_for(&cart, caller).map(|v| v.name.clone());
+    assert_eq!(name("shop").as_deref(), Some("producer"));
+    assert_eq!(name("web").as_deref(), Some("consumer"), "its own callers");
+    assert_eq!(name("evil").as_deref(), Some("takeover"));
+    assert_eq!(
+        name("other").as_deref(),
+        Some("producer"),
+        "a third namespace's route never applies"
+    );
+    assert_eq!(codes(&s, "VirtualService evil/takeover"), ["WEFT013"]);
+
+    // Without a producer route, the takeover still reaches its own namespace only.
+    let s = state(&format!("{BASE}{}", vs("evil", "takeover", "")));
+    let cart = s.service("shop", "cart").unwrap().service.clone();
+    assert!(s.route_for(&cart, "shop").is_none());
+    assert!(s.route_for(&cart, "web").is_none());
+
+    // exportTo: ['.'] keeps the producer route to the Service's own namespace.
+    let s = state(&format!(
+        "{BASE}{}",
+        vs("shop", "producer", "  exportTo: ['.']\n")
+    ));
+    let cart = s.service("shop", "cart").unwrap().service.clone();
+    assert!(s.route_for(&cart, "shop").is_some());
+    assert!(s.route_for(&cart, "web").is_none());
+}
+
+#[test]
+fn a_forwarded_address_is_believed_only_from_who_may_speak_for_it() {
+    let s = state(BASE);
+    let node: IpAddr = "10.0.0.1".parse().unwrap();
+    let cart1: IpAddr = "10.1.0.1".parse().unwrap();
+    let dest = s.pod_by_ip("10.1.0.2".parse().unwrap());
+    // cart-1 runs as shop/default: that identity may forward its address.
+    assert_eq!(
+        s.client_address(dest, ("shop", "default"), node, Some(cart1)),
+        cart1
+    );
+    // Another identity may not, nor may anyone forward an address that is no pod.
+    assert_eq!(
+        s.client_address(dest, ("shop", "evil"), node, Some(cart1)),
+        node
+    );
+    assert_eq!(
+        s.client_address(
+            dest,
+            ("shop", "evil"),
+            node,
+            Some("192.0.2.1".parse().unwrap())
+        ),
+        node
+    );
+    assert_eq!(s.client_address(dest, ("shop", "evil"), node, None), node);
+}

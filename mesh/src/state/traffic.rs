@@ -21,11 +21,16 @@ use super::findings::{Finding, Severity};
 use crate::config::{DestinationRuleInfo, Model, TrafficPolicy, VirtualServiceInfo, resolve_host};
 
 type ServiceKey = (String, String);
-/// The VirtualService and the merged DestinationRule of one Service.
-pub(super) type ServiceTraffic = (
-    Option<Arc<VirtualServiceInfo>>,
-    Option<Arc<DestinationRuleInfo>>,
-);
+/// The VirtualServices and the merged DestinationRule of one Service.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ServiceTraffic {
+    /// The producer route: the oldest VirtualService of the Service's own namespace.
+    pub producer: Option<Arc<VirtualServiceInfo>>,
+    /// Consumer routes: per other namespace, its oldest VirtualService for the Service,
+    /// which routes that namespace's callers only. In namespace order.
+    pub consumers: Vec<Arc<VirtualServiceInfo>>,
+    pub destination_rule: Option<Arc<DestinationRuleInfo>>,
+}
 
 /// The traffic objects of each Service, and what was found on the way.
 #[derive(Default)]
@@ -68,22 +73,51 @@ pub(super) fn compile(model: &Model) -> Compiled {
             }
         }
     }
-    for (key, mut list) in routes {
-        list.sort_by_key(|vs| age(vs.meta.created, &vs.namespace, &vs.name));
-        let winner = list[0];
-        for loser in &list[1..] {
-            out.findings.push(Finding::new(
-                Severity::Error,
-                "IST0109",
-                format!("VirtualService {}/{}", loser.namespace, loser.name),
-                format!(
-                    "Service {}/{} is also routed by the older VirtualService {}/{}, which wins: \
-                     this one's routes for it are not used",
-                    key.0, key.1, winner.namespace, winner.name
-                ),
-            ));
+    // Istio ("Traffic Management Best Practices", "Cross-namespace configuration
+    // sharing"): the Service's own namespace owns the route for all callers (the producer
+    // route); a VirtualService in another namespace routes that namespace's callers only
+    // (a consumer route). Within one namespace, the oldest wins.
+    for (key, list) in routes {
+        let mut by_namespace: BTreeMap<&str, Vec<&VirtualServiceInfo>> = BTreeMap::new();
+        for vs in list {
+            by_namespace
+                .entry(vs.namespace.as_str())
+                .or_default()
+                .push(vs);
         }
-        out.for_service.entry(key).or_default().0 = Some(Arc::new(winner.clone()));
+        let traffic = out.for_service.entry(key.clone()).or_default();
+        for (namespace, mut list) in by_namespace {
+            list.sort_by_key(|vs| age(vs.meta.created, &vs.namespace, &vs.name));
+            let winner = list[0];
+            for loser in &list[1..] {
+                out.findings.push(Finding::new(
+                    Severity::Error,
+                    "IST0109",
+                    format!("VirtualService {}/{}", loser.namespace, loser.name),
+                    format!(
+                        "Service {}/{} is also routed by the older VirtualService {}/{}, which \
+                         wins: this one's routes for it are not used",
+                        key.0, key.1, winner.namespace, winner.name
+                    ),
+                ));
+            }
+            if namespace == key.0 {
+                traffic.producer = Some(Arc::new(winner.clone()));
+            } else {
+                out.findings.push(Finding::new(
+                    Severity::Info,
+                    "WEFT013",
+                    format!("VirtualService {}/{}", winner.namespace, winner.name),
+                    format!(
+                        "routes Service {}/{} of another namespace: a consumer route, for callers \
+                         in namespace {namespace} only; the Service's own namespace routes the \
+                         others",
+                        key.0, key.1
+                    ),
+                ));
+                traffic.consumers.push(Arc::new(winner.clone()));
+            }
+        }
     }
 
     let mut rules: BTreeMap<ServiceKey, Vec<&DestinationRuleInfo>> = BTreeMap::new();
@@ -124,7 +158,7 @@ pub(super) fn compile(model: &Model) -> Compiled {
             ));
         }
         let merged = merge(&key, &used, &mut out.findings);
-        out.for_service.entry(key).or_default().1 = Some(Arc::new(merged));
+        out.for_service.entry(key).or_default().destination_rule = Some(Arc::new(merged));
     }
     out
 }

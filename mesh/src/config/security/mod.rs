@@ -133,13 +133,18 @@ impl TargetRef {
     /// one attachment rule for every kind with `targetRefs` (AuthorizationPolicy,
     /// LocalRateLimit): references are namespace-local, as in the Gateway API's policy
     /// attachment (GEP-713), and the group must be the kind's own.
-    pub fn attaches(&self, namespace: &str, waypoint: (&str, &str), service: (&str, &str)) -> bool {
+    pub fn attaches(
+        &self,
+        namespace: &str,
+        waypoint: (&str, &str),
+        service: Option<(&str, &str)>,
+    ) -> bool {
         let gateway = self.kind == "Gateway"
             && matches!(self.group.as_str(), "gateway.networking.k8s.io" | "")
             && (namespace, self.name.as_str()) == waypoint;
         let called = self.kind == "Service"
             && matches!(self.group.as_str(), "" | "core")
-            && (namespace, self.name.as_str()) == service;
+            && service == Some((namespace, self.name.as_str()));
         gateway || called
     }
 }

@@ -63,7 +63,23 @@ pub struct VirtualServiceInfo {
     pub hosts: Vec<String>,
     /// `spec.http`, in order: the first route that matches a request takes it. Never empty.
     pub http: Vec<HttpRoute>,
+    /// `spec.exportTo`: the namespaces whose callers it routes (`.` its own, `*` all).
+    /// Empty when unset: all, as Istio's default. See [`exported_to`](Self::exported_to).
+    pub export_to: Vec<String>,
     pub meta: TrafficMeta,
+}
+
+impl VirtualServiceInfo {
+    /// Whether callers in `namespace` may be routed by it (`spec.exportTo`; Istio's
+    /// "Traffic Management Best Practices", "Cross-namespace configuration sharing").
+    pub fn exported_to(&self, namespace: &str) -> bool {
+        self.export_to.is_empty()
+            || self.export_to.iter().any(|to| match to.as_str() {
+                "*" => true,
+                "." => namespace == self.namespace,
+                other => other == namespace,
+            })
+    }
 }
 
 /// What the compile step needs of a traffic object beyond its spec: its age, which decides

@@ -66,6 +66,16 @@ fn convert(
     if let Some(i) = hosts.iter().position(String::is_empty) {
         return Err(format!("spec.hosts[{i}]: must not be empty"));
     }
+    let export_to = spec.export_to.unwrap_or_default();
+    if let Some(i) = export_to
+        .iter()
+        .position(|to| to.is_empty() || to.contains(char::is_whitespace))
+    {
+        return Err(format!(
+            "spec.exportTo[{i}]: {:?} is no namespace, \".\" or \"*\"",
+            export_to[i]
+        ));
+    }
     let routes = spec.http.unwrap_or_default();
     if routes.is_empty() {
         return Err("spec.http: at least one route is required".into());
@@ -80,6 +90,7 @@ fn convert(
         name: name.to_string(),
         hosts,
         http,
+        export_to,
         meta: TrafficMeta::default(),
     })
 }

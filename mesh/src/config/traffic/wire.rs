@@ -50,9 +50,7 @@ pub(super) struct VirtualServiceSpec {
     /// waypoint applies it to the Services its hosts name.
     #[serde(rename = "gateways")]
     pub _gateways: Skipped,
-    /// Ignored: Weft has no per-namespace visibility of configuration.
-    #[serde(rename = "exportTo")]
-    pub _export_to: Skipped,
+    pub export_to: Option<Vec<String>>,
     pub http: Option<Vec<HttpRouteWire>>,
     pub tcp: Skipped,
     pub tls: Skipped,

@@ -1,0 +1,270 @@
+//! End-to-end attacks on what Weft promises (issue 13): each test does what an attacker
+//! would, with real agents, a real waypoint and a real CA in the lab, and asserts that it
+//! fails. Needs root.
+
+use anyhow::{Result, bail};
+use weft_lab::{Lab, LabSpec, ServicePort, ServiceSpec};
+
+const NS: &str = "app";
+const WAYPOINT: &str = "wp";
+
+/// A Service of `app=echo` pods on TCP port 7100 (named `tcp-echo`: carried at L4).
+fn tcp_service(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        namespace: NS.into(),
+        cluster_ip: ip.into(),
+        selector: vec![("app".into(), "echo".into())],
+        ports: vec![ServicePort {
+            name: "tcp-echo".into(),
+            port: 7100,
+            target_port: 7100,
+            app_protocol: None,
+        }],
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn waypoint_log_tail(lab: &Lab) -> String {
+    let log = lab.waypoint_log(WAYPOINT);
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// Item 2: the waypoint carries TCP ports of its Services and connections to pods bound to
+/// it at L4; the policies attached to it apply there too, with the L4 attributes.
+#[test]
+fn a_waypoint_policy_stops_its_tcp_ports_and_pod_addressed_connections() -> Result<()> {
+    let spec = LabSpec::new("wl-x-wptcp", 2)
+        .with_namespace(NS, true)
+        .with_waypoint(WAYPOINT, NS, 1)
+        .with_pod("client", NS, 1, &[])
+        .with_pod("b1", NS, 2, &[("app", "echo")])
+        .with_pod("bound", NS, 2, &[("istio.io/use-waypoint", WAYPOINT)])
+        .with_service(tcp_service(
+            "echo",
+            [10, 96, 0, 20],
+            &[("istio.io/use-waypoint", WAYPOINT)],
+        ));
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
+    let _b1 = lab.serve("b1", "labtool", &["sink", "--listen", "0.0.0.0:7100"])?;
+    let _bound = lab.serve("bound", "labtool", &["sink", "--listen", "0.0.0.0:7100"])?;
+    let service = "10.96.0.20:7100";
+    let pod = format!("{}:7100", lab.pod("bound").ip);
+
+    // Through the waypoint, both work while no policy says otherwise.
+    lab.expect_send("client", service, true)?;
+    lab.expect_send("client", &pod, true)?;
+    let before = waypoint_denied(&lab)?;
+
+    lab.write_manifest(
+        "deny.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-7100, namespace: {NS}}}\nspec:\n  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: {WAYPOINT}}}]\n  action: DENY\n  rules: [{{to: [{{operation: {{ports: ['7100']}}}}]}}]\n"
+        ),
+    )?;
+    if let Err(err) = lab
+        .expect_send("client", service, false)
+        .and_then(|()| lab.expect_send("client", &pod, false))
+    {
+        bail!("{err}\nwaypoint log:\n{}", waypoint_log_tail(&lab));
+    }
+    let after = waypoint_denied(&lab)?;
+    if after < before + 2.0 {
+        bail!(
+            "the waypoint counted {} denials, expected 2 more",
+            after - before
+        );
+    }
+
+    // An ALLOW whose only rule needs L7 attributes matches no L4 connection: nothing passes.
+    lab.write_manifest(
+        "deny.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: paths-only, namespace: {NS}}}\nspec:\n  targetRefs: [{{kind: Service, name: echo}}]\n  rules: [{{to: [{{operation: {{paths: [/ok]}}}}]}}]\n"
+        ),
+    )?;
+    lab.expect_send("client", service, false)?;
+    // It is attached to the Service: pod-addressed traffic is not its business.
+    lab.expect_send("client", &pod, true)?;
+    Ok(())
+}
+
+fn waypoint_denied(lab: &Lab) -> Result<f64> {
+    let (status, text) = lab.waypoint_get(WAYPOINT, 15020, "/metrics")?;
+    if status != 200 {
+        bail!("waypoint /metrics answered {status}");
+    }
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("weft_waypoint_authz_denied"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Item 3: a CUSTOM policy has no external authorizer to ask in Weft: what its rules
+/// match is refused (fail closed), where it used to pass.
+#[test]
+fn a_custom_policy_fails_closed() -> Result<()> {
+    let spec = LabSpec::new("wl-x-custom", 2)
+        .with_namespace(NS, true)
+        .with_pod("client", NS, 1, &[])
+        .with_pod("guarded", NS, 2, &[("app", "guarded")])
+        .with_pod("other", NS, 2, &[]);
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    let _g = lab.serve("guarded", "labtool", &["sink", "--listen", "0.0.0.0:7000"])?;
+    let _o = lab.serve("other", "labtool", &["sink", "--listen", "0.0.0.0:7000"])?;
+    let guarded = format!("{}:7000", lab.pod("guarded").ip);
+    let other = format!("{}:7000", lab.pod("other").ip);
+    lab.expect_send("client", &guarded, true)?;
+
+    lab.write_manifest(
+        "custom.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: ext-authz, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{app: guarded}}}}\n  action: CUSTOM\n  provider: {{name: opa}}\n  rules: [{{to: [{{operation: {{ports: ['7000']}}}}]}}]\n"
+        ),
+    )?;
+    lab.expect_send("client", &guarded, false)?;
+    // Only what it selects.
+    lab.expect_send("client", &other, true)?;
+    Ok(())
+}
+
+/// Item 4: a pod bound to a workload waypoint is reached through the waypoint only. Same
+/// node, the kernel used to splice a neighbour's connection straight to it; across nodes,
+/// the destination agent took any mesh identity's stream to it.
+#[test]
+fn a_workload_waypoint_cannot_be_bypassed() -> Result<()> {
+    let spec = LabSpec::new("wl-x-bypass", 2)
+        .with_namespace(NS, true)
+        .with_waypoint(WAYPOINT, NS, 1)
+        .with_pod_as("client", NS, 1, "client")
+        .with_pod_as("neighbour", NS, 2, "neighbour");
+    let mut spec = spec.with_pod("bound", NS, 2, &[("istio.io/use-waypoint", WAYPOINT)]);
+    if let Some(pod) = spec.pods.last_mut() {
+        pod.service_account = "bound".into();
+    }
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
+    let _bound = lab.serve("bound", "labtool", &["sink", "--listen", "0.0.0.0:7000"])?;
+    let bound = format!("{}:7000", lab.pod("bound").ip);
+    lab.expect_send("client", &bound, true)?;
+    lab.expect_send("neighbour", &bound, true)?;
+
+    // A policy at the waypoint that refuses the neighbour: its same-node connection meets
+    // it only if it goes through the waypoint.
+    lab.write_manifest(
+        "deny.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-neighbour, namespace: {NS}}}\nspec:\n  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: {WAYPOINT}}}]\n  action: DENY\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/{NS}/sa/neighbour]}}}}]}}]\n"
+        ),
+    )?;
+    if let Err(err) = lab.expect_send("neighbour", &bound, false) {
+        bail!("{err}\nwaypoint log:\n{}", waypoint_log_tail(&lab));
+    }
+    lab.expect_send("client", &bound, true)?;
+
+    // Across nodes: a stream straight to the bound pod's agent, with a mesh identity that
+    // is not the waypoint's, is refused; the waypoint's own identity passes.
+    let hbone = |identity: &str| hbone_to_node_2(&lab, &bound, identity, None);
+    let (bypassed, report) = hbone(&format!("spiffe://cluster.local/ns/{NS}/sa/client"))?;
+    if bypassed {
+        bail!("a client's stream straight to the bound pod was carried: {report}");
+    }
+    if !report.to_string().contains("did not come through it") {
+        bail!("the refusal does not say why: {report}");
+    }
+    let (through, report) = hbone(&format!("spiffe://cluster.local/ns/{NS}/sa/{WAYPOINT}"))?;
+    if !through {
+        bail!("the waypoint's own stream was refused: {report}");
+    }
+    Ok(())
+}
+
+/// One HBONE stream from node 1 straight to node 2's agent, for `authority`, with a client
+/// certificate for `identity` minted from the lab's own root: what a node whose agent is
+/// compromised could send. `forwarded` is its `Forwarded: for=`.
+fn hbone_to_node_2(
+    lab: &Lab,
+    authority: &str,
+    identity: &str,
+    forwarded: Option<&str>,
+) -> Result<(bool, serde_json::Value)> {
+    let ca = lab.ca_dir();
+    let (cert, key) = (
+        ca.join("root-cert.pem").display().to_string(),
+        ca.join("root-key.pem").display().to_string(),
+    );
+    let mut args = vec![
+        "hbone",
+        "--connect",
+        "10.99.0.2:15008",
+        "--authority",
+        authority,
+        "--identity",
+        identity,
+        "--root-cert",
+        &cert,
+        "--root-key",
+        &key,
+        "--bytes",
+        "4096",
+    ];
+    if let Some(forwarded) = forwarded {
+        args.extend_from_slice(&["--forwarded-for", forwarded]);
+    }
+    lab.probe(1, &args)
+}
+
+/// Item 7: `Forwarded: for=` is the sender's word. An `ipBlocks` rule must not take it from
+/// a peer that may not speak for that address.
+#[test]
+fn a_forged_forwarded_address_does_not_pass_ip_blocks() -> Result<()> {
+    let spec = LabSpec::new("wl-x-fwd", 2)
+        .with_namespace(NS, true)
+        .with_pod_as("friend", NS, 1, "friend")
+        .with_pod_as("client", NS, 1, "client")
+        .with_pod("target", NS, 2, &[("app", "target")]);
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    let _t = lab.serve("target", "labtool", &["sink", "--listen", "0.0.0.0:7000"])?;
+    let target = format!("{}:7000", lab.pod("target").ip);
+    let friend_ip = lab.pod("friend").ip.to_string();
+    lab.write_manifest(
+        "allow.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: friend-only, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{app: target}}}}\n  rules: [{{from: [{{source: {{ipBlocks: [{friend_ip}/32]}}}}]}}]\n"
+        ),
+    )?;
+    lab.expect_send("friend", &target, true)?;
+    lab.expect_send("client", &target, false)?;
+
+    // The client's identity, claiming the friend's address: refused.
+    let (forged, report) = hbone_to_node_2(
+        &lab,
+        &target,
+        &format!("spiffe://cluster.local/ns/{NS}/sa/client"),
+        Some(&friend_ip),
+    )?;
+    if forged {
+        bail!("a forged Forwarded address passed ipBlocks: {report}");
+    }
+    // The friend's own identity may forward its own address.
+    let (own, report) = hbone_to_node_2(
+        &lab,
+        &target,
+        &format!("spiffe://cluster.local/ns/{NS}/sa/friend"),
+        Some(&friend_ip),
+    )?;
+    if !own {
+        bail!("the friend's own stream was refused: {report}");
+    }
+    Ok(())
+}
