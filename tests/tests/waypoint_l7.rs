@@ -761,3 +761,35 @@ spec:
     );
     lab.down()
 }
+
+/// Issue 13, item 12: a path is matched as the backend will read it. An ALLOW for
+/// `/grpc.health.v1.Health/*` must not admit `/grpc.health.v1.Health/../user.UserService/...`,
+/// in any spelling; the backend receives the normalized path.
+#[test]
+fn dot_segments_and_escapes_do_not_walk_past_a_path_rule() -> Result<()> {
+    let lab = lab("wl-l7-paths", &[])?;
+    let _backends = user_backends(&lab)?;
+    apply(&lab, "authz.yaml", SEED_POLICY)?;
+    // The batch job is allowed the health checks only.
+    let health = grpcio(&lab, "batch", "/grpc.health.v1.Health/Check", 2, &[])?;
+    assert_eq!(status(&health, "OK"), 2, "{health}");
+    for spelling in [
+        "/grpc.health.v1.Health/../user.UserService/CreateUser",
+        "/grpc.health.v1.Health/%2E%2E/user.UserService/CreateUser",
+        "/grpc.health.v1.Health/x/../../user.UserService/CreateUser",
+        "//grpc.health.v1.Health/..//user.UserService/CreateUser",
+    ] {
+        let report = grpcio(&lab, "batch", spelling, 2, &[])?;
+        assert_eq!(
+            status(&report, "PERMISSION_DENIED"),
+            2,
+            "{spelling}: {report}"
+        );
+    }
+    // The gateway may call GetUser, however it spells it, and the backend sees the
+    // normalized method.
+    let get = grpcio(&lab, "gateway", "/user.UserService/./%47etUser", 2, &[])?;
+    assert_eq!(status(&get, "OK"), 2, "{get}");
+    assert_eq!(get["replies"][0]["method"], "GetUser", "{get}");
+    Ok(())
+}

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 #[repr(u8)]
 pub enum Code {
     Unknown = 2,
+    InvalidArgument = 3,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
     ResourceExhausted = 8,
@@ -116,6 +117,7 @@ fn percent_encode(message: &str) -> String {
 /// The HTTP status an error of the waypoint's own is answered with, for plain HTTP/2.
 pub fn http_status(code: Code) -> StatusCode {
     match code {
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::Unimplemented => StatusCode::NOT_FOUND,
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,

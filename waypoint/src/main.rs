@@ -11,6 +11,7 @@ mod budget;
 mod cluster;
 mod endpoint;
 mod grpc;
+mod hygiene;
 mod metrics;
 mod proxy;
 mod ratelimit;

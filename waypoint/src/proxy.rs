@@ -28,6 +28,7 @@ use crate::{
     cluster::{Cluster, Clusters, hash_key},
     endpoint::{Endpoint, Outcome},
     grpc::{self, Code},
+    hygiene,
     metrics::{ClusterLabels, Flags, Metrics, PolicyLabels},
     ratelimit::{CallKey, Limiter},
     replay::Replay,
@@ -166,7 +167,18 @@ impl Proxy {
             response_bytes: 0,
             span: Some(span),
         };
-        if let Err(denied) = self.authorize(&model, &called, &parts, &record.path) {
+        let hop = hygiene::Hop {
+            client_ip: called.client_ip,
+            client: &called.source.principal,
+            waypoint: &self.dialer.identity,
+        };
+        let normal = match hygiene::sanitize(&mut parts, &hop) {
+            Ok(normal) => normal,
+            Err(malformed) => {
+                return local(record, Code::InvalidArgument, Flags::default(), &malformed);
+            }
+        };
+        if let Err(denied) = self.authorize(&model, &called, &parts, &normal.path) {
             return local(record, Code::PermissionDenied, Flags::default(), &denied);
         }
         let Some(service) = model.services.get(&called.service) else {
@@ -195,7 +207,7 @@ impl Proxy {
             target,
             decision.cluster.port,
             &parts,
-            &record.path,
+            &normal.path,
         ) {
             return local(record, Code::PermissionDenied, Flags::default(), &denied);
         }
@@ -403,21 +415,12 @@ impl Proxy {
             return Ok(());
         }
         let at = self.target(model, Some((&called.service.0, &called.service.1)));
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
+        // `hosts` match the Service the stream was opened for, never a name the client
+        // chose for `:authority`.
         let attributes = Attributes {
             method: parts.method.as_str(),
             path,
-            host,
+            host: &called.host,
             headers: &parts.headers,
         };
         let decision = authorize_l7(model, &at, called.port, &called.source.peer, &attributes);
@@ -507,11 +510,10 @@ impl Proxy {
             labels: &no_labels,
             ip: None,
         };
-        let host = parts.uri.authority().map_or("", |a| a.as_str());
         let attributes = Attributes {
             method: parts.method.as_str(),
             path,
-            host,
+            host: &called.host,
             headers: &parts.headers,
         };
         let decision = authorize_l7_among(

@@ -25,6 +25,7 @@ use crate::config::PodInfo;
 
 mod authz;
 mod matching;
+pub mod path;
 mod peer_authn;
 mod scope;
 
