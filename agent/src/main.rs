@@ -276,7 +276,8 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     let outbound_listener = TcpListener::bind(outbound_addr)
         .await
         .with_context(|| format!("binding the outbound listener {outbound_addr}"))?;
-    let admin_listener = bind_http(settings.admin_port).await?;
+    // Admin (config dump, maps) is for the node's own operator only, as ztunnel's is.
+    let admin_listener = bind_http_on(Ipv4Addr::LOCALHOST, settings.admin_port).await?;
     let metrics_listener = bind_http(settings.metrics_port).await?;
     let ready_listener = bind_http(settings.ready_port).await?;
     let direct = DirectTcp {
@@ -469,7 +470,11 @@ async fn reconcile_until_signal(
 }
 
 async fn bind_http(port: u16) -> anyhow::Result<TcpListener> {
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    bind_http_on(Ipv4Addr::UNSPECIFIED, port).await
+}
+
+async fn bind_http_on(ip: Ipv4Addr, port: u16) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::from((ip, port));
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))

@@ -53,7 +53,20 @@ impl Reply {
 pub type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
 /// Serves `handler` on `listener` until `shutdown` completes.
+/// How long a client of these ports may take to send a request's headers (and, over
+/// HTTP/2, to answer a keep-alive ping) before its connection is closed.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(listener: TcpListener, handler: Handler, shutdown: impl Future<Output = ()>) {
+    serve_within(listener, handler, shutdown, HEADER_READ_TIMEOUT).await
+}
+
+async fn serve_within(
+    listener: TcpListener,
+    handler: Handler,
+    shutdown: impl Future<Output = ()>,
+    header_read_timeout: std::time::Duration,
+) {
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -73,6 +86,8 @@ pub async fn serve(listener: TcpListener, handler: Handler, shutdown: impl Futur
                 async move { Ok::<_, Infallible>(to_response(reply)) }
             });
             if let Err(err) = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -164,10 +179,20 @@ pub async fn serve_ready(
                     Ok(reply.map(|b| b.map_err(BoxError::from).boxed_unsync()))
                 }
             });
-            let served =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(HEADER_READ_TIMEOUT)
+                .keep_alive_timeout(HEADER_READ_TIMEOUT);
+            let served = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
             if let Err(err) = served {
                 tracing::debug!(%err, "readiness connection ended with an error");
             }
@@ -185,5 +210,40 @@ pub fn metrics_reply(registry: &prometheus_client::registry::Registry) -> Reply 
             body,
         },
         Err(err) => Reply::text(500, format!("cannot encode metrics: {err}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client that opens a connection and never finishes its request is dropped after
+    /// the header read timeout (here 300 ms).
+    #[tokio::test]
+    async fn a_client_that_sends_no_headers_is_dropped() {
+        const TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler: Handler = Arc::new(|_| Reply::text(200, "ok\n"));
+        tokio::spawn(serve_within(
+            listener,
+            handler,
+            std::future::pending(),
+            TIMEOUT,
+        ));
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(TIMEOUT * 10, tcp.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the connection stayed open");
+        assert!(started.elapsed() >= TIMEOUT, "{:?}", started.elapsed());
+        assert!(
+            !String::from_utf8_lossy(&buf).contains("200"),
+            "a request without its end of headers was answered"
+        );
     }
 }

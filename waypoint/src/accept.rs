@@ -163,10 +163,15 @@ impl Opener for Accept {
                     let (proxy, called) = (proxy.clone(), called.clone());
                     async move { Ok::<_, Infallible>(proxy.handle(called, call).await) }
                 });
+                // Bounded as the tunnel is (`weft_mesh::hbone::Settings`): calls in flight
+                // per client connection, and the size of a call's headers.
                 let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .initial_stream_window_size(self.window)
                     .initial_connection_window_size(self.window.saturating_mul(4))
                     .max_frame_size(64 * 1024)
+                    .max_concurrent_streams(1000)
+                    .max_header_list_size(16 * 1024)
+                    .max_pending_accept_reset_streams(20)
                     .serve_connection(TokioIo::new(tunnel), service)
                     .await;
                 if let Err(err) = served {

@@ -60,7 +60,8 @@ pub struct Settings {
 
     #[arg(long, default_value = "0.0.0.0:15008")]
     pub hbone_address: SocketAddr,
-    #[arg(long, default_value = "0.0.0.0:15000")]
+    /// Local only by default: the config dump is for the pod's own operator.
+    #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_address: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_address: SocketAddr,

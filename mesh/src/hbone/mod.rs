@@ -40,8 +40,19 @@ pub struct Settings {
     pub spread_connections: usize,
     /// A pooled connection with no streams closes after this long.
     pub idle_timeout: Duration,
-    /// How long dialling a destination (TCP + TLS + HTTP/2 handshake) may take.
+    /// How long dialling a destination (TCP + TLS + HTTP/2 handshake) may take; on the
+    /// server side, how long a peer may take to finish its TLS handshake and send the
+    /// HTTP/2 preface.
     pub connect_timeout: Duration,
+    /// Server side: streams one connection may have open at once (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); more are refused with REFUSED_STREAM.
+    pub max_concurrent_streams: u32,
+    /// Server side: the largest header list a request may carry (HTTP/2
+    /// SETTINGS_MAX_HEADER_LIST_SIZE).
+    pub max_header_list_size: u32,
+    /// Server side: connections one peer address may have open at once; more are closed
+    /// as they arrive.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for Settings {
@@ -55,6 +66,11 @@ impl Default for Settings {
                 .unwrap_or(2),
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            // Ten times what a pooled client connection carries.
+            max_concurrent_streams: 1000,
+            max_header_list_size: 16 * 1024,
+            // Each pod identity on a node has its own connections: room for hundreds.
+            max_connections_per_peer: 1024,
         }
     }
 }

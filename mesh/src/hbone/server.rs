@@ -3,8 +3,23 @@
 //! decision (identity checks, policy, dialling); this module only speaks the protocol:
 //! a request that is not CONNECT gets 400, a refusal the status the opener chose (401 for
 //! policy, 503 for an unreachable destination), and every refusal is logged with its reason.
+//!
+//! What a peer can make the server hold is bounded ([`Settings`]): connections per peer
+//! address, the time to finish TLS and send the HTTP/2 preface, streams per connection,
+//! the size of a header list, and the time a connection with no stream stays open. A
+//! stream the client has already reset is not opened (no destination is dialled for it),
+//! and h2 closes a connection that keeps resetting streams it opened (the "rapid reset"
+//! pattern, CVE-2023-44487).
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
@@ -71,6 +86,7 @@ pub async fn serve<O: Opener>(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let peers = Arc::new(Peers::default());
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -83,11 +99,16 @@ pub async fn serve<O: Opener>(
                 }
             },
         };
+        let Some(admitted) = peers.admit(peer.ip(), settings.max_connections_per_peer) else {
+            tracing::warn!(%peer, limit = settings.max_connections_per_peer, "tunnel connection refused: too many from this peer");
+            continue;
+        };
         let (acceptor, settings, opener) = (acceptor.clone(), settings.clone(), opener.clone());
         tokio::spawn(async move {
             if let Err(reason) = connection(tcp, peer, acceptor, settings, opener).await {
                 tracing::info!(%peer, %reason, "tunnel connection refused or ended");
             }
+            drop(admitted);
         });
     }
 }
@@ -115,23 +136,48 @@ async fn connection<O: Opener>(
     }
     let identity = Arc::new(opener.identify(&certificates));
     let certificates = Arc::new(certificates);
-    let mut h2 = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .max_send_buffer_size(settings.stream_window as usize)
         .max_frame_size(super::MAX_FRAME)
-        .handshake::<_, Bytes>(tls)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_size)
+        .handshake::<_, Bytes>(tls);
+    let mut h2 = tokio::time::timeout(settings.connect_timeout, handshake)
         .await
+        .map_err(|_| "no HTTP/2 preface in time".to_string())?
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
-    while let Some(accepted) = h2.accept().await {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        // A connection without streams may stay for twice the idle timeout (so that a
+        // client pool, which drops it after one, is never raced by the GOAWAY), no longer.
+        let accepted = if open.load(Ordering::Relaxed) == 0 {
+            match tokio::time::timeout(settings.idle_timeout * 2, h2.accept()).await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    h2.graceful_shutdown();
+                    // Let the GOAWAY out, and any stream that raced it finish.
+                    while let Some(Ok(_)) = h2.accept().await {}
+                    return Err("idle".into());
+                }
+            }
+        } else {
+            h2.accept().await
+        };
+        let Some(accepted) = accepted else {
+            return Ok(());
+        };
         let (request, respond) = accepted.map_err(|e| format!("HTTP/2: {e}"))?;
         let (opener, certificates, identity) =
             (opener.clone(), certificates.clone(), identity.clone());
+        let open = open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            stream(request, respond, peer, certificates, identity, opener).await
+            stream(request, respond, peer, certificates, identity, opener).await;
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    Ok(())
 }
 
 fn reply(respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode) {
@@ -187,6 +233,10 @@ async fn stream<O: Opener>(
         authority,
         forwarded_for,
     };
+    // A stream the client already reset gets no dial.
+    if std::future::poll_fn(|cx| std::task::Poll::Ready(respond.poll_reset(cx).is_ready())).await {
+        return;
+    }
     let opened = match opener.open(connect.clone(), &identity).await {
         Ok(opened) => opened,
         Err(refusal) => {
@@ -210,6 +260,44 @@ async fn stream<O: Opener>(
     opener.carry(connect, &identity, tunnel, opened).await;
 }
 
+/// Open connections per peer address.
+#[derive(Default)]
+struct Peers(Mutex<HashMap<IpAddr, usize>>);
+
+/// One admitted connection; counted until dropped.
+struct Admitted {
+    peers: Arc<Peers>,
+    ip: IpAddr,
+}
+
+impl Peers {
+    fn admit(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<Admitted> {
+        let mut open = self.0.lock().ok()?;
+        let count = open.entry(ip).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Admitted {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.peers.0.lock()
+            && let Some(count) = open.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// The first `for=` node of a `Forwarded` header (RFC 7239), as an IP address.
 fn forwarded_for(header: &str) -> Option<std::net::IpAddr> {
     header.split([';', ',']).find_map(|pair| {
@@ -225,6 +313,10 @@ fn forwarded_for(header: &str) -> Option<std::net::IpAddr> {
         value.parse().ok()
     })
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod bounds;
 
 #[cfg(test)]
 mod tests {
