@@ -16,9 +16,13 @@ use weft_ebpf_common::{
 
 use crate::maps::{EXCL_CIDRS, EXCL_PORTS, ORIG_BY_COOKIE, count, pod_flags, settings, v4_mapped};
 
-/// The verdict a connect hook returns to let the call go on (0 would fail it with EPERM).
+/// The verdicts of a connect hook: let the call go on, or fail it with EPERM.
 const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
+/// Only TCP is captured: an SCTP stream socket (also SOCK_STREAM) must not be rewritten to
+/// the agent's TCP listener.
+const IPPROTO_TCP: u32 = 6;
 
 /// Where a connection should go.
 enum Route {
@@ -32,7 +36,10 @@ enum Route {
 #[inline(always)]
 fn route(settings: &Settings, ip: u32, port: u16) -> Route {
     let loopback = (ip & 0xff) == 127; // first octet, network order on a little-endian host
-    if settings.agent_ip == 0 || loopback || ip == settings.agent_ip {
+    // 0.0.0.0 means this host: inside the pod, the pod itself. Sent to the agent, it would
+    // become a connection to the node.
+    let this_host = ip == 0;
+    if settings.agent_ip == 0 || loopback || this_host || ip == settings.agent_ip {
         count(counter::BYPASSED, 1);
         return Route::Direct;
     }
@@ -53,19 +60,15 @@ fn route(settings: &Settings, ip: u32, port: u16) -> Route {
     Route::Agent(OrigDst { ip, port, _pad: 0 })
 }
 
-/// Records the original destination and returns true if the socket should be redirected.
+/// Records the original destination; false if it could not be recorded.
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
     // SAFETY: the helper takes this program type's context as is.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Without the record the agent could not forward the connection, so leave it direct.
     match ORIG_BY_COOKIE.insert(&cookie, orig, 0) {
         Ok(()) => true,
         Err(err) => {
-            warn!(
-                ctx,
-                "capture record failed ({}); connection left direct", err
-            );
+            warn!(ctx, "capture record failed ({}); connect refused", err);
             false
         }
     }
@@ -75,8 +78,15 @@ fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
 pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: the kernel hands a valid context; these fields are readable in connect4.
-    let (ty, ip, port) = unsafe { ((*sa).type_, (*sa).user_ip4, (*sa).user_port) };
-    if ty != SOCK_STREAM {
+    let (ty, protocol, ip, port) = unsafe {
+        (
+            (*sa).type_,
+            (*sa).protocol,
+            (*sa).user_ip4,
+            (*sa).user_port,
+        )
+    };
+    if ty != SOCK_STREAM || protocol != IPPROTO_TCP {
         return ALLOW;
     }
     let Some(settings) = settings() else {
@@ -84,9 +94,13 @@ pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
     };
     count(counter::CONNECT_SEEN, 1);
     // user_port holds the port in network order in its low 16 bits.
-    if let Route::Agent(orig) = route(settings, ip, u16::from_be(port as u16))
-        && remember(&ctx, &orig)
-    {
+    if let Route::Agent(orig) = route(settings, ip, u16::from_be(port as u16)) {
+        // Without the record the agent could not forward the connection, and left direct
+        // it would escape policy: fail it.
+        if !remember(&ctx, &orig) {
+            count(counter::CONNECT_REFUSED, 1);
+            return REFUSE;
+        }
         // SAFETY: connect4 may write user_ip4 and user_port (4-byte writes).
         unsafe {
             (*sa).user_ip4 = settings.agent_ip;
@@ -98,22 +112,43 @@ pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
 }
 
 /// IPv6 sockets that connect to IPv4 peers (`::ffff:a.b.c.d`) are captured like connect4.
-/// Native IPv6 is not captured yet: the lab and the agent are IPv4-only.
+/// Native IPv6 is not captured (the agent is IPv4-only), so it fails closed: a pod's TCP
+/// connect() to a native IPv6 address other than its own (`::1`, `::`) is refused, where
+/// it used to leave the mesh uncaptured.
 #[cgroup_sock_addr(connect6)]
 pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: the kernel hands a valid context; these fields are readable in connect6.
-    let (ty, ip6, port) = unsafe { ((*sa).type_, (*sa).user_ip6, (*sa).user_port) };
-    if ty != SOCK_STREAM {
+    let (ty, protocol, ip6, port) = unsafe {
+        (
+            (*sa).type_,
+            (*sa).protocol,
+            (*sa).user_ip6,
+            (*sa).user_port,
+        )
+    };
+    if ty != SOCK_STREAM || protocol != IPPROTO_TCP {
         return ALLOW;
     }
-    let (Some(settings), Some(ip)) = (settings(), v4_mapped(ip6)) else {
+    let Some(settings) = settings() else {
         return ALLOW;
     };
+    let Some(ip) = v4_mapped(ip6) else {
+        // `::1` reads as [0, 0, 0, 0x01000000] (network order on a little-endian host); `::`
+        // (this host) is the pod itself too.
+        let local = ip6 == [0, 0, 0, 0x0100_0000] || ip6 == [0; 4];
+        if local {
+            return ALLOW;
+        }
+        count(counter::CONNECT_REFUSED, 1);
+        return REFUSE;
+    };
     count(counter::CONNECT_SEEN, 1);
-    if let Route::Agent(orig) = route(settings, ip, u16::from_be(port as u16))
-        && remember(&ctx, &orig)
-    {
+    if let Route::Agent(orig) = route(settings, ip, u16::from_be(port as u16)) {
+        if !remember(&ctx, &orig) {
+            count(counter::CONNECT_REFUSED, 1);
+            return REFUSE;
+        }
         // SAFETY: connect6 may write user_ip6 (word by word) and user_port.
         unsafe {
             (*sa).user_ip6[3] = settings.agent_ip;

@@ -5,7 +5,10 @@
 //! or from an enrolled pod on this node; plaintext from outside the mesh never reaches the
 //! pod. Under PERMISSIVE such connections pass and are counted; inside the pod's namespace
 //! `lookup` then hands them to the agent's plaintext listener. Packets of established
-//! connections are not inspected further.
+//! connections are not inspected further. IPv6 SYNs never come from the mesh (it is IPv4
+//! between pods): STRICT drops them. What cannot be read (a non-first IPv4 fragment, which
+//! has no TCP header, or a packet too short for its headers) is dropped on STRICT pods
+//! rather than passed.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -18,32 +21,95 @@ use crate::maps::{TC_MODE, TC_PORT_MODE, count, from_mesh};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+/// IPv4 flags and fragment offset: the offset's 13 bits.
+const FRAGMENT_OFFSET: u16 = 0x1fff;
+const IPV6_HLEN: usize = 40;
 
-/// The source address (network order) and destination port (host order) of a TCP SYN without
-/// ACK, the first packet of a new inbound connection; `None` for anything else.
+/// What the gate makes of a packet into the pod.
+enum Packet {
+    /// Not the start of a TCP connection (another protocol, or a packet of one that is
+    /// established): passed.
+    Other,
+    /// A TCP SYN without ACK: from this IPv4 source (network order; `None` for IPv6, which
+    /// the mesh never uses between pods), to this port (host order).
+    New { source: Option<u32>, port: u16 },
+    /// TCP that cannot be read: a non-first IPv4 fragment (no TCP header to check), or a
+    /// packet too short for its headers. Dropped where the pod is STRICT.
+    Unreadable,
+}
+
 #[inline(always)]
-fn new_connection(ctx: &TcContext) -> Option<(u32, u16)> {
-    let proto: u16 = ctx.load(12).ok()?;
-    if u16::from_be(proto) != ETH_P_IP {
-        return None;
+fn tcp_flags_port(ctx: &TcContext, tcp: usize) -> Option<(u8, u16)> {
+    let flags: u8 = ctx.load(tcp + 13).ok()?;
+    let port: u16 = ctx.load(tcp + 2).ok()?;
+    Some((flags, u16::from_be(port)))
+}
+
+#[inline(always)]
+fn is_new(flags: u8) -> bool {
+    flags & TCP_SYN != 0 && flags & TCP_ACK == 0
+}
+
+#[inline(always)]
+fn classify(ctx: &TcContext) -> Packet {
+    let Ok(proto) = ctx.load::<u16>(12) else {
+        return Packet::Other;
+    };
+    match u16::from_be(proto) {
+        ETH_P_IP => {
+            let (Ok(version_ihl), Ok(ip_proto), Ok(fragment)) = (
+                ctx.load::<u8>(ETH_HLEN),
+                ctx.load::<u8>(ETH_HLEN + 9),
+                ctx.load::<u16>(ETH_HLEN + 6),
+            ) else {
+                return Packet::Unreadable;
+            };
+            if ip_proto != IPPROTO_TCP {
+                return Packet::Other;
+            }
+            if u16::from_be(fragment) & FRAGMENT_OFFSET != 0 {
+                return Packet::Unreadable;
+            }
+            let ihl = usize::from(version_ihl & 0x0f) * 4;
+            if ihl < 20 {
+                return Packet::Unreadable;
+            }
+            let Some((flags, port)) = tcp_flags_port(ctx, ETH_HLEN + ihl) else {
+                return Packet::Unreadable;
+            };
+            if !is_new(flags) {
+                return Packet::Other;
+            }
+            // Read as raw bytes into a native u32: the same network-order convention as
+            // the maps.
+            match ctx.load::<u32>(ETH_HLEN + 12) {
+                Ok(source) => Packet::New {
+                    source: Some(source),
+                    port,
+                },
+                Err(_) => Packet::Unreadable,
+            }
+        }
+        ETH_P_IPV6 => {
+            let Ok(next) = ctx.load::<u8>(ETH_HLEN + 6) else {
+                return Packet::Unreadable;
+            };
+            if next != IPPROTO_TCP {
+                // Extension headers are not walked: TCP behind one is not seen here.
+                return Packet::Other;
+            }
+            match tcp_flags_port(ctx, ETH_HLEN + IPV6_HLEN) {
+                Some((flags, port)) if is_new(flags) => Packet::New { source: None, port },
+                Some(_) => Packet::Other,
+                None => Packet::Unreadable,
+            }
+        }
+        _ => Packet::Other,
     }
-    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
-    let ip_proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-    if ip_proto != IPPROTO_TCP {
-        return None;
-    }
-    let ihl = usize::from(version_ihl & 0x0f) * 4;
-    let flags: u8 = ctx.load(ETH_HLEN + ihl + 13).ok()?;
-    if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
-        return None;
-    }
-    // Read as raw bytes into a native u32: the same network-order convention as the maps.
-    let source: u32 = ctx.load(ETH_HLEN + 12).ok()?;
-    let port: u16 = ctx.load(ETH_HLEN + ihl + 2).ok()?;
-    Some((source, u16::from_be(port)))
 }
 
 #[classifier]
@@ -51,18 +117,31 @@ pub fn weft_tc_pod_in(ctx: TcContext) -> i32 {
     // SAFETY: the kernel hands a valid __sk_buff; ifindex is readable.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     count(counter::TC_PACKETS, 1);
-    let Some((source, port)) = new_connection(&ctx) else {
-        return TC_ACT_OK as i32;
+    // SAFETY (both lookups): plain value lookups. The program is attached only to enrolled
+    // pods' veths, so a missing entry (the agent has not written it yet, or could not)
+    // means STRICT.
+    let pod_mode = || {
+        unsafe { TC_MODE.get(&ifindex) }
+            .copied()
+            .unwrap_or(TC_MODE_STRICT)
     };
-    if from_mesh(source) {
+    let (source, port) = match classify(&ctx) {
+        Packet::Other => return TC_ACT_OK as i32,
+        Packet::Unreadable => {
+            if pod_mode() == TC_MODE_STRICT {
+                count(counter::TC_DROPPED, 1);
+                return TC_ACT_SHOT as i32;
+            }
+            return TC_ACT_OK as i32;
+        }
+        Packet::New { source, port } => (source, port),
+    };
+    if source.is_some_and(from_mesh) {
         return TC_ACT_OK as i32;
     }
-    // SAFETY: plain value lookups. The program is attached only to enrolled pods' veths, so a
-    // missing entry (the agent has not written it yet, or could not) means STRICT.
     let mode = unsafe { TC_PORT_MODE.get(&port_mode_key(ifindex, port)) }
-        .or_else(|| unsafe { TC_MODE.get(&ifindex) })
         .copied()
-        .unwrap_or(TC_MODE_STRICT);
+        .unwrap_or_else(pod_mode);
     if mode == TC_MODE_STRICT {
         count(counter::TC_DROPPED, 1);
         return TC_ACT_SHOT as i32;

@@ -464,15 +464,8 @@ impl Lab {
     pub fn serve(&self, pod: &str, program: &str, args: &[&str]) -> Result<Guarded> {
         let log = self.log_path(pod, program, args);
         let _ = std::fs::remove_file(&log);
-        let mut server = self.spawn(pod, program, args)?;
-        wait_ready(
-            &mut server,
-            &format!("{program} in pod {pod}"),
-            &log,
-            Duration::from_secs(10),
-            || std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"listen\"")),
-        )?;
-        Ok(server)
+        let server = self.spawn(pod, program, args)?;
+        listening(server, &format!("{program} in pod {pod}"), &log)
     }
 
     fn log_path(&self, pod: &str, program: &str, args: &[&str]) -> PathBuf {
@@ -484,6 +477,23 @@ impl Lab {
         self.dir
             .join("logs")
             .join(format!("{pod}-{}-{role}.log", program.replace('/', "_")))
+    }
+
+    /// Starts a server in a node's network namespace (beside its agent, as a host-network
+    /// process), and waits until it says it listens (killed when the guard drops).
+    pub fn serve_in_node(&self, node: usize, program: &str, args: &[&str]) -> Result<Guarded> {
+        let log = self.log_path(&format!("node-{node}"), program, args);
+        let _ = std::fs::remove_file(&log);
+        let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let server = process::spawn(
+            &program_path(program)?,
+            &owned,
+            &self.node_netns(node),
+            &self.node_cgroup(node),
+            &[],
+            Some(&log),
+        )?;
+        listening(server, &format!("{program} in node {node}"), &log)
     }
 
     /// Starts a long-running program in a pod (killed when the guard drops).
@@ -687,6 +697,14 @@ fn agent_log_filter() -> String {
 }
 
 /// The entry a /config_dump shows for the pod called `name`, enrolled or pending.
+/// Waits for a server's readiness line (`{"listen":...}` in its log); the server back.
+fn listening(mut server: Guarded, what: &str, log: &std::path::Path) -> Result<Guarded> {
+    wait_ready(&mut server, what, log, Duration::from_secs(10), || {
+        std::fs::read_to_string(log).is_ok_and(|text| text.contains("\"listen\""))
+    })?;
+    Ok(server)
+}
+
 pub fn dump_pod(dump: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
     dump["pods"]
         .as_array()?

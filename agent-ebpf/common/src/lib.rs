@@ -175,8 +175,11 @@ pub mod counter {
     /// and those dropped because the pod's listener was not there (the agent restarting).
     pub const PLAINTEXT_STEERED: u32 = 14;
     pub const PLAINTEXT_NO_LISTENER: u32 = 15;
+    /// connect() calls failed closed: native IPv6 (not captured), or a connection whose
+    /// original destination could not be recorded.
+    pub const CONNECT_REFUSED: u32 = 16;
     /// The array's size.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 }
 
 #[cfg(feature = "user")]

@@ -52,6 +52,7 @@ impl SharedMaps {
             (counter::TC_PLAINTEXT, "tc_plaintext"),
             (counter::PLAINTEXT_STEERED, "plaintext_steered"),
             (counter::PLAINTEXT_NO_LISTENER, "plaintext_no_listener"),
+            (counter::CONNECT_REFUSED, "connect_refused"),
         ];
         let Ok(map) = self.counters.lock() else {
             return BTreeMap::new();

@@ -14,7 +14,7 @@ mod stream;
 use std::time::Duration;
 
 pub use client::{Pool, PoolKey, PoolStats};
-pub use server::{ConnectRequest, Opener, Refusal, serve};
+pub use server::{ConnectRequest, Opener, Refusal, forwarded_for, serve};
 pub use stream::{H2Stream, splice};
 
 /// The HBONE port.

@@ -299,7 +299,7 @@ impl Drop for Admitted {
 }
 
 /// The first `for=` node of a `Forwarded` header (RFC 7239), as an IP address.
-fn forwarded_for(header: &str) -> Option<std::net::IpAddr> {
+pub fn forwarded_for(header: &str) -> Option<std::net::IpAddr> {
     header.split([';', ',']).find_map(|pair| {
         let (key, value) = pair.trim().split_once('=')?;
         if !key.trim().eq_ignore_ascii_case("for") {
