@@ -10,7 +10,6 @@ mod accept;
 mod budget;
 mod cluster;
 mod endpoint;
-mod grpc;
 mod hygiene;
 mod metrics;
 mod proxy;
@@ -20,10 +19,11 @@ mod response;
 mod route;
 mod settings;
 mod telemetry;
-mod trace;
 mod upstream;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use weft_waypoint::{grpc, trace};
 
 use anyhow::Context;
 use clap::Parser;

@@ -4,10 +4,12 @@
 //! - `test`: every test: unit tests, then the end-to-end tests in the lab (root).
 //! - `demo`: a two-node lab, a gRPC service with three replicas, real traffic, the results.
 //! - `bench <scenario> --json FILE`: figures against a direct baseline measured in the same run.
+//! - `fuzz --seconds N`: every fuzz target, a million executions each (nightly, cargo-fuzz).
 //! - `lab down`: removes every lab on the machine, including those of crashed runs.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod workspace;
@@ -42,6 +44,16 @@ enum Command {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Run every fuzz target (`fuzz/`) for `--runs` executions, at most `--seconds` each.
+    Fuzz {
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Manage labs.
     Lab {
         #[command(subcommand)]
@@ -66,6 +78,11 @@ fn main() -> Result<()> {
         Command::Test { filter } => test::run(filter.as_deref()),
         Command::Demo => demo::run(),
         Command::Bench { scenario, json } => bench::run(scenario, json.as_deref()),
+        Command::Fuzz {
+            seconds,
+            runs,
+            target,
+        } => fuzz::run(seconds, runs, target.as_deref()),
         Command::Lab {
             command: LabCommand::Down,
         } => {

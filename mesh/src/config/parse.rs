@@ -526,7 +526,7 @@ fn port_number(n: impl TryInto<u16>) -> Option<u16> {
 
 /// Parses every document of a multi-document YAML text, as `kubectl apply -f` reads it.
 /// Documents count from 1. A YAML syntax error ends the text: the parser cannot resume.
-pub(crate) fn parse_documents(text: &str) -> Vec<(usize, Result<Option<Object>, InvalidObject>)> {
+pub fn parse_documents(text: &str) -> Vec<(usize, Result<Option<Object>, InvalidObject>)> {
     use serde::Deserialize;
     let mut out = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
