@@ -15,6 +15,7 @@
 mod auth;
 mod client;
 mod enrol;
+mod limits;
 mod server;
 mod token_review;
 

@@ -9,7 +9,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,11 +19,12 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
+use super::limits::{Answers, PerPeer};
 use super::proto::certificate_authority_server::{
     CertificateAuthority as CaService, CertificateAuthorityServer,
 };
 use super::proto::{SignRequest, SignResponse};
-use super::{CaError, DEFAULT_TTL, MAX_TTL, NodeAuthenticator, ca_identity};
+use super::{AuthError, CaError, DEFAULT_TTL, MAX_TTL, NodeAuthenticator, ca_identity};
 use crate::config::Model;
 use crate::identity::{
     CertificateAuthority, CertificateSource, IdentityError, IdentityManager, SpiffeId,
@@ -35,6 +36,11 @@ use crate::state::State;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the gRPC server to take them.
 const ACCEPT_QUEUE: usize = 64;
+/// Per connection: streams open at once, and calls run at once.
+const MAX_STREAMS: u32 = 100;
+const CALLS_AT_ONCE: usize = 16;
+/// A call that has not finished by then is ended with DEADLINE_EXCEEDED.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The CA service, ready to serve.
 pub struct CaServer<A: NodeAuthenticator> {
@@ -96,8 +102,13 @@ impl<A: NodeAuthenticator> CaServer<A> {
             model: self.model,
             default_ttl: self.default_ttl,
             max_ttl: self.max_ttl,
+            answers: Answers::default(),
+            per_peer: PerPeer::default(),
         };
         let served = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(MAX_STREAMS))
+            .concurrency_limit_per_connection(CALLS_AT_ONCE)
+            .timeout(CALL_TIMEOUT)
             .add_service(CertificateAuthorityServer::new(service))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
@@ -208,6 +219,8 @@ struct Signer<A> {
     model: watch::Receiver<Arc<State>>,
     default_ttl: Duration,
     max_ttl: Duration,
+    answers: Answers,
+    per_peer: PerPeer,
 }
 
 #[tonic::async_trait]
@@ -229,12 +242,30 @@ impl<A: NodeAuthenticator> CaService for Signer<A> {
         let token = bearer_token(&metadata);
         let identity = request.identity.as_str();
 
+        if let Some(peer) = peer
+            && !self.per_peer.admit(peer.ip(), Instant::now())
+        {
+            return Err(refuse(
+                None,
+                identity,
+                Status::resource_exhausted("too many requests from this address; retry later"),
+            ));
+        }
         let token =
             token.map_err(|reason| refuse(None, identity, Status::unauthenticated(reason)))?;
-        let caller =
-            self.authn.authenticate(token).await.map_err(|error| {
-                refuse(None, identity, Status::unauthenticated(error.to_string()))
-            })?;
+        let caller = match self.answers.get(token, Instant::now()) {
+            Some(answer) => answer,
+            None => {
+                let answer = self.authn.authenticate(token).await;
+                let definite = !matches!(answer, Err(AuthError::Backend(_)));
+                let answer = answer.map_err(|e| e.to_string());
+                if definite {
+                    self.answers.put(token, answer.clone(), Instant::now());
+                }
+                answer
+            }
+        }
+        .map_err(|error| refuse(None, identity, Status::unauthenticated(error)))?;
         let node = caller.node.as_str();
 
         let id: SpiffeId = identity

@@ -323,3 +323,53 @@ async fn mirror_pods_and_pods_without_a_service_account_get_no_identity() {
     sign(&ca.client("token-a"), &id).await.unwrap();
     ca.stop().await;
 }
+
+/// The lab's token file, counting how often it is asked.
+struct Counting {
+    tokens: TokenFile,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl NodeAuthenticator for Counting {
+    async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        self.asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tokens.authenticate(token).await
+    }
+}
+
+#[tokio::test]
+async fn the_authenticator_is_asked_once_per_token_and_a_flood_is_refused() {
+    let counting = Arc::new(Counting {
+        tokens: TokenFile::parse(TOKENS).unwrap(),
+        asked: Default::default(),
+    });
+    let ca = start_with(counting.clone(), |s| s).await;
+    let id = testutil::id("ns1", "sa1");
+    for _ in 0..3 {
+        sign(&ca.client("token-a"), &id).await.unwrap();
+    }
+    for _ in 0..3 {
+        let err = sign(&ca.client("made-up"), &id).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::Unauthenticated), "{err}");
+    }
+    assert_eq!(
+        counting.asked.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "one question per token, yes and no"
+    );
+
+    // One address may not go on asking at any rate: after its burst, RESOURCE_EXHAUSTED.
+    let client = ca.client("made-up");
+    let mut exhausted = false;
+    for _ in 0..400 {
+        if let Err(err) = sign(&client, &id).await
+            && err.code() == Some(Code::ResourceExhausted)
+        {
+            exhausted = true;
+            break;
+        }
+    }
+    assert!(exhausted, "400 requests in a row were all served");
+    ca.stop().await;
+}
