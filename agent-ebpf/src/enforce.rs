@@ -4,20 +4,34 @@
 //! may only come from the node agent (the tunnel's end, which checked the peer's certificate)
 //! or from an enrolled pod on this node; plaintext from outside the mesh never reaches the
 //! pod. Under PERMISSIVE such connections pass and are counted; inside the pod's namespace
-//! `lookup` then hands them to the agent's plaintext listener. Packets of established
-//! connections are not inspected further. IPv6 SYNs never come from the mesh (it is IPv4
-//! between pods): STRICT drops them. What cannot be read (a non-first IPv4 fragment, which
-//! has no TCP header, or a packet too short for its headers) is dropped on STRICT pods
-//! rather than passed.
+//! `lookup` then hands them to the agent's plaintext inbound listener.
+//!
+//! The agent is recognised by two things together: the source address it dials pods from
+//! (`Settings::dial_ip`) and the socket mark it sets on those connections (`AGENT_MARK`, which
+//! the packet still carries here, before it crosses into the pod's namespace). The node's own
+//! address is trusted for nothing: NodePort traffic that kube-proxy masquerades to it, and
+//! hostNetwork pods, meet STRICT like anyone else. A connection from the dial address without
+//! the mark is a node process posing as the agent and is dropped whatever the mode. The one
+//! exception for the node's processes is the kubelet's probes: a connection opened by a local
+//! socket (a forwarded packet has none) to a port the pod's spec probes passes, and is
+//! recorded so that sk_lookup lets it reach the container directly.
+//!
+//! IPv6 SYNs never come from the mesh (it is IPv4 between pods): STRICT drops them. What
+//! cannot be read (a non-first IPv4 fragment, which has no TCP header, or a packet too short
+//! for its headers) is dropped on STRICT pods rather than passed.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_get_socket_cookie,
     macros::classifier,
     programs::TcContext,
 };
-use weft_ebpf_common::{TC_MODE_STRICT, counter, port_mode_key};
+use weft_ebpf_common::{
+    AGENT_MARK, ProbeKey, TC_MODE_STRICT, TC_PORT_PROBE, counter, port_mode_key,
+};
 
-use crate::maps::{TC_MODE, TC_PORT_MODE, count, from_mesh};
+use crate::maps::{PROBES, TC_MODE, TC_PORT_MODE, count, is_dial_address, pod_flags};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -34,19 +48,30 @@ enum Packet {
     /// Not the start of a TCP connection (another protocol, or a packet of one that is
     /// established): passed.
     Other,
-    /// A TCP SYN without ACK: from this IPv4 source (network order; `None` for IPv6, which
-    /// the mesh never uses between pods), to this port (host order).
-    New { source: Option<u32>, port: u16 },
+    /// A TCP SYN without ACK, to this port (host order); from IPv4 `source`, `None` for
+    /// IPv6, which the mesh never uses between pods.
+    New { source: Option<Source>, port: u16 },
     /// TCP that cannot be read: a non-first IPv4 fragment (no TCP header to check), or a
     /// packet too short for its headers. Dropped where the pod is STRICT.
     Unreadable,
 }
 
+/// The IPv4 ends of a new connection: addresses in network order, the source port in host
+/// order.
+#[derive(Clone, Copy)]
+struct Source {
+    ip: u32,
+    port: u16,
+    pod_ip: u32,
+}
+
+/// A TCP header's flags, and its source and destination ports (host order).
 #[inline(always)]
-fn tcp_flags_port(ctx: &TcContext, tcp: usize) -> Option<(u8, u16)> {
+fn tcp_flags_ports(ctx: &TcContext, tcp: usize) -> Option<(u8, u16, u16)> {
     let flags: u8 = ctx.load(tcp + 13).ok()?;
+    let source: u16 = ctx.load(tcp).ok()?;
     let port: u16 = ctx.load(tcp + 2).ok()?;
-    Some((flags, u16::from_be(port)))
+    Some((flags, u16::from_be(source), u16::from_be(port)))
 }
 
 #[inline(always)]
@@ -78,7 +103,7 @@ fn classify(ctx: &TcContext) -> Packet {
             if ihl < 20 {
                 return Packet::Unreadable;
             }
-            let Some((flags, port)) = tcp_flags_port(ctx, ETH_HLEN + ihl) else {
+            let Some((flags, source_port, port)) = tcp_flags_ports(ctx, ETH_HLEN + ihl) else {
                 return Packet::Unreadable;
             };
             if !is_new(flags) {
@@ -86,12 +111,19 @@ fn classify(ctx: &TcContext) -> Packet {
             }
             // Read as raw bytes into a native u32: the same network-order convention as
             // the maps.
-            match ctx.load::<u32>(ETH_HLEN + 12) {
-                Ok(source) => Packet::New {
-                    source: Some(source),
+            match (
+                ctx.load::<u32>(ETH_HLEN + 12),
+                ctx.load::<u32>(ETH_HLEN + 16),
+            ) {
+                (Ok(ip), Ok(pod_ip)) => Packet::New {
+                    source: Some(Source {
+                        ip,
+                        port: source_port,
+                        pod_ip,
+                    }),
                     port,
                 },
-                Err(_) => Packet::Unreadable,
+                _ => Packet::Unreadable,
             }
         }
         ETH_P_IPV6 => {
@@ -102,8 +134,8 @@ fn classify(ctx: &TcContext) -> Packet {
                 // Extension headers are not walked: TCP behind one is not seen here.
                 return Packet::Other;
             }
-            match tcp_flags_port(ctx, ETH_HLEN + IPV6_HLEN) {
-                Some((flags, port)) if is_new(flags) => Packet::New { source: None, port },
+            match tcp_flags_ports(ctx, ETH_HLEN + IPV6_HLEN) {
+                Some((flags, _, port)) if is_new(flags) => Packet::New { source: None, port },
                 Some(_) => Packet::Other,
                 None => Packet::Unreadable,
             }
@@ -136,16 +168,49 @@ pub fn weft_tc_pod_in(ctx: TcContext) -> i32 {
         }
         Packet::New { source, port } => (source, port),
     };
-    if source.is_some_and(from_mesh) {
-        return TC_ACT_OK as i32;
+    if let Some(source) = source {
+        if is_dial_address(source.ip) {
+            // SAFETY: the kernel hands a valid __sk_buff; mark is readable.
+            if unsafe { (*ctx.skb.skb).mark } & AGENT_MARK != 0 {
+                return TC_ACT_OK as i32;
+            }
+            count(counter::TC_FORGED, 1);
+            return TC_ACT_SHOT as i32;
+        }
+        if pod_flags(source.ip).is_some() {
+            return TC_ACT_OK as i32;
+        }
     }
-    let mode = unsafe { TC_PORT_MODE.get(&port_mode_key(ifindex, port)) }
-        .copied()
-        .unwrap_or_else(pod_mode);
+    let entry = unsafe { TC_PORT_MODE.get(&port_mode_key(ifindex, port)) }.copied();
+    if let (Some(source), Some(mode)) = (source, entry)
+        && mode & TC_PORT_PROBE != 0
+        && opened_on_this_node(&ctx)
+    {
+        let key = ProbeKey {
+            source_ip: source.ip,
+            pod_ip: source.pod_ip,
+            source_port: source.port,
+            pod_port: port,
+        };
+        if PROBES.insert(&key, &1, 0).is_ok() {
+            count(counter::TC_PROBES, 1);
+            return TC_ACT_OK as i32;
+        }
+    }
+    let mode = entry.map_or_else(pod_mode, |m| m & !TC_PORT_PROBE);
     if mode == TC_MODE_STRICT {
         count(counter::TC_DROPPED, 1);
         return TC_ACT_SHOT as i32;
     }
     count(counter::TC_PLAINTEXT, 1);
     TC_ACT_OK as i32
+}
+
+/// Whether a process of this node's network namespace sent the packet: it still belongs to
+/// a local socket. A packet forwarded from elsewhere (another node, another pod, NodePort
+/// traffic after DNAT) has none, so its socket cookie reads 0.
+#[inline(always)]
+fn opened_on_this_node(ctx: &TcContext) -> bool {
+    // SAFETY: the helper takes the program's own context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) != 0 }
 }

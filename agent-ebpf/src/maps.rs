@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
-use weft_ebpf_common::{Endpoint, OrigDst, PodEntry, Settings, SockKey, counter};
+use weft_ebpf_common::{Endpoint, OrigDst, PodEntry, ProbeKey, Settings, SockKey, counter};
 
 /// One entry: the node-wide settings.
 #[map(name = "WEFT_SETTINGS")]
@@ -62,6 +62,12 @@ pub static TC_PORT_MODE: HashMap<u64, u32> = HashMap::pinned(4096, 0);
 #[map(name = "WEFT_PLAIN_LSN")]
 pub static PLAINTEXT_LISTENERS: SockHash<u32> = SockHash::pinned(4096, 0);
 
+/// Kubelet probes between the tc gate, which saw a node process open them, and sk_lookup
+/// in the pod, which lets them reach the container. Entries live for one handshake (sk_lookup
+/// removes them); LRU, so a flood of probes only makes the oldest take the plaintext inbound.
+#[map(name = "WEFT_PROBES")]
+pub static PROBES: LruHashMap<ProbeKey, u8> = LruHashMap::pinned(4096, 0);
+
 /// Event counters, per CPU so that counting never contends.
 #[map(name = "WEFT_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
@@ -87,12 +93,19 @@ pub fn pod_flags(ip: u32) -> Option<u32> {
     unsafe { PODS.get(&ip) }.map(|p| p.flags)
 }
 
-/// Whether a connection from `source` (network order) comes from inside the mesh: from the
-/// node agent (the tunnel's end, which checked the peer's certificate, or its plaintext
-/// inbound) or from an enrolled pod of this node.
+/// Whether a connection from `source` (network order) comes from inside the mesh by its
+/// address: from the agent's dial address (the tunnel's end, which checked the peer's
+/// certificate, or its plaintext inbound) or from an enrolled pod of this node. The tc gate
+/// also requires the agent's mark on the first; the node's own address is not the mesh.
 #[inline(always)]
 pub fn from_mesh(source: u32) -> bool {
-    settings().is_some_and(|s| s.agent_ip == source) || pod_flags(source).is_some()
+    is_dial_address(source) || pod_flags(source).is_some()
+}
+
+/// Whether `source` (network order) is the address the agent dials pods from.
+#[inline(always)]
+pub fn is_dial_address(source: u32) -> bool {
+    settings().is_some_and(|s| s.dial_ip != 0 && s.dial_ip == source)
 }
 
 /// Whether `ip` is one end a same-node splice may join: an enrolled pod of this node.

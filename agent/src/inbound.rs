@@ -20,7 +20,8 @@ pub struct Inbound {
     pub model: watch::Receiver<Arc<State>>,
     pub node_name: String,
     pub trust_domain: String,
-    pub source_ip: std::net::Ipv4Addr,
+    /// The agent's dial address and mark, which the pod's gate trusts.
+    pub dial: crate::upstream::DialFrom,
     pub metrics: Metrics,
     pub policy: crate::policy::L4Policy,
     pub connections: crate::connections::Connections,
@@ -46,7 +47,7 @@ impl Inbound {
     }
 
     async fn dial(&self, target: SocketAddr) -> io::Result<TcpStream> {
-        crate::upstream::dial_from(self.source_ip, target, Duration::from_secs(5)).await
+        crate::upstream::dial_from(self.dial, target, Duration::from_secs(5)).await
     }
 }
 

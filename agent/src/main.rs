@@ -7,6 +7,7 @@
 mod admin;
 mod ca;
 mod connections;
+mod dialaddr;
 mod inbound;
 mod metrics;
 mod outbound;
@@ -259,6 +260,12 @@ async fn waypoint(command: WaypointCommand) -> anyhow::Result<()> {
 
 async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     preflight::check(&settings.cgroup_root, &settings.bpffs_dir)?;
+    dialaddr::ensure(settings.dial_ip).with_context(|| {
+        format!(
+            "adding the dial address {}/32 to the node's loopback",
+            settings.dial_ip
+        )
+    })?;
     let (model, config_errors) = weft_mesh::config::ConfigSource::from_flags(
         settings.config_dir.clone(),
         settings.kubernetes,
@@ -280,9 +287,18 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     let admin_listener = bind_http_on(Ipv4Addr::LOCALHOST, settings.admin_port).await?;
     let metrics_listener = bind_http(settings.metrics_port).await?;
     let ready_listener = bind_http(settings.ready_port).await?;
+    // Outside the mesh from the node's address (the agent's address for its pods); to the
+    // node's own pods from the dial address with the agent's mark, which their gate trusts.
     let direct = DirectTcp {
         connect_timeout: Duration::from_secs(5),
-        source_ip: settings.agent_ip,
+        from: upstream::DialFrom {
+            ip: settings.agent_ip,
+            mark: None,
+        },
+    };
+    let to_pods = DirectTcp {
+        connect_timeout: Duration::from_secs(5),
+        from: upstream::DialFrom::pods(settings.dial_ip),
     };
     // Every connection admitted by L4 policy, decided again at each new state.
     let connections = connections::Connections::default();
@@ -310,7 +326,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     let plaintext = Arc::new(plaintext::PlaintextInbound {
         model: model.clone(),
         trust_domain: settings.tunnel.trust_domain.clone(),
-        direct: direct.clone(),
+        direct: to_pods,
         metrics: metrics.clone(),
         policy: policy::L4Policy {
             root_namespace: settings.tunnel.root_namespace.clone(),

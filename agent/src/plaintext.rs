@@ -3,8 +3,8 @@
 //! there (see `redirect::netns`), so the accepted socket's local address is the original
 //! destination. The agent checks L4 policy with no peer identity (a principal-based ALLOW
 //! refuses it, an ipBlocks rule can admit it), counts the connection with Istio's labels and
-//! `connection_security_policy="none"`, and dials the pod from its own address, as the
-//! tunnel's inbound does.
+//! `connection_security_policy="none"`, and dials the pod from its dial address with its
+//! mark, as the tunnel's inbound does.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -25,7 +25,7 @@ use crate::{
 pub struct PlaintextInbound {
     pub model: watch::Receiver<Arc<State>>,
     pub trust_domain: String,
-    /// Dials the pod from the agent's address, as the tunnel's inbound does.
+    /// Dials the pod from the agent's dial address and mark, as the tunnel's inbound does.
     pub direct: DirectTcp,
     pub metrics: Metrics,
     pub policy: L4Policy,

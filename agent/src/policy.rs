@@ -57,16 +57,15 @@ impl L4Policy {
             None => Peer::plaintext(source_ip),
         };
         // A pod bound to a workload waypoint is reached through it: a connection from any
-        // other identity bypasses the waypoint and its policies. Plaintext from a node's own
-        // address (kubelet probes) is left to PeerAuthentication and the policies below.
+        // other identity bypasses the waypoint and its policies. (Kubelet probes never get
+        // here: the gate and sk_lookup let them reach the container directly.)
         if let Some((waypoint, identities)) = model.bound_waypoint(dest) {
             let through = source.is_some_and(|id| {
                 identities
                     .iter()
                     .any(|(ns, sa)| ns == id.namespace() && sa == id.service_account())
             });
-            let probe = source.is_none() && model.is_node_address(source_ip);
-            if !through && !probe {
+            if !through {
                 return Err((
                     Some(format!("waypoint {}/{}", waypoint.namespace, waypoint.name)),
                     format!(

@@ -31,6 +31,13 @@ pub struct AgentSettings {
     #[arg(long, env = "WEFT_AGENT_IP")]
     pub agent_ip: Ipv4Addr,
 
+    /// The address the agent dials pods from, added to the node's loopback at start. It must
+    /// be one nothing else on the node uses: the pods' gate trusts it (with the agent's socket
+    /// mark) as the mesh, and trusts the node's own address for nothing. Link-local, so pods
+    /// reach it through their default route and no other node routes to it.
+    #[arg(long, env = "WEFT_DIAL_IP", default_value = "169.254.15.8")]
+    pub dial_ip: Ipv4Addr,
+
     /// Outbound capture port.
     #[arg(long, default_value_t = 15001)]
     pub outbound_port: u16,

@@ -43,7 +43,10 @@ pub struct Tunnel<S: CertificateSource> {
     pub trust_domain: String,
     /// The identity every node agent presents on its HBONE port.
     pub agent_identity: SpiffeId,
+    /// To destinations outside the mesh, from the node's address.
     pub direct: DirectTcp,
+    /// To this node's pods in the mesh, from the dial address with the agent's mark.
+    pub to_pods: DirectTcp,
     /// Checked here for destinations on this node; the destination's agent checks the rest.
     pub policy: crate::policy::L4Policy,
     /// Where same-node connections admitted by policy are registered, for revocation.
@@ -239,7 +242,7 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
                 let tracked =
                     self.connections
                         .track_at(admitted, &self.model.borrow(), &self.policy);
-                let (opened, security) = self.direct.connect(source, target).await?;
+                let (opened, security) = self.to_pods.connect(source, target).await?;
                 Ok((Opened::Revocable(Box::new(opened), tracked), security))
             }
             Route::Hbone {
@@ -312,7 +315,7 @@ pub async fn start(
         model: model.clone(),
         node_name: settings.node_name.clone(),
         trust_domain: t.trust_domain.clone(),
-        source_ip: settings.agent_ip,
+        dial: crate::upstream::DialFrom::pods(settings.dial_ip),
         metrics: metrics.clone(),
         policy: crate::policy::L4Policy {
             root_namespace: t.root_namespace.clone(),
@@ -346,6 +349,10 @@ pub async fn start(
         node_name: settings.node_name.clone(),
         trust_domain: t.trust_domain.clone(),
         agent_identity,
+        to_pods: DirectTcp {
+            connect_timeout: direct.connect_timeout,
+            from: crate::upstream::DialFrom::pods(settings.dial_ip),
+        },
         direct,
         policy: crate::policy::L4Policy {
             root_namespace: t.root_namespace.clone(),

@@ -90,14 +90,31 @@ pub trait Upstream: Send + Sync + 'static {
     }
 }
 
-/// Plain TCP straight to the destination, as the first version of the agent does.
+/// Where the agent's own connections leave from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DialFrom {
+    pub ip: Ipv4Addr,
+    /// `SO_MARK` for the socket: the agent's mark on connections to the node's pods, whose
+    /// gate trusts the dial address only with it.
+    pub mark: Option<u32>,
+}
+
+impl DialFrom {
+    /// To the node's pods: from the dial address, with the agent's mark. A pod sees the
+    /// connection come from `ip`, and routes its answers back through its default route.
+    pub fn pods(ip: Ipv4Addr) -> Self {
+        DialFrom {
+            ip,
+            mark: Some(weft_ebpf_common::AGENT_MARK),
+        }
+    }
+}
+
+/// Plain TCP straight to the destination.
 #[derive(Debug, Clone)]
 pub struct DirectTcp {
     pub connect_timeout: Duration,
-    /// The source address: the agent's pod-facing address, which every pod can route back
-    /// to (a node's underlay address may not be). The destination pod sees the connection
-    /// come from the client's node agent.
-    pub source_ip: Ipv4Addr,
+    pub from: DialFrom,
 }
 
 impl Upstream for DirectTcp {
@@ -107,30 +124,30 @@ impl Upstream for DirectTcp {
         target: SocketAddr,
     ) -> io::Result<(Opened, Security)> {
         Ok((
-            Opened::Tcp(dial_from(self.source_ip, target, self.connect_timeout).await?),
+            Opened::Tcp(dial_from(self.from, target, self.connect_timeout).await?),
             Security::None,
         ))
     }
 }
 
-/// Dials `target` from `source_ip`, with TCP_NODELAY.
+/// Dials `target` from `from`, with TCP_NODELAY.
 ///
 /// The port is left to connect() (IP_BIND_ADDRESS_NO_PORT): a port chosen at bind() time
 /// must be free of TIME_WAIT sockets for every destination, so an agent dialling one pod many
 /// times a second would run out of ports; connect() only needs the whole 4-tuple unique, and
 /// may reuse TIME_WAIT ports (tcp_tw_reuse).
 pub async fn dial_from(
-    source_ip: Ipv4Addr,
+    from: DialFrom,
     target: SocketAddr,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
+    use nix::sys::socket::{setsockopt, sockopt};
     let socket = TcpSocket::new_v4()?;
-    nix::sys::socket::setsockopt(
-        &socket,
-        nix::sys::socket::sockopt::IpBindAddressNoPort,
-        &true,
-    )?;
-    socket.bind(SocketAddr::from((source_ip, 0)))?;
+    setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
+    if let Some(mark) = from.mark {
+        setsockopt(&socket, sockopt::Mark, &mark)?;
+    }
+    socket.bind(SocketAddr::from((from.ip, 0)))?;
     let stream = tokio::time::timeout(timeout, socket.connect(target))
         .await
         .map_err(|_| {

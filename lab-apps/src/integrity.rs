@@ -42,6 +42,8 @@ async fn sink_connection(mut stream: TcpStream) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct SendConfig {
     pub addr: SocketAddr,
+    /// The local address to connect from; the kernel's choice if `None`.
+    pub bind: Option<std::net::IpAddr>,
     pub bytes: u64,
     pub seed: u64,
     pub write_size: usize,
@@ -74,7 +76,10 @@ impl SendReport {
 
 /// Sends `bytes` bytes of the seeded pattern to a sink and checks its digest.
 pub async fn send(cfg: &SendConfig) -> io::Result<SendReport> {
-    let mut stream = net::connect(cfg.addr).await?;
+    let mut stream = match cfg.bind {
+        Some(bind) => net::connect_from(cfg.addr, bind).await?,
+        None => net::connect(cfg.addr).await?,
+    };
     let start = Instant::now();
     let (sent_sha256, answer) = net::within(cfg.timeout, "send", async {
         let mut pattern = Pattern::new(cfg.seed);

@@ -32,6 +32,20 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
         .map_err(|e| io::Error::new(e.kind(), format!("connect {addr}: {e}")))
 }
 
+/// Like [`connect`], from the local address `bind` (port chosen by the kernel).
+pub async fn connect_from(addr: SocketAddr, bind: std::net::IpAddr) -> io::Result<TcpStream> {
+    let socket = match bind {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket
+        .bind(SocketAddr::new(bind, 0))
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {bind}: {e}")))?;
+    within(CONNECT_TIMEOUT, "connect", socket.connect(addr))
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("connect {addr} from {bind}: {e}")))
+}
+
 /// Runs `fut`, failing with [`io::ErrorKind::TimedOut`] if it takes longer than `limit`.
 pub async fn within<T>(
     limit: Duration,

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 pub use process::{Guarded, bin_dir};
-pub use spec::{LabSpec, NamespaceSpec, PodSpec, ServicePort, ServiceSpec};
+pub use spec::{DIAL_IP, LabSpec, NamespaceSpec, PodSpec, ServicePort, ServiceSpec, node_ip};
 
 /// Where the lab keeps its cgroups, below the machine's cgroup v2 mount.
 pub const CGROUP_BASE: &str = "weft-lab";
@@ -573,6 +573,34 @@ impl Lab {
                 "--timeout",
                 "8",
             ],
+            Duration::from_secs(30),
+        )?;
+        Ok(out.status.success())
+    }
+
+    /// Like [`send_ok`](Self::send_ok), from a process of `node`'s own network namespace (a
+    /// hostNetwork pod, the kubelet, or NodePort traffic the node forwards), from `bind` if
+    /// given.
+    pub fn send_ok_from_node(&self, node: usize, target: &str, bind: Option<&str>) -> Result<bool> {
+        let mut args = vec![
+            "send",
+            "--connect",
+            target,
+            "--bytes",
+            "65536",
+            "--timeout",
+            "8",
+        ];
+        if let Some(bind) = bind {
+            args.extend(["--bind", bind]);
+        }
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let out = process::run(
+            &program_path("labtool")?,
+            &args,
+            &self.node_netns(node),
+            &self.node_cgroup(node),
+            &[],
             Duration::from_secs(30),
         )?;
         Ok(out.status.success())

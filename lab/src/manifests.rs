@@ -66,6 +66,13 @@ pub fn render(spec: &LabSpec, pods: &BTreeMap<String, Pod>) -> Result<String> {
         let Some(pod) = pods.get(&pod_spec.name) else {
             continue;
         };
+        let mut container = json!({ "name": "app", "image": "weft-lab" });
+        if let Some(port) = pod_spec.probe_ports.first() {
+            container["readinessProbe"] = json!({ "tcpSocket": { "port": port } });
+        }
+        if let Some(port) = pod_spec.probe_ports.get(1) {
+            container["livenessProbe"] = json!({ "tcpSocket": { "port": port } });
+        }
         docs.push(json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -78,7 +85,7 @@ pub fn render(spec: &LabSpec, pods: &BTreeMap<String, Pod>) -> Result<String> {
             "spec": {
                 "nodeName": spec::node_name(pod.node),
                 "serviceAccountName": pod_spec.service_account,
-                "containers": [{ "name": "app", "image": "weft-lab" }],
+                "containers": [container],
             },
             "status": { "phase": "Running", "podIP": pod.ip.to_string(), "podIPs": [{ "ip": pod.ip.to_string() }] },
         }));

@@ -142,6 +142,8 @@ pub fn build_pod(spec: &LabSpec, node: usize, index: u8, netns: &str, ip: Ipv4Ad
             format!("route add 10.96.0.0/16 via {gateway} dev eth0"),
             // Node addresses, as on a cluster: a waypoint pod tunnels to the node agents.
             format!("route add 10.99.0.0/24 via {gateway} dev eth0"),
+            // The agent's dial address: answers to the connections it makes to the pod.
+            format!("route add {}/32 via {gateway} dev eth0", spec::DIAL_IP),
         ],
     )
 }

@@ -31,6 +31,9 @@ pub struct PodSpec {
     pub node: usize,
     pub labels: Vec<(String, String)>,
     pub service_account: String,
+    /// Ports the kubelet probes (`tcpSocket`): the first is the readiness probe's, a second
+    /// the liveness probe's.
+    pub probe_ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +137,16 @@ impl LabSpec {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             service_account: "default".to_string(),
+            probe_ports: Vec::new(),
         });
+        self
+    }
+
+    /// Gives the last pod added a `tcpSocket` readiness probe on `port`.
+    pub fn with_probe_port(mut self, port: u16) -> Self {
+        if let Some(pod) = self.pods.last_mut() {
+            pod.probe_ports.push(port);
+        }
         self
     }
 
@@ -205,6 +217,10 @@ pub fn node_ip(node: usize) -> Ipv4Addr {
 pub const CA_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 250);
 pub const CA_PORT: u16 = 15012;
 pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The address each node's agent dials its pods from (the agent's default), on the node's
+/// loopback; pods route it through their gateway, as a cluster's pods do by default route.
+pub const DIAL_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 15, 8);
 
 pub fn agent_ip(node: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, node as u8, 1)

@@ -357,3 +357,173 @@ fn the_strict_gate_drops_what_it_cannot_read() -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Runs `iptables` in `node`'s network namespace.
+fn iptables(lab: &Lab, node: usize, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.node_netns(node), "iptables"])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables {args:?} in node {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Waits up to 20 s until a send from a process of `node` (from `bind` if given) gives `want`.
+fn expect_send_from_node(
+    lab: &Lab,
+    node: usize,
+    target: &str,
+    bind: Option<&str>,
+    want: bool,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = lab.send_ok_from_node(node, target, bind)?;
+        if ok == want {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "node {node} (from {}) -> {target}: expected {}, got {}",
+                bind.unwrap_or("its own address"),
+                if want { "success" } else { "refusal" },
+                if ok { "success" } else { "refusal" },
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Item 1: the node's own address is not the mesh. The agent dials its pods from its dial
+/// address with its socket mark, and only that passes STRICT: plaintext from the node's
+/// processes (hostNetwork pods) and NodePort traffic masqueraded to the node's address are
+/// refused, a node process that binds the dial address is refused even under PERMISSIVE,
+/// and only the kubelet's probes (a node process, to a port the pod's spec probes) get in.
+#[test]
+fn the_nodes_own_address_is_not_the_mesh() -> Result<()> {
+    let spec = LabSpec::new("wl-x-nodeip", 2)
+        .with_namespace(NS, true)
+        .with_namespace("plain", false)
+        .with_pod("client", NS, 1, &[])
+        .with_pod("server", NS, 2, &[("app", "server")])
+        .with_probe_port(7200)
+        .with_pod("outside", "plain", 2, &[]);
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    let _app = lab.serve("server", "labtool", &["sink", "--listen", "0.0.0.0:7100"])?;
+    let _probe = lab.serve("server", "labtool", &["sink", "--listen", "0.0.0.0:7200"])?;
+    let _outside = lab.serve("outside", "labtool", &["sink", "--listen", "0.0.0.0:7100"])?;
+    let server = lab.pod("server").ip;
+    let app = format!("{server}:7100");
+    let probe_port = format!("{server}:7200");
+    let dial = weft_lab::DIAL_IP.to_string();
+
+    // NodePort on node 2, as kube-proxy makes it: DNAT to the pod, and the source of what
+    // was DNATed masqueraded to the node's address (on a cluster also the agent's,
+    // WEFT_AGENT_IP).
+    let agent_ip = lab.agent_ip(2).to_string();
+    let node_port = |port: &str, to: String| -> Result<()> {
+        iptables(
+            &lab,
+            2,
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "--dport",
+                port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        )?;
+        iptables(
+            &lab,
+            2,
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-p",
+                "tcp",
+                "-d",
+                to.split(':').next().unwrap_or_default(),
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "DNAT",
+                "-j",
+                "SNAT",
+                "--to-source",
+                &agent_ip,
+            ],
+        )
+    };
+    node_port("30080", app.clone())?;
+    node_port("30081", probe_port.clone())?;
+    node_port("30082", format!("{}:7100", lab.pod("outside").ip))?;
+    let node2 = weft_lab::node_ip(2);
+    let via_node_port = |port: u16| format!("{node2}:{port}");
+
+    lab.write_manifest(
+        "strict.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {NS}}}\nspec:\n  mtls: {{mode: STRICT}}\n"
+        ),
+    )?;
+    // The mesh gets in: through the tunnel, the destination agent dialling from its dial
+    // address with its mark.
+    lab.expect_send("client", &app, true)?;
+    // A hostNetwork process of the server's node does not.
+    expect_send_from_node(&lab, 2, &app, None, false)?;
+    // NodePort: the path works (to a pod outside the mesh), and is refused to the STRICT pod,
+    // on its probe port too, since forwarded traffic is no probe.
+    expect_send_from_node(&lab, 1, &via_node_port(30082), None, true)?;
+    let dropped = ebpf_counter(&lab, 2, "tc_dropped")?;
+    expect_send_from_node(&lab, 1, &via_node_port(30080), None, false)?;
+    expect_send_from_node(&lab, 1, &via_node_port(30081), None, false)?;
+    if ebpf_counter(&lab, 2, "tc_dropped")? < dropped + 2 {
+        bail!("the gate did not count the NodePort connections it dropped");
+    }
+    // The kubelet's probe: a node process to the port the pod's readiness probe names.
+    let probes = ebpf_counter(&lab, 2, "tc_probes")?;
+    expect_send_from_node(&lab, 2, &probe_port, None, true)?;
+    if ebpf_counter(&lab, 2, "tc_probes")? <= probes {
+        bail!("the probe did not pass as a probe");
+    }
+    // A node process posing as the agent: the dial address without the agent's mark.
+    expect_send_from_node(&lab, 2, &app, Some(&dial), false)?;
+
+    // PERMISSIVE: plaintext from the node's address is plaintext like any other, so it goes
+    // through the agent's plaintext inbound (and its policy); the forged dial address stays
+    // out.
+    lab.write_manifest(
+        "strict.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {NS}}}\nspec:\n  mtls: {{mode: PERMISSIVE}}\n"
+        ),
+    )?;
+    expect_send_from_node(&lab, 2, &app, None, true)?;
+    let steered = ebpf_counter(&lab, 2, "plaintext_steered")?;
+    expect_send_from_node(&lab, 1, &via_node_port(30080), None, true)?;
+    if ebpf_counter(&lab, 2, "plaintext_steered")? <= steered {
+        bail!("NodePort traffic from the node's address skipped the plaintext inbound");
+    }
+    let forged = ebpf_counter(&lab, 2, "tc_forged")?;
+    expect_send_from_node(&lab, 2, &app, Some(&dial), false)?;
+    if ebpf_counter(&lab, 2, "tc_forged")? <= forged {
+        bail!("the forged dial address was not counted");
+    }
+    lab.expect_send("client", &app, true)?;
+    lab.down()
+}

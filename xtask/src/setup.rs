@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("tcpdump", "tcpdump"),
+    // The attack tests make a NodePort in a lab node as kube-proxy does (DNAT and SNAT).
+    ("iptables", "iptables"),
 ];
 
 pub fn run() -> Result<()> {

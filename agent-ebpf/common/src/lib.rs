@@ -19,10 +19,11 @@ pub mod maps {
     pub const TC_MODE: &str = "WEFT_TC_MODE";
     pub const TC_PORT_MODE: &str = "WEFT_TC_PORT";
     pub const PLAINTEXT_LISTENERS: &str = "WEFT_PLAIN_LSN";
+    pub const PROBES: &str = "WEFT_PROBES";
     pub const COUNTERS: &str = "WEFT_COUNTERS";
 
     /// Every map the agent pins, for clean-up and adoption.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SETTINGS,
         PODS,
         EXCL_PORTS,
@@ -34,6 +35,7 @@ pub mod maps {
         TC_MODE,
         TC_PORT_MODE,
         PLAINTEXT_LISTENERS,
+        PROBES,
         COUNTERS,
     ];
 }
@@ -59,8 +61,18 @@ pub struct Settings {
     pub outbound_port: u32,
     /// `SETTING_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The address the agent dials pods from, network byte order (`169.254.15.8` unless
+    /// configured): a link-local address of the node's loopback that nothing else uses.
+    /// The gate trusts a connection from it only when the packet also carries
+    /// [`AGENT_MARK`]; the node's own address is trusted for nothing.
+    pub dial_ip: u32,
 }
+
+/// The `SO_MARK` bit on every socket the agent dials a pod with. Setting a mark needs
+/// CAP_NET_ADMIN, so a hostNetwork pod cannot forge it by binding the dial address. The bit
+/// is one that kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00) leave
+/// alone.
+pub const AGENT_MARK: u32 = 0x2000;
 
 /// Put sockets whose two ends are on this node into the sockhash, and splice their bytes.
 pub const SETTING_SPLICE: u32 = 1 << 0;
@@ -136,6 +148,24 @@ pub const TC_MODE_ALLOW_ALL: u32 = 0;
 /// STRICT mutual TLS: a new TCP connection (SYN) reaches the pod only from the node agent
 /// (which terminates the tunnel) or from an enrolled pod of this node.
 pub const TC_MODE_STRICT: u32 = 1;
+/// A bit of a `TC_PORT_MODE` value: the kubelet probes this port (a liveness, readiness or
+/// startup probe over the network). A new connection to it that a process of the node
+/// opened (a local socket, not a forwarded packet) passes even under STRICT, and is recorded
+/// in `PROBES` so that sk_lookup lets it reach the container rather than the plaintext
+/// inbound: probes bypass the agent and its policy, as they bypass ztunnel in Istio.
+pub const TC_PORT_PROBE: u32 = 1 << 8;
+
+/// A probe connection between the tc gate and sk_lookup: key of `PROBES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProbeKey {
+    /// The node process's address and the pod's, network byte order.
+    pub source_ip: u32,
+    pub pod_ip: u32,
+    /// Host byte order.
+    pub source_port: u16,
+    pub pod_port: u16,
+}
 
 /// The key of `TC_PORT_MODE`: a pod veth's ifindex and a destination port (host order) of
 /// the pod, whose mode overrides the veth's `TC_MODE` (PeerAuthentication `portLevelMtls`).
@@ -178,8 +208,13 @@ pub mod counter {
     /// connect() calls failed closed: native IPv6 (not captured), or a connection whose
     /// original destination could not be recorded.
     pub const CONNECT_REFUSED: u32 = 16;
+    /// Kubelet probes (node processes to a probe port) let past the gate to the container.
+    pub const TC_PROBES: u32 = 17;
+    /// Connections from the agent's dial address without the agent's mark: a node process
+    /// posing as the agent. Dropped whatever the pod's mode.
+    pub const TC_FORGED: u32 = 18;
     /// The array's size.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
 }
 
 #[cfg(feature = "user")]
@@ -191,4 +226,5 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::ProbeKey {}
 }

@@ -5,7 +5,7 @@
 //! STRICT) under the current policies.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fs::File,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::AsRawFd,
@@ -19,8 +19,8 @@ use aya::programs::{
 };
 use serde::Serialize;
 use weft_ebpf_common::{
-    POD_DIRECT_OK, POD_ENROLLED, PodEntry, TC_MODE_ALLOW_ALL, TC_MODE_STRICT, maps, port_mode_key,
-    programs,
+    POD_DIRECT_OK, POD_ENROLLED, PodEntry, TC_MODE_ALLOW_ALL, TC_MODE_STRICT, TC_PORT_PROBE, maps,
+    port_mode_key, programs,
 };
 use weft_mesh::{
     config::{MtlsMode, PodInfo},
@@ -55,7 +55,8 @@ pub(super) struct Plaintext {
     _server: ServerHandle,
 }
 
-/// A pod's entries in `TC_MODE` and `TC_PORT_MODE`.
+/// A pod's entries in `TC_MODE` and `TC_PORT_MODE` (where the ports its kubelet probes are
+/// marked with `TC_PORT_PROBE`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct TcModes {
     pod: u32,
@@ -64,8 +65,9 @@ struct TcModes {
 
 impl TcModes {
     /// What the tc gate enforces. Plaintext from outside the mesh may only enter through the
-    /// agent's plaintext inbound, so until that is in place every port fails closed.
-    fn new(modes: &InboundModes, plaintext_inbound: bool) -> Self {
+    /// agent's plaintext inbound, so until that is in place every port fails closed. The
+    /// kubelet's probes reach `probe_ports` whatever the mode.
+    fn new(modes: &InboundModes, plaintext_inbound: bool, probe_ports: &BTreeSet<u16>) -> Self {
         let value = |mode: MtlsMode| {
             if mode == MtlsMode::Strict || !plaintext_inbound {
                 TC_MODE_STRICT
@@ -73,10 +75,13 @@ impl TcModes {
                 TC_MODE_ALLOW_ALL
             }
         };
-        TcModes {
-            pod: value(modes.workload),
-            ports: modes.ports.iter().map(|(p, m)| (*p, value(*m))).collect(),
+        let pod = value(modes.workload);
+        let mut ports: BTreeMap<u16, u32> =
+            modes.ports.iter().map(|(p, m)| (*p, value(*m))).collect();
+        for port in probe_ports {
+            *ports.entry(*port).or_insert(pod) |= TC_PORT_PROBE;
         }
+        TcModes { pod, ports }
     }
 }
 
@@ -211,7 +216,7 @@ impl Datapath {
             }
             enrolled.plaintext = plaintext;
         }
-        let tc = TcModes::new(modes, enrolled.plaintext.is_ok());
+        let tc = TcModes::new(modes, enrolled.plaintext.is_ok(), &enrolled.pod.probe_ports);
         if (enrolled.flags, &enrolled.tc) != (flags, &tc) {
             self.set_modes(uid, flags, tc);
         }
@@ -255,7 +260,8 @@ impl Datapath {
             pod = %format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name),
             direct = flags & POD_DIRECT_OK != 0,
             strict = tc.pod == TC_MODE_STRICT,
-            strict_ports = ?tc.ports.iter().filter(|(_, m)| **m == TC_MODE_STRICT).map(|(p, _)| p).collect::<Vec<_>>(),
+            strict_ports = ?tc.ports.iter().filter(|(_, m)| **m & !TC_PORT_PROBE == TC_MODE_STRICT).map(|(p, _)| p).collect::<Vec<_>>(),
+            probe_ports = ?enrolled.pod.probe_ports,
             plaintext_inbound = enrolled.plaintext.is_ok(),
             "pod modes changed"
         );
@@ -558,4 +564,26 @@ fn pod_modes(
 
 fn ifindex(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_ports_are_marked_over_the_mode_they_would_have() {
+        let modes = InboundModes {
+            workload: MtlsMode::Strict,
+            ports: [(7001, MtlsMode::Permissive)].into_iter().collect(),
+        };
+        let probes: BTreeSet<u16> = [7001, 8080].into_iter().collect();
+        let tc = TcModes::new(&modes, true, &probes);
+        assert_eq!(tc.pod, TC_MODE_STRICT);
+        assert_eq!(tc.ports[&7001], TC_MODE_ALLOW_ALL | TC_PORT_PROBE);
+        assert_eq!(tc.ports[&8080], TC_MODE_STRICT | TC_PORT_PROBE);
+        // Without the plaintext inbound every port fails closed; probes still pass.
+        let tc = TcModes::new(&modes, false, &probes);
+        assert_eq!(tc.ports[&7001], TC_MODE_STRICT | TC_PORT_PROBE);
+        assert_eq!(TcModes::new(&modes, true, &BTreeSet::new()).ports.len(), 1);
+    }
 }

@@ -255,7 +255,7 @@ impl Datapath {
             agent_ip: u32::from_ne_bytes(settings.agent_ip.octets()),
             outbound_port: u32::from(settings.outbound_port),
             flags,
-            _pad: 0,
+            dial_ip: u32::from_ne_bytes(settings.dial_ip.octets()),
         };
         settings_map
             .set(0, node_settings, 0)

@@ -53,6 +53,8 @@ impl SharedMaps {
             (counter::PLAINTEXT_STEERED, "plaintext_steered"),
             (counter::PLAINTEXT_NO_LISTENER, "plaintext_no_listener"),
             (counter::CONNECT_REFUSED, "connect_refused"),
+            (counter::TC_PROBES, "tc_probes"),
+            (counter::TC_FORGED, "tc_forged"),
         ];
         let Ok(map) = self.counters.lock() else {
             return BTreeMap::new();

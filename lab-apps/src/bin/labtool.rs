@@ -36,6 +36,9 @@ enum Command {
     Send {
         #[arg(long)]
         connect: SocketAddr,
+        /// Connect from this local address.
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
         #[arg(long)]
         bytes: u64,
         #[arg(long, default_value_t = 1)]
@@ -147,6 +150,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Send {
             connect,
+            bind,
             bytes,
             seed,
             write_size,
@@ -154,6 +158,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         } => {
             let cfg = SendConfig {
                 addr: connect,
+                bind,
                 bytes,
                 seed,
                 write_size,

@@ -25,6 +25,7 @@ const TOKENS: &str = "# lab tokens\ntoken-a node-a\ntoken-b node-b\n";
 fn pod(namespace: &str, name: &str, service_account: &str, node: &str) -> PodInfo {
     PodInfo {
         container_ports: Default::default(),
+        probe_ports: Default::default(),
         namespace: namespace.into(),
         name: name.into(),
         uid: format!("uid-{name}"),

@@ -1,7 +1,7 @@
 //! The typed model: what the agent and the waypoint need of each object, and nothing of
 //! the wire format. Sources build it; the data path only reads it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -57,6 +57,10 @@ pub struct PodInfo {
     /// The containers' named TCP ports (`name` → `containerPort`), for Services whose
     /// `targetPort` is a name.
     pub container_ports: BTreeMap<String, u16>,
+    /// The ports the kubelet probes over the network (`httpGet`, `tcpSocket` and `grpc`
+    /// liveness, readiness and startup probes that leave `host` unset). The node's gate
+    /// lets the node's own processes reach these ports of a STRICT pod, and nothing else.
+    pub probe_ports: BTreeSet<u16>,
 }
 
 /// The workload a pod belongs to, as Istio's metrics name it: the `app.kubernetes.io/name`
@@ -509,6 +513,7 @@ mod tests {
             service_account_unset: false,
             mirror: false,
             container_ports: Default::default(),
+            probe_ports: Default::default(),
             host_network: false,
             namespace: ns.into(),
             name: name.into(),

@@ -5,6 +5,7 @@
 //! the key, because the versions of the kinds Weft reads share one schema. Adding a kind is
 //! one entry in [`KINDS`] and one parse function.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
@@ -428,8 +429,10 @@ pub fn pod_info(pod: &Pod) -> Result<Option<PodInfo>, InvalidObject> {
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
         .filter_map(|p| Some((p.name.clone()?, port_number(p.container_port)?)))
         .collect();
+    let probe_ports = spec.map(probe_ports).unwrap_or_default();
     Ok(Some(PodInfo {
         container_ports,
+        probe_ports,
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         node_name: spec.and_then(|s| non_empty(&s.node_name)),
         ip,
@@ -441,6 +444,48 @@ pub fn pod_info(pod: &Pod) -> Result<Option<PodInfo>, InvalidObject> {
         namespace,
         name,
     }))
+}
+
+/// The ports the kubelet reaches over the network to probe the pod's containers (and its
+/// sidecar init containers): `httpGet`, `tcpSocket` and `grpc` probes, a named port resolved
+/// among the same container's ports. A probe with `host` set goes elsewhere; an `exec` probe
+/// runs inside the container.
+fn probe_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> BTreeSet<u16> {
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    let mut ports = BTreeSet::new();
+    for container in containers {
+        let named = |name: &str| {
+            container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))
+                .and_then(|p| port_number(p.container_port))
+        };
+        let resolve = |port: &IntOrString| match port {
+            IntOrString::Int(n) => port_number(*n),
+            IntOrString::String(name) => named(name),
+        };
+        let probes = [
+            &container.liveness_probe,
+            &container.readiness_probe,
+            &container.startup_probe,
+        ];
+        for probe in probes.into_iter().flatten() {
+            let local = |host: &Option<String>| host.as_deref().is_none_or(str::is_empty);
+            let port = match (&probe.http_get, &probe.tcp_socket, &probe.grpc) {
+                (Some(http), _, _) if local(&http.host) => resolve(&http.port),
+                (_, Some(tcp), _) if local(&tcp.host) => resolve(&tcp.port),
+                (_, _, Some(grpc)) => port_number(grpc.port),
+                _ => None,
+            };
+            ports.extend(port);
+        }
+    }
+    ports
 }
 
 /// A Service, as the API source receives it.

@@ -78,6 +78,7 @@ metadata: {name: bare}
         *pod,
         PodInfo {
             container_ports: Default::default(),
+            probe_ports: Default::default(),
             namespace: "shop".into(),
             name: "cart-1".into(),
             uid: "0b7c0e43-1111-2222-3333-444455556666".into(),
@@ -403,5 +404,40 @@ fn mirror_pods_and_unnamed_service_accounts_are_marked() {
     assert_eq!(
         pod.service_account, "default",
         "as the model reads it for policy"
+    );
+}
+
+#[test]
+fn network_probe_ports_are_read_from_every_container() {
+    let objects = objects(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop}
+spec:
+  containers:
+  - name: app
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {port: http, path: /ready}}
+    livenessProbe: {tcpSocket: {port: 8081}}
+    startupProbe: {exec: {command: ["true"]}}
+  - name: rpc
+    livenessProbe: {grpc: {port: 50051}}
+    readinessProbe: {httpGet: {port: 9090, host: 10.0.0.1}}
+  initContainers:
+  - name: sidecar
+    restartPolicy: Always
+    ports: [{name: admin, containerPort: 15000}]
+    readinessProbe: {httpGet: {port: admin}}
+    livenessProbe: {httpGet: {port: http}}
+"#,
+    );
+    let Object::Pod(pod) = &objects[0] else {
+        panic!("{objects:?}")
+    };
+    // `exec` runs inside the container, a probe with `host` goes elsewhere, and a port name
+    // resolves only among its own container's ports.
+    assert_eq!(
+        pod.probe_ports.iter().copied().collect::<Vec<_>>(),
+        [8080, 8081, 15000, 50051]
     );
 }

@@ -791,11 +791,6 @@ impl State {
         }
     }
 
-    /// Whether `ip` is a node's own address (`InternalIP`).
-    pub fn is_node_address(&self, ip: IpAddr) -> bool {
-        self.model.nodes.values().any(|n| n.internal_ip == Some(ip))
-    }
-
     /// The waypoint's pods that have an address: the endpoints of its Service.
     pub fn waypoint_pods(&self, waypoint: &WaypointRef) -> Vec<&PodInfo> {
         self.service(&waypoint.namespace, &waypoint.name)
