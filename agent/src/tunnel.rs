@@ -32,7 +32,7 @@ pub fn pod_identity(trust_domain: &str, pod: &PodInfo) -> io::Result<SpiffeId> {
 }
 
 /// Client TLS configurations by (source identity, the server identity it must see).
-type TlsConfigs = HashMap<(SpiffeId, SpiffeId), Arc<rustls::ClientConfig>>;
+type TlsConfigs = HashMap<(SpiffeId, ServerIdentity), Arc<rustls::ClientConfig>>;
 
 pub struct Tunnel<S: CertificateSource> {
     pub pool: Arc<Pool>,
@@ -63,7 +63,7 @@ enum Route {
     Hbone {
         source: SpiffeId,
         node: SocketAddr,
-        server: SpiffeId,
+        server: ServerIdentity,
     },
 }
 
@@ -158,7 +158,9 @@ impl<S: CertificateSource> Tunnel<S> {
         Ok(Route::Hbone {
             source: pod_identity(&self.trust_domain, client)?,
             node: SocketAddr::new(node_ip, hbone::PORT),
-            server: self.agent_identity.clone(),
+            // Every agent has this SPIFFE ID; its certificate also names its node's address,
+            // which must be the one dialled.
+            server: ServerIdentity::AtDialledAddress(self.agent_identity.clone()),
         })
     }
 
@@ -194,22 +196,21 @@ impl<S: CertificateSource> Tunnel<S> {
         Ok(Some(Route::Hbone {
             source: pod_identity(&self.trust_domain, client)?,
             node: SocketAddr::new(address, hbone::PORT),
-            server: pod_identity(&self.trust_domain, pod)?,
+            server: ServerIdentity::Exact(pod_identity(&self.trust_domain, pod)?),
         }))
     }
 
     async fn tls_for(
         &self,
         id: &SpiffeId,
-        server: &SpiffeId,
+        server: &ServerIdentity,
     ) -> io::Result<Arc<rustls::ClientConfig>> {
         let key = (id.clone(), server.clone());
         if let Some(config) = self.configs.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(config);
         }
         let slot = self.identities.slot(id).await.map_err(io::Error::other)?;
-        let config = client_config(slot, &self.trust, ServerIdentity::Exact(server.clone()))
-            .map_err(io::Error::other)?;
+        let config = client_config(slot, &self.trust, server.clone()).map_err(io::Error::other)?;
         if let Ok(mut configs) = self.configs.lock() {
             configs.insert(key, config.clone());
         }

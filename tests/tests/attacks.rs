@@ -527,3 +527,54 @@ fn the_nodes_own_address_is_not_the_mesh() -> Result<()> {
     lab.expect_send("client", &app, true)?;
     lab.down()
 }
+
+/// Item 9: every node agent has the same SPIFFE ID, so a node that answers HBONE meant for
+/// another (here node 3's agent, after node 1 redirects node 2's tunnel port to it) used
+/// to pass. Each agent's certificate now names its node's address, and the client checks
+/// it against the address it dialled: the handshake fails.
+#[test]
+fn another_nodes_agent_cannot_answer_for_a_node() -> Result<()> {
+    let spec = LabSpec::new("wl-x-nodeid", 3)
+        .with_namespace(NS, true)
+        .with_pod("client", NS, 1, &[])
+        .with_pod("server", NS, 2, &[]);
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    let _sink = lab.serve("server", "labtool", &["sink", "--listen", "0.0.0.0:7100"])?;
+    let target = format!("{}:7100", lab.pod("server").ip);
+    let (node_2, node_3) = (weft_lab::node_ip(2), weft_lab::node_ip(3));
+    // Before any tunnel to node 2 exists: node 1 sends what it dials to node 2's HBONE port
+    // to node 3's.
+    iptables(
+        &lab,
+        1,
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &node_2.to_string(),
+            "--dport",
+            "15008",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{node_3}:15008"),
+        ],
+    )?;
+    lab.expect_send("client", &target, false)?;
+    let log = lab.agent_log(1);
+    // rustls reports the verifier's error by its Debug form: node 3's certificate, refused
+    // for not naming the address dialled.
+    let refused = format!("IpAddress({node_3})");
+    if !(log.contains("OtherNode") && log.contains(&refused)) {
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        bail!("node 1's agent did not refuse node 3's certificate ({refused}):\n{tail:?}");
+    }
+    iptables(&lab, 1, &["-t", "nat", "-F", "OUTPUT"])?;
+    lab.expect_send("client", &target, true)?;
+    lab.down()
+}

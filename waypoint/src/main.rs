@@ -103,7 +103,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let upstream_tls = client_config(
         enrolled.slot.clone(),
         &enrolled.trust,
-        ServerIdentity::Exact(agent),
+        // The node agents share this SPIFFE ID; each certificate also names its node's
+        // address, which must be the one dialled.
+        ServerIdentity::AtDialledAddress(agent),
     )
     .context("the upstream TLS configuration")?;
     let server_tls = server_config(enrolled.slot.clone(), &enrolled.trust)

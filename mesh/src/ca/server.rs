@@ -313,9 +313,10 @@ impl<A: NodeAuthenticator> CaService for Signer<A> {
             0 => self.default_ttl,
             seconds => Duration::from_secs(seconds.into()).min(self.max_ttl),
         };
+        let addresses = serving_addresses(&self.model.borrow(), &id, node);
         let leaf = self
             .ca
-            .sign_csr(&request.csr_pem, &id, ttl)
+            .sign_csr_at(&request.csr_pem, &id, ttl, &addresses)
             .map_err(|error| {
                 let status = match error {
                     IdentityError::Csr(_) | IdentityError::Pem { .. } => {
@@ -328,7 +329,7 @@ impl<A: NodeAuthenticator> CaService for Signer<A> {
                 };
                 refuse(Some(node), identity, status)
             })?;
-        tracing::info!(peer = ?peer, node, %id, ?ttl, "CA signed a certificate");
+        tracing::info!(peer = ?peer, node, %id, ?ttl, ?addresses, "CA signed a certificate");
         Ok(Response::new(SignResponse {
             cert_chain_pem: vec![leaf],
             root_pem: self.ca.root_pem().to_owned(),
@@ -342,13 +343,37 @@ impl<A: NodeAuthenticator> CaService for Signer<A> {
 /// the API server names one for every pod it admits except mirror pods, and the
 /// `default` the model fills in was never granted.
 fn scheduled_on(model: &Model, id: &SpiffeId, node: &str) -> bool {
-    model.pods.values().any(|pod| {
+    pods_as(model, id, node).next().is_some()
+}
+
+/// The pods on `node` that may have identity `id` (see [`scheduled_on`]).
+fn pods_as<'a>(
+    model: &'a Model,
+    id: &'a SpiffeId,
+    node: &'a str,
+) -> impl Iterator<Item = &'a crate::config::PodInfo> {
+    model.pods.values().filter(move |pod| {
         pod.namespace == id.namespace()
             && pod.service_account == id.service_account()
             && pod.node_name.as_deref() == Some(node)
             && !pod.mirror
             && !pod.service_account_unset
     })
+}
+
+/// The addresses a certificate for `id` asked by `node` may serve at: the node's own
+/// (`InternalIP`) when a hostNetwork pod there runs as `id`, as the node agent does. Its
+/// HBONE clients check that address, so one node's agent cannot answer for another.
+fn serving_addresses(model: &Model, id: &SpiffeId, node: &str) -> Vec<std::net::IpAddr> {
+    if !pods_as(model, id, node).any(|pod| pod.host_network) {
+        return Vec::new();
+    }
+    model
+        .nodes
+        .get(node)
+        .and_then(|n| n.internal_ip)
+        .into_iter()
+        .collect()
 }
 
 /// The token of `authorization: Bearer <token>` (RFC 6750, section 2.1; the scheme name is

@@ -374,3 +374,57 @@ async fn the_authenticator_is_asked_once_per_token_and_a_flood_is_refused() {
     assert!(exhausted, "400 requests in a row were all served");
     ca.stop().await;
 }
+
+/// The IP address SANs of `cert`'s leaf.
+fn ip_sans(cert: &WorkloadCert) -> Vec<std::net::IpAddr> {
+    use x509_parser::extensions::GeneralName;
+    let leaf = crate::identity::cert::parse(&cert.chain[0]).unwrap();
+    let san = leaf.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::IPAddress(bytes) => {
+                <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_node_agents_certificate_names_its_nodes_address_and_no_other_does() {
+    let ca = start(|s| s).await;
+    let mut agent = pod("weft-system", "weft-agent-a", "weft-agent", "node-a");
+    agent.host_network = true;
+    let mut model = Model::default();
+    for pod in [agent, pod("ns1", "pod1", "sa1", "node-a")] {
+        model
+            .pods
+            .insert((pod.namespace.clone(), pod.name.clone()), pod);
+    }
+    for (name, ip) in [("node-a", "10.99.0.1"), ("node-b", "10.99.0.2")] {
+        model.nodes.insert(
+            name.into(),
+            crate::config::NodeInfo {
+                name: name.into(),
+                internal_ip: Some(ip.parse().unwrap()),
+            },
+        );
+    }
+    ca.model.send(Arc::new(State::compile(model))).unwrap();
+
+    let agent_id = testutil::id("weft-system", "weft-agent");
+    let cert = sign(&ca.client("token-a"), &agent_id).await.unwrap();
+    assert_eq!(peer_identity(&cert.chain).unwrap(), agent_id);
+    assert_eq!(
+        ip_sans(&cert),
+        ["10.99.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    // A pod in its own network namespace serves at no node address.
+    let cert = sign(&ca.client("token-a"), &testutil::id("ns1", "sa1"))
+        .await
+        .unwrap();
+    assert!(ip_sans(&cert).is_empty());
+    ca.stop().await;
+}

@@ -200,6 +200,20 @@ impl CertificateAuthority {
         id: &SpiffeId,
         lifetime: Duration,
     ) -> Result<String, IdentityError> {
+        self.sign_csr_at(csr_pem, id, lifetime, &[])
+    }
+
+    /// Like [`sign_csr`](Self::sign_csr), with `addresses` as IP address SANs beside the
+    /// SPIFFE ID: the addresses the certificate may serve at. A node agent's certificate
+    /// names its node's address, so that a client that dialled one node can tell that
+    /// node's agent from another's (they share one SPIFFE ID).
+    pub fn sign_csr_at(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        lifetime: Duration,
+        addresses: &[std::net::IpAddr],
+    ) -> Result<String, IdentityError> {
         if id.trust_domain() != self.trust_domain {
             return Err(IdentityError::ForeignTrustDomain {
                 id: id.clone(),
@@ -213,6 +227,9 @@ impl CertificateAuthority {
         // to be critical (rcgen marks it so).
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(id.to_string())?)];
+        params
+            .subject_alt_names
+            .extend(addresses.iter().map(|ip| SanType::IpAddress(*ip)));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -229,8 +246,18 @@ impl CertificateAuthority {
     /// Generates a key, signs it for `id` and returns the result: the authority's own
     /// serving certificate, and certificates for tests.
     pub fn issue(&self, id: &SpiffeId, lifetime: Duration) -> Result<WorkloadCert, IdentityError> {
+        self.issue_at(id, lifetime, &[])
+    }
+
+    /// Like [`issue`](Self::issue), for `addresses` too (see [`sign_csr_at`](Self::sign_csr_at)).
+    pub fn issue_at(
+        &self,
+        id: &SpiffeId,
+        lifetime: Duration,
+        addresses: &[std::net::IpAddr],
+    ) -> Result<WorkloadCert, IdentityError> {
         let (key_pem, csr_pem) = generate_key_and_csr(id)?;
-        let leaf_pem = self.sign_csr(&csr_pem, id, lifetime)?;
+        let leaf_pem = self.sign_csr_at(&csr_pem, id, lifetime, addresses)?;
         WorkloadCert::from_pem(&leaf_pem, &key_pem)
     }
 }

@@ -15,7 +15,7 @@
 //! - `manager`: [`IdentityManager`], which keeps one slot per identity and renews it.
 
 mod authority;
-mod cert;
+pub(crate) mod cert;
 mod manager;
 mod slot;
 mod spiffe;

@@ -27,10 +27,13 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use super::{ALPN_H2, CertSlot, IdentityError, SpiffeId, TrustBundle, peer_identity, provider};
 
 /// Which server identities a client accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerIdentity {
     /// Exactly this workload.
     Exact(SpiffeId),
+    /// This workload, with a certificate for the IP address the client dialled: a node
+    /// agent, whose SPIFFE ID every node shares, at the node the client meant.
+    AtDialledAddress(SpiffeId),
     /// Any of these workloads (a service whose pods run as several service accounts).
     AnyOf(Vec<SpiffeId>),
     /// Any workload of this trust domain.
@@ -40,7 +43,7 @@ pub enum ServerIdentity {
 impl ServerIdentity {
     pub fn accepts(&self, id: &SpiffeId) -> bool {
         match self {
-            ServerIdentity::Exact(want) => want == id,
+            ServerIdentity::Exact(want) | ServerIdentity::AtDialledAddress(want) => want == id,
             ServerIdentity::AnyOf(want) => want.contains(id),
             ServerIdentity::AnyInTrustDomain(td) => id.trust_domain() == td,
         }
@@ -51,6 +54,7 @@ impl fmt::Display for ServerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerIdentity::Exact(id) => write!(f, "{id}"),
+            ServerIdentity::AtDialledAddress(id) => write!(f, "{id} at the address dialled"),
             ServerIdentity::AnyOf(ids) => {
                 let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
                 write!(f, "one of [{}]", ids.join(", "))
@@ -149,6 +153,16 @@ struct SpiffeServerVerifier {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
+/// A node agent's certificate that is not for the address the client dialled: another
+/// node's agent answered.
+#[derive(Debug, thiserror::Error)]
+#[error("server {id} has no certificate for {dialled:?}: {reason}")]
+struct OtherNode {
+    id: SpiffeId,
+    dialled: String,
+    reason: String,
+}
+
 /// A server whose certificate is valid but names another workload than expected.
 #[derive(Debug, thiserror::Error)]
 #[error("server is {got}, expected {expected}")]
@@ -162,7 +176,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
@@ -183,6 +197,17 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 got: id,
                 expected: self.accept.to_string(),
             }));
+        }
+        if matches!(self.accept, ServerIdentity::AtDialledAddress(_)) {
+            // RFC 6125 / RFC 5280: an IP address name matches an iPAddress SAN only.
+            leaf.verify_is_valid_for_subject_name(server_name)
+                .map_err(|e| {
+                    other(OtherNode {
+                        id,
+                        dialled: server_name.to_str().into_owned(),
+                        reason: e.to_string(),
+                    })
+                })?;
         }
         Ok(ServerCertVerified::assertion())
     }
