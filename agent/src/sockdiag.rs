@@ -31,6 +31,8 @@ pub struct Established {
     pub remote: SocketAddr,
     /// A listening socket (its remote address is unspecified).
     pub listening: bool,
+    /// The socket's inode: `socket:[inode]` among a process's file descriptors.
+    pub inode: u32,
     id: SocketId,
 }
 
@@ -110,6 +112,7 @@ pub fn established(netns: &File) -> io::Result<Vec<Established>> {
                             remote: SocketAddr::new(id.destination_address, id.destination_port),
                             // TCP_LISTEN in the kernel's tcp_states.h.
                             listening: response.header.state == 10,
+                            inode: response.header.inode,
                             id: id.clone(),
                         });
                     }
@@ -126,6 +129,25 @@ pub fn established(netns: &File) -> io::Result<Vec<Established>> {
             }
         }
     })
+}
+
+/// The inodes of the sockets this process holds (`/proc/self/fd`), to tell its own sockets
+/// in another namespace from those of the processes there.
+pub fn own_socket_inodes() -> std::collections::HashSet<u32> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return Default::default();
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 /// Aborts each of `sockets` in `netns`; returns how many the kernel destroyed (a socket

@@ -468,7 +468,8 @@ impl Lab {
         listening(server, &format!("{program} in pod {pod}"), &log)
     }
 
-    fn log_path(&self, pod: &str, program: &str, args: &[&str]) -> PathBuf {
+    /// Where [`spawn`](Self::spawn) and the servers write what a program prints.
+    pub fn log_path(&self, pod: &str, program: &str, args: &[&str]) -> PathBuf {
         let role = args
             .first()
             .copied()

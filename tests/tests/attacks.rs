@@ -578,3 +578,79 @@ fn another_nodes_agent_cannot_answer_for_a_node() -> Result<()> {
     lab.expect_send("client", &target, true)?;
     lab.down()
 }
+
+/// Item 11: a pod runs before its node's agent attaches its hooks. What it connected to
+/// then was never captured, and plaintext it accepted then never met STRICT. When the agent
+/// enrols the pod and attaches its gate, it closes both; what the gates would have allowed
+/// anyway lives on.
+#[test]
+fn connections_made_before_the_gates_were_attached_are_closed() -> Result<()> {
+    let spec = LabSpec::new("wl-x-window", 2)
+        .with_namespace(NS, true)
+        .with_namespace("plain", false)
+        .with_pod("early", NS, 1, &[])
+        .with_pod("server", NS, 2, &[])
+        .with_pod("far", "plain", 2, &[])
+        .with_pod("outsider", "plain", 1, &[])
+        .with_pod("bystander", "plain", 1, &[]);
+    let mut lab = Lab::up(spec)?;
+    lab.write_manifest(
+        "strict.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {NS}}}\nspec:\n  mtls: {{mode: STRICT}}\n"
+        ),
+    )?;
+    let _server = lab.serve("server", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
+    let _far = lab.serve("far", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
+    // Before any agent runs: the mesh pod's connection out, plaintext into the STRICT pod,
+    // and a connection between two pods outside the mesh.
+    let holds = [
+        ("early", "far"),
+        ("outsider", "server"),
+        ("bystander", "far"),
+    ];
+    let mut running = Vec::new();
+    for (from, to) in holds {
+        let target = format!("{}:7100", lab.pod(to).ip);
+        let args = ["hold", "--connect", target.as_str(), "--seconds", "15"];
+        let log = lab.log_path(from, "labtool", &args);
+        let child = lab.spawn(from, "labtool", &args)?;
+        running.push((from, to, child, log));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    lab.start_agents()?;
+    for (from, to, mut child, log) in running {
+        child.wait_timeout(Duration::from_secs(30))?;
+        let text = std::fs::read_to_string(&log)?;
+        let report: serde_json::Value = text
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .ok_or_else(|| anyhow::anyhow!("{from} -> {to} printed no report: {text}"))?;
+        let up = report["round_trips"].as_u64().unwrap_or(0) > 0;
+        let closed = report["ended"] != "timeout";
+        let want_closed = from == "early" || to == "server";
+        if !up || closed != want_closed {
+            bail!(
+                "{from} -> {to}: expected it up, then {}: {report}\nagent logs:\n{}\n{}",
+                if want_closed {
+                    "closed"
+                } else {
+                    "alive to the end"
+                },
+                lab.agent_log(1)
+                    .lines()
+                    .rev()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                lab.agent_log(2)
+                    .lines()
+                    .rev()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+        }
+    }
+    lab.down()
+}

@@ -277,7 +277,7 @@ fn removing_the_label_unenrols_and_restoring_it_enrols_again() -> Result<()> {
         "WEFT_TC_PORT",
         "WEFT_PLAIN_LSN",
     ] {
-        let pin = lab.bpffs_dir(1).join("v3").join(map);
+        let pin = pinned(&lab, 1, map);
         let entries = bpftool(&["map", "dump", "pinned", &pin.display().to_string()])?;
         assert_eq!(
             entries.as_array().map_or(0, Vec::len),
@@ -308,6 +308,18 @@ fn removing_the_label_unenrols_and_restoring_it_enrols_again() -> Result<()> {
     lab.down()
 }
 
+/// Where the agent of `node` pins `map`: in its one layout directory (named by the agent's
+/// map layout version).
+fn pinned(lab: &Lab, node: usize, map: &str) -> std::path::PathBuf {
+    let layout = std::fs::read_dir(lab.bpffs_dir(node))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.join("WEFT_SETTINGS").exists());
+    layout.unwrap_or_else(|| lab.bpffs_dir(node)).join(map)
+}
+
 #[test]
 fn an_agent_restart_reattaches_cleanly_after_a_stop_and_after_a_crash() -> Result<()> {
     let mut lab = up("wl-t-restart")?;
@@ -328,7 +340,7 @@ fn an_agent_restart_reattaches_cleanly_after_a_stop_and_after_a_crash() -> Resul
     // A crash leaves the pins; the next agent adopts them instead of adding a second copy.
     lab.kill_agent(1)?;
     assert!(
-        lab.bpffs_dir(1).join("v3/WEFT_SOCKS").exists(),
+        pinned(&lab, 1, "WEFT_SOCKS").exists(),
         "pinned maps should survive a crash"
     );
     lab.start_agent(1)?;
@@ -364,7 +376,7 @@ fn an_agent_restart_reattaches_cleanly_after_a_stop_and_after_a_crash() -> Resul
     lab.wait_enrolled(1, 2, Duration::from_secs(10))?;
     assert!(lab.stop_agent(1)?.success(), "{}", lab.agent_log(1));
     assert!(
-        lab.bpffs_dir(1).join("v3/WEFT_SOCKS").exists(),
+        pinned(&lab, 1, "WEFT_SOCKS").exists(),
         "pinned maps should survive a handover stop"
     );
     assert_eq!(

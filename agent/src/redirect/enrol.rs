@@ -200,6 +200,7 @@ impl Datapath {
         let Some(enrolled) = self.enrolled.get_mut(uid) else {
             return;
         };
+        let attached_now = attached.is_some() || plaintext.as_ref().is_some_and(Result::is_ok);
         if let Some((iface, index, link)) = attached {
             enrolled.interface = Some(iface);
             enrolled.ifindex = index;
@@ -217,8 +218,66 @@ impl Datapath {
             enrolled.plaintext = plaintext;
         }
         let tc = TcModes::new(modes, enrolled.plaintext.is_ok(), &enrolled.pod.probe_ports);
-        if (enrolled.flags, &enrolled.tc) != (flags, &tc) {
+        let changed = (enrolled.flags, &enrolled.tc) != (flags, &tc);
+        if changed {
             self.set_modes(uid, flags, tc);
+        }
+        if changed || attached_now {
+            self.close_escaped(uid);
+        }
+    }
+
+    /// Aborts the pod's connections that only exist because its gates were not attached
+    /// yet when they were made (see `sweep`).
+    fn close_escaped(&self, uid: &str) {
+        let Some(enrolled) = self.enrolled.get(uid) else {
+            return;
+        };
+        let name = format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name);
+        let Ok(netns) = netns::pod_netns(&enrolled.cgroup) else {
+            return;
+        };
+        let sockets = match crate::sockdiag::established(&netns) {
+            Ok(sockets) => sockets,
+            Err(err) => {
+                tracing::warn!(pod = %name, %err, "cannot list the pod's sockets");
+                return;
+            }
+        };
+        let listening: HashSet<u16> = sockets
+            .iter()
+            .filter(|s| s.listening)
+            .map(|s| s.local.port())
+            .collect();
+        let local_pods: HashSet<Ipv4Addr> = self.enrolled.values().map(|e| e.ip).collect();
+        let window = super::sweep::Window {
+            pod_ip: enrolled.ip,
+            agent_ip: self.agent_ip,
+            dial_ip: self.dial_ip,
+            local_pods: &local_pods,
+            exclude_ports: &self.exclude_ports,
+            exclude_cidrs: &self.exclude_cidrs,
+            mode: enrolled.tc.pod,
+            ports: &enrolled.tc.ports,
+        };
+        // The agent's own sockets there (its plaintext inbound's) are not the pod's.
+        let own = crate::sockdiag::own_socket_inodes();
+        let doomed: Vec<_> = sockets
+            .iter()
+            .filter(|s| !s.listening && !own.contains(&s.inode))
+            .filter_map(|s| {
+                let why = window.escaped(s.local, s.remote, listening.contains(&s.local.port()))?;
+                tracing::info!(pod = %name, local = %s.local, remote = %s.remote, ?why,
+                    "closing a connection made before the pod's gates were attached");
+                Some(s.clone())
+            })
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        match crate::sockdiag::destroy(&netns, &doomed) {
+            Ok(closed) => tracing::info!(pod = %name, closed, "closed what got past the gates"),
+            Err(err) => tracing::warn!(pod = %name, %err, "cannot close what got past the gates"),
         }
     }
 

@@ -11,6 +11,7 @@ mod enrol;
 mod netdev;
 mod netns;
 mod shared;
+mod sweep;
 
 use std::{
     collections::BTreeMap,
@@ -55,7 +56,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/we
 /// Bumped whenever a map's key, value or size changes. The pins live in a directory of this
 /// name (bpffs holds no regular files to write a version into), and pins of any other layout
 /// are discarded at start.
-const LAYOUT: &str = "v3";
+const LAYOUT: &str = "v4";
 
 /// What the plaintext inbound's program needs of the kernel.
 const SK_LOOKUP_NEEDS: &str = "BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)";
@@ -153,6 +154,11 @@ pub struct Datapath {
     _socks: SockHash<MapData, SockKey>,
     shared: SharedMaps,
     direct_local: bool,
+    /// What `sweep` needs: the agent's addresses and what capture leaves alone.
+    agent_ip: std::net::Ipv4Addr,
+    dial_ip: std::net::Ipv4Addr,
+    exclude_ports: Vec<u16>,
+    exclude_cidrs: Vec<crate::settings::Cidr>,
 }
 
 impl Datapath {
@@ -282,6 +288,10 @@ impl Datapath {
                 counters: Arc::new(Mutex::new(counters)),
             },
             direct_local: !settings.no_direct_local,
+            agent_ip: settings.agent_ip,
+            dial_ip: settings.dial_ip,
+            exclude_ports: settings.exclude_ports.clone(),
+            exclude_cidrs: settings.exclude_cidrs.clone(),
         };
         datapath.load_programs()?;
         datapath.attach_node()?;
