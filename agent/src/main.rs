@@ -287,8 +287,9 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     let admin_listener = bind_http_on(Ipv4Addr::LOCALHOST, settings.admin_port).await?;
     let metrics_listener = bind_http(settings.metrics_port).await?;
     let ready_listener = bind_http(settings.ready_port).await?;
-    // Outside the mesh from the node's address (the agent's address for its pods); to the
-    // node's own pods from the dial address with the agent's mark, which their gate trusts.
+    // Without a CA (plaintext, no identities) everything is dialled from the agent's
+    // address; to the node's own pods from the dial address with the agent's mark, which
+    // their gate trusts.
     let direct = DirectTcp {
         connect_timeout: Duration::from_secs(5),
         from: upstream::DialFrom {
@@ -309,17 +310,24 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
             root_namespace: settings.tunnel.root_namespace.clone(),
         },
     );
+    // A pod's connections out of the mesh leave from its own namespace, as the pod.
+    let namespaces = redirect::netns::PodNamespaces::default();
+    let egress = upstream::Egress {
+        connect_timeout: Duration::from_secs(5),
+        namespaces: namespaces.clone(),
+    };
     let tunnel = tunnel::start(
         &settings,
         model.clone(),
         metrics.clone(),
-        direct.clone(),
+        egress,
         connections.clone(),
         stop_rx.clone(),
     )
     .await?;
 
     let mut datapath = Datapath::load(&settings)?;
+    datapath.set_pod_namespaces(namespaces);
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(forward_ebpf_logs(logger));
     }

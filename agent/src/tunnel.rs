@@ -43,8 +43,8 @@ pub struct Tunnel<S: CertificateSource> {
     pub trust_domain: String,
     /// The identity every node agent presents on its HBONE port.
     pub agent_identity: SpiffeId,
-    /// To destinations outside the mesh, from the node's address.
-    pub direct: DirectTcp,
+    /// To destinations outside the mesh, from the pod's own namespace and address.
+    pub direct: crate::upstream::Egress,
     /// To this node's pods in the mesh, from the dial address with the agent's mark.
     pub to_pods: DirectTcp,
     /// Checked here for destinations on this node; the destination's agent checks the rest.
@@ -269,7 +269,7 @@ pub async fn start(
     settings: &crate::settings::AgentSettings,
     model: watch::Receiver<Arc<State>>,
     metrics: crate::metrics::Metrics,
-    direct: DirectTcp,
+    direct: crate::upstream::Egress,
     connections: crate::connections::Connections,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Tunnel<weft_mesh::ca::CaSource>>> {

@@ -130,6 +130,50 @@ impl Upstream for DirectTcp {
     }
 }
 
+/// To destinations outside the mesh, as the pod itself would reach them: from a socket in
+/// the pod's own network namespace, bound to the pod's address. Cloud metadata protections
+/// and egress NetworkPolicy see the pod, not the node, and `0.0.0.0` means the pod. A pod
+/// whose namespace the agent has not found yet is refused rather than dialled as the node.
+#[derive(Clone)]
+pub struct Egress {
+    pub connect_timeout: Duration,
+    pub namespaces: crate::redirect::netns::PodNamespaces,
+}
+
+impl Upstream for Egress {
+    async fn connect(
+        &self,
+        source: SocketAddr,
+        target: SocketAddr,
+    ) -> io::Result<(Opened, Security)> {
+        let std::net::IpAddr::V4(pod) = source.ip() else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "IPv6 pods are not captured",
+            ));
+        };
+        let namespaces = self.namespaces.clone();
+        let fd = tokio::task::spawn_blocking(move || {
+            let netns = namespaces.get(pod).map_err(|reason| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the network namespace of pod {pod}: {reason}"),
+                )
+            })?;
+            crate::redirect::netns::tcp_socket_in(&netns)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        let from = DialFrom {
+            ip: pod,
+            mark: None,
+        };
+        let stream = connect_socket(socket, from, target, self.connect_timeout).await?;
+        Ok((Opened::Tcp(stream), Security::None))
+    }
+}
+
 /// Dials `target` from `from`, with TCP_NODELAY.
 ///
 /// The port is left to connect() (IP_BIND_ADDRESS_NO_PORT): a port chosen at bind() time
@@ -141,8 +185,16 @@ pub async fn dial_from(
     target: SocketAddr,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
+    connect_socket(TcpSocket::new_v4()?, from, target, timeout).await
+}
+
+async fn connect_socket(
+    socket: TcpSocket,
+    from: DialFrom,
+    target: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
     use nix::sys::socket::{setsockopt, sockopt};
-    let socket = TcpSocket::new_v4()?;
     setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
     if let Some(mark) = from.mark {
         setsockopt(&socket, sockopt::Mark, &mark)?;

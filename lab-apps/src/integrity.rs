@@ -25,6 +25,10 @@ pub async fn sink(listener: TcpListener) {
 }
 
 async fn sink_connection(mut stream: TcpStream) -> io::Result<()> {
+    // Who connected, for tests of where a connection comes from.
+    if let Ok(peer) = stream.peer_addr() {
+        eprintln!("sink: connection from {peer}");
+    }
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

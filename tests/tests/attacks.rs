@@ -654,3 +654,38 @@ fn connections_made_before_the_gates_were_attached_are_closed() -> Result<()> {
     }
     lab.down()
 }
+
+/// Item 5: a pod's connection to a destination outside the mesh (here a process of another
+/// node, as the API server or a metadata endpoint would be) leaves from the pod's own
+/// network namespace with the pod's address, not from the agent as the node.
+#[test]
+fn egress_leaves_as_the_pod_not_as_the_node() -> Result<()> {
+    let spec = LabSpec::new("wl-x-egress", 2)
+        .with_namespace(NS, true)
+        .with_pod("client", NS, 1, &[]);
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    let args = ["sink", "--listen", "0.0.0.0:7300"];
+    let _sink = lab.serve_in_node(2, "labtool", &args)?;
+    let target = format!("{}:7300", weft_lab::node_ip(2));
+    let connects = ebpf_counter(&lab, 1, "redirected")?;
+    lab.expect_send("client", &target, true)?;
+    if ebpf_counter(&lab, 1, "redirected")? <= connects {
+        bail!("the connection was not captured: nothing to check");
+    }
+    let log = std::fs::read_to_string(lab.log_path("node-2", "labtool", &args))?;
+    let peers: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("sink: connection from "))
+        .collect();
+    let pod = lab.pod("client").ip.to_string();
+    let agent = lab.agent_ip(1).to_string();
+    if peers.is_empty()
+        || !peers
+            .iter()
+            .all(|p| p.split(':').next() == Some(pod.as_str()))
+    {
+        bail!("the sink saw {peers:?}; expected only the pod {pod}, never the agent {agent}");
+    }
+    lab.down()
+}

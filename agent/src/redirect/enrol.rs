@@ -363,6 +363,7 @@ impl Datapath {
                 0,
             )
             .map_err(|e| format!("{}: {e}", maps::PODS))?;
+        self.namespaces.insert(ip, &cgroup, None);
         Ok(Enrolled {
             pod: pod.clone(),
             ip,
@@ -389,6 +390,7 @@ impl Datapath {
             .clone()
             .ok_or("no plaintext inbound server in this agent")?;
         let netns = netns::pod_netns(cgroup)?;
+        self.namespaces.insert(ip, cgroup, netns.try_clone().ok());
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, PLAINTEXT_PORT));
         let listener = netns::listen_in(&netns, addr)
             .map_err(|e| format!("listening on {addr} in the pod's namespace: {e}"))?;
@@ -474,6 +476,7 @@ impl Datapath {
             let key = u32::from_ne_bytes(enrolled.ip.octets());
             let _ = self.pods.remove(&key);
             let _ = self.plaintext_listeners.remove(&key);
+            self.namespaces.remove(enrolled.ip);
         }
         if enrolled.ifindex != 0 {
             let _ = self.tc_mode.remove(&enrolled.ifindex);

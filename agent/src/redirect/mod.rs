@@ -9,7 +9,7 @@
 mod cgroup;
 mod enrol;
 mod netdev;
-mod netns;
+pub mod netns;
 mod shared;
 mod sweep;
 
@@ -159,6 +159,8 @@ pub struct Datapath {
     dial_ip: std::net::Ipv4Addr,
     exclude_ports: Vec<u16>,
     exclude_cidrs: Vec<crate::settings::Cidr>,
+    /// The enrolled pods' network namespaces, shared with the egress upstream.
+    namespaces: netns::PodNamespaces,
 }
 
 impl Datapath {
@@ -292,6 +294,7 @@ impl Datapath {
             dial_ip: settings.dial_ip,
             exclude_ports: settings.exclude_ports.clone(),
             exclude_cidrs: settings.exclude_cidrs.clone(),
+            namespaces: netns::PodNamespaces::default(),
         };
         datapath.load_programs()?;
         datapath.attach_node()?;
@@ -300,6 +303,11 @@ impl Datapath {
 
     /// Who serves the plaintext inbound listeners. Without one, plaintext from outside the
     /// mesh is refused at every pod.
+    /// Where the enrolled pods' network namespaces are kept for the egress upstream.
+    pub fn set_pod_namespaces(&mut self, namespaces: netns::PodNamespaces) {
+        self.namespaces = namespaces;
+    }
+
     pub fn set_plaintext_server(&mut self, server: PlaintextServer) {
         self.plaintext_server = Some(server);
     }

@@ -6,11 +6,13 @@
 //! namespace it was made in, so the agent serves it from its own threads afterwards.
 
 use std::{
+    collections::HashMap,
     fs::File,
     io,
-    net::{SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     os::unix::fs::MetadataExt,
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use nix::sched::{CloneFlags, setns};
@@ -57,6 +59,86 @@ fn first_pid(dir: &Path, depth: usize) -> Option<u32> {
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .find_map(|e| first_pid(&e.path(), depth - 1))
+}
+
+/// The network namespaces of the node's enrolled pods, by address: where the agent opens
+/// a pod's connections to destinations outside the mesh, so that they leave as the pod. A
+/// pod is known by its cgroup from its enrolment; its namespace is found through a process
+/// of the pod when first needed (the one connecting is there then) and kept.
+#[derive(Clone, Default)]
+pub struct PodNamespaces(Arc<Mutex<HashMap<Ipv4Addr, PodNamespace>>>);
+
+struct PodNamespace {
+    cgroup: PathBuf,
+    netns: Option<Arc<File>>,
+}
+
+impl PodNamespaces {
+    /// A pod enrolled with its cgroup; `netns` if already found.
+    pub fn insert(&self, ip: Ipv4Addr, cgroup: &Path, netns: Option<File>) {
+        if let Ok(mut map) = self.0.lock() {
+            let entry = map.entry(ip).or_insert_with(|| PodNamespace {
+                cgroup: cgroup.to_path_buf(),
+                netns: None,
+            });
+            entry.cgroup = cgroup.to_path_buf();
+            if let Some(netns) = netns {
+                entry.netns = Some(Arc::new(netns));
+            }
+        }
+    }
+
+    pub fn remove(&self, ip: Ipv4Addr) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&ip);
+        }
+    }
+
+    /// The namespace of the enrolled pod at `ip`. Blocking: it may read /proc.
+    pub fn get(&self, ip: Ipv4Addr) -> Result<Arc<File>, String> {
+        let cgroup = {
+            let map = self
+                .0
+                .lock()
+                .map_err(|_| "the namespace registry is poisoned")?;
+            let entry = map
+                .get(&ip)
+                .ok_or_else(|| format!("{ip} is no enrolled pod"))?;
+            if let Some(netns) = &entry.netns {
+                return Ok(netns.clone());
+            }
+            entry.cgroup.clone()
+        };
+        let netns = Arc::new(pod_netns(&cgroup)?);
+        if let Ok(mut map) = self.0.lock()
+            && let Some(entry) = map.get_mut(&ip)
+        {
+            entry.netns = Some(netns.clone());
+        }
+        Ok(netns)
+    }
+}
+
+/// A new, unconnected, non-blocking IPv4 TCP socket inside `netns`. It stays in that
+/// namespace (routes, addresses, and the CNI's rules for the pod apply to it), and belongs
+/// to the agent's cgroup, so the pod's capture hooks never see it.
+pub fn tcp_socket_in(netns: &File) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                setns(netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                socket(
+                    AddressFamily::Inet,
+                    SockType::Stream,
+                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                    SockProtocol::Tcp,
+                )
+                .map_err(io::Error::from)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
 }
 
 /// A non-blocking listener bound to `addr` inside `netns`.
