@@ -50,12 +50,40 @@ struct Entry {
     revoke: oneshot::Sender<String>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// `pod` (the destination pod's cap) or `node` (the agent's).
+    pub limit: &'static str,
+}
+
+/// How many connections the agent carries at once, to one pod and in all: an untrusted
+/// client can open connections, but not without bound (each holds two sockets and a task).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub per_pod: usize,
+    pub total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_pod: 4096,
+            total: 32768,
+        }
+    }
+}
+
 /// The registry. Cheap to clone; every clone is the same registry.
 #[derive(Clone, Default)]
 pub struct Connections {
     inner: Arc<Mutex<HashMap<u64, Entry>>>,
     next: Arc<AtomicU64>,
     pub closed_by_policy: Family<PolicyLabel, Counter>,
+    /// Connections refused because a cap was reached, by cap.
+    pub refused_by_limit: Family<LimitLabel, Counter>,
+    limits: Limits,
+    /// Live connections by destination pod, and their sum.
+    load: Arc<Mutex<(HashMap<IpAddr, usize>, usize)>>,
 }
 
 /// A tracked connection. Dropping it (the connection ended) removes it from the registry.
@@ -63,6 +91,8 @@ pub struct Tracked {
     id: u64,
     registry: Connections,
     revoked: Option<oneshot::Receiver<String>>,
+    /// The destination whose share of the caps this connection holds.
+    destination: Option<IpAddr>,
 }
 
 impl Tracked {
@@ -84,10 +114,59 @@ impl Drop for Tracked {
         if let Ok(mut inner) = self.registry.inner.lock() {
             inner.remove(&self.id);
         }
+        if let Some(destination) = self.destination
+            && let Ok(mut load) = self.registry.load.lock()
+        {
+            let (per_pod, total) = &mut *load;
+            if let Some(n) = per_pod.get_mut(&destination) {
+                *n -= 1;
+                if *n == 0 {
+                    per_pod.remove(&destination);
+                }
+            }
+            *total = total.saturating_sub(1);
+        }
     }
 }
 
 impl Connections {
+    pub fn with_limits(limits: Limits) -> Self {
+        Connections {
+            limits,
+            ..Connections::default()
+        }
+    }
+
+    /// Takes one connection's share of the caps for `destination`, or says which cap is full.
+    fn admit(&self, destination: IpAddr) -> Result<(), String> {
+        let Ok(mut load) = self.load.lock() else {
+            return Ok(());
+        };
+        let (per_pod, total) = &mut *load;
+        let (limit, reason) = if *total >= self.limits.total {
+            (
+                "node",
+                format!("the agent carries {total} connections, its limit"),
+            )
+        } else if per_pod.get(&destination).copied().unwrap_or(0) >= self.limits.per_pod {
+            (
+                "pod",
+                format!(
+                    "{destination} has {} connections through the agent, its limit",
+                    self.limits.per_pod
+                ),
+            )
+        } else {
+            *per_pod.entry(destination).or_default() += 1;
+            *total += 1;
+            return Ok(());
+        };
+        self.refused_by_limit
+            .get_or_create(&LimitLabel { limit })
+            .inc();
+        Err(reason)
+    }
+
     pub fn track(&self, admitted: Admitted) -> Tracked {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -104,17 +183,27 @@ impl Connections {
             id,
             registry: self.clone(),
             revoked: Some(rx),
+            destination: None,
         }
     }
 
     /// Registers a connection admitted under an earlier state than `now`'s, or under it:
     /// one admitted while a new state was being published would miss that state's
     /// recheck, so it is decided again here. Register before any await that follows the
-    /// decision (the dial), so that a later recheck sees it.
-    pub fn track_at(&self, admitted: Admitted, now: &State, policy: &L4Policy) -> Tracked {
+    /// decision (the dial), so that a later recheck sees it. Refused when the destination
+    /// pod or the agent carries as many connections as its limit allows.
+    pub fn track_at(
+        &self,
+        admitted: Admitted,
+        now: &State,
+        policy: &L4Policy,
+    ) -> Result<Tracked, String> {
         let stale = admitted.epoch != now.epoch();
         let check = stale.then(|| admitted.clone());
-        let tracked = self.track(admitted);
+        let destination = admitted.destination;
+        self.admit(destination)?;
+        let mut tracked = self.track(admitted);
+        tracked.destination = Some(destination);
         if let Some(admitted) = check
             && let Err((by, reason)) = verdict(now, policy, &admitted)
             && let Ok(mut inner) = self.inner.lock()
@@ -123,7 +212,7 @@ impl Connections {
             self.count_closed(&by);
             let _ = entry.revoke.send(reason);
         }
-        tracked
+        Ok(tracked)
     }
 
     /// Counts a connection closed by `policy` elsewhere (the kernel's, see `sockdiag`).
@@ -272,7 +361,9 @@ mod tests {
         assert!(web.revoked().await.contains("denied"));
 
         // Admitted under an older state than the one now published: decided again at once.
-        let mut late = registry.track_at(admitted("batch"), &state(deny), &policy);
+        let mut late = registry
+            .track_at(admitted("batch"), &state(deny), &policy)
+            .unwrap();
         assert!(late.revoked().await.contains("shop/no-batch"));
     }
 }

@@ -123,6 +123,15 @@ impl Opener for Inbound {
             &self.model.borrow(),
             &self.policy,
         );
+        let tracked = match tracked {
+            Ok(tracked) => tracked,
+            Err(reason) => {
+                self.metrics.denied("connection_limit");
+                self.metrics
+                    .tcp_refused(self.labels(&model, &request, peer), "UO");
+                return Err(refuse(503, reason));
+            }
+        };
         match self.dial(request.authority).await {
             Ok(stream) => {
                 let labels = self.labels(&model, &request, peer);

@@ -302,7 +302,10 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
         from: upstream::DialFrom::pods(settings.dial_ip),
     };
     // Every connection admitted by L4 policy, decided again at each new state.
-    let connections = connections::Connections::default();
+    let connections = connections::Connections::with_limits(connections::Limits {
+        per_pod: settings.max_connections_per_pod,
+        total: settings.max_connections,
+    });
     connections::spawn_rechecks(
         connections.clone(),
         model.clone(),
@@ -372,6 +375,11 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
         "weft_connections_closed_by_policy",
         "Established connections closed because a new policy denies them, by the DENY policy (or - when no ALLOW matches any more)",
         connections.closed_by_policy.clone(),
+    );
+    registry.register(
+        "weft_connections_refused_by_limit",
+        "Connections refused because the destination pod (limit=pod) or the agent (limit=node) carried as many as its limit allows",
+        connections.refused_by_limit.clone(),
     );
     let dump = Arc::new(RwLock::new(Dump {
         node: settings.node_name.clone(),

@@ -112,6 +112,10 @@ impl PlaintextInbound {
             &self.model.borrow(),
             &self.policy,
         );
+        let tracked = match tracked {
+            Ok(tracked) => tracked,
+            Err(reason) => return refuse(labels, "UO", reason),
+        };
         let upstream = match self.direct.connect(peer, destination).await {
             Ok((upstream, _)) => upstream,
             Err(err) => return refuse(labels, "UF", format!("dialling {destination}: {err}")),

@@ -61,6 +61,15 @@ pub struct AgentSettings {
     #[arg(long, default_value_t = 15021)]
     pub ready_port: u16,
 
+    /// Connections the agent carries at once to one pod (through its tunnel inbound,
+    /// plaintext inbound and same-node path); more are refused and counted.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections_per_pod: usize,
+
+    /// Connections the agent carries at once in all.
+    #[arg(long, default_value_t = 32768)]
+    pub max_connections: usize,
+
     /// Destination ports never captured (repeatable).
     #[arg(long = "exclude-port")]
     pub exclude_ports: Vec<u16>,

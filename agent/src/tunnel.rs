@@ -240,9 +240,10 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
             Route::Direct(None) => self.direct.connect(source, target).await,
             Route::Direct(Some(admitted)) => {
                 // Registered before the dial, so that a policy change during it reaches it.
-                let tracked =
-                    self.connections
-                        .track_at(admitted, &self.model.borrow(), &self.policy);
+                let tracked = self
+                    .connections
+                    .track_at(admitted, &self.model.borrow(), &self.policy)
+                    .map_err(|reason| io::Error::new(io::ErrorKind::ResourceBusy, reason))?;
                 let (opened, security) = self.to_pods.connect(source, target).await?;
                 Ok((Opened::Revocable(Box::new(opened), tracked), security))
             }

@@ -14,9 +14,12 @@ use std::{
 use tokio::net::{TcpSocket, TcpStream};
 use weft_mesh::hbone::{H2Stream, splice};
 
-/// Copy buffer per direction of a TCP-to-TCP connection: large enough that bulk transfers
-/// cost few system calls, small enough that thousands of connections stay cheap.
+/// Copy buffer per direction of a TCP-to-TCP connection, at most: large enough that bulk
+/// transfers cost few system calls. A direction starts at `FIRST_BUFFER` when bytes arrive,
+/// doubles while reads fill it, and gives its buffer back whenever the socket is drained,
+/// so an idle connection holds none.
 const COPY_BUFFER: usize = 64 * 1024;
+const FIRST_BUFFER: usize = 4 * 1024;
 
 /// How a connection reached its destination, for `connection_security_policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +53,9 @@ impl Opened {
     /// Returns the bytes (from the client, to the client).
     pub async fn join(self, client: &mut TcpStream) -> io::Result<(u64, u64)> {
         match self {
-            Opened::Tcp(mut upstream) => {
-                tokio::io::copy_bidirectional_with_sizes(
-                    client,
-                    &mut upstream,
-                    COPY_BUFFER,
-                    COPY_BUFFER,
-                )
-                .await
+            Opened::Tcp(upstream) => {
+                let (client, upstream) = (&*client, &upstream);
+                tokio::try_join!(pump(client, upstream), pump(upstream, client))
             }
             Opened::Tunnel(mut tunnel) => splice(&mut tunnel, client)
                 .await
@@ -71,6 +69,48 @@ impl Opened {
                 }
             }
         }
+    }
+}
+
+/// Copies `from` to `to` until `from` ends, then ends `to`'s sending side (half-close).
+/// Returns the bytes copied. A buffer exists only while `from` has bytes to read.
+async fn pump(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut buf: Vec<u8> = Vec::new();
+    let mut copied = 0u64;
+    loop {
+        from.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0; FIRST_BUFFER];
+        }
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Drained: nothing to hold on to until the next bytes.
+                buf = Vec::new();
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut written = 0;
+        while written < n {
+            to.writable().await?;
+            match to.try_write(&buf[written..n]) {
+                Ok(w) => written += w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        copied += n as u64;
+        if n == buf.len() && buf.len() < COPY_BUFFER {
+            buf = vec![0; buf.len() * 2];
+        }
+    }
+    match nix::sys::socket::shutdown(to.as_fd().as_raw_fd(), nix::sys::socket::Shutdown::Write) {
+        // The peer may have gone already.
+        Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(copied),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -95,6 +95,16 @@ enum Command {
         #[arg(long, default_value_t = 20.0, value_parser = seconds)]
         seconds: f64,
     },
+    /// Open `count` connections and leave them idle for `seconds`; report how many opened
+    /// and how many the other side had not closed by then (for connection-cap tests).
+    Idle {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, value_parser = positive)]
+        count: usize,
+        #[arg(long, default_value_t = 3.0, value_parser = seconds)]
+        seconds: f64,
+    },
     /// New connections per second against `echo`: connect, one byte each way, close.
     Conns {
         #[arg(long)]
@@ -216,6 +226,34 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Hold { connect, seconds } => {
             print_json(&hold(connect, Duration::from_secs_f64(seconds)).await?)?;
+        }
+        Command::Idle {
+            connect,
+            count,
+            seconds,
+        } => {
+            let mut open = Vec::with_capacity(count);
+            let mut failed = 0;
+            for _ in 0..count {
+                match weft_lab_apps::net::connect(connect).await {
+                    Ok(stream) => open.push(stream),
+                    Err(_) => failed += 1,
+                }
+            }
+            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            // Still open: a read would block (no EOF, no reset, nothing sent).
+            let mut probe = [0u8; 1];
+            let alive = open
+                .iter()
+                .filter(|s| {
+                    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                })
+                .count();
+            print_json(&serde_json::json!({
+                "opened": open.len(),
+                "failed": failed,
+                "alive": alive,
+            }))?;
         }
         Command::Conns {
             connect,
