@@ -78,14 +78,8 @@ fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
 pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: the kernel hands a valid context; these fields are readable in connect4.
-    let (ty, protocol, ip, port) = unsafe {
-        (
-            (*sa).type_,
-            (*sa).protocol,
-            (*sa).user_ip4,
-            (*sa).user_port,
-        )
-    };
+    let (ty, protocol, ip, port) =
+        unsafe { ((*sa).type_, (*sa).protocol, (*sa).user_ip4, (*sa).user_port) };
     if ty != SOCK_STREAM || protocol != IPPROTO_TCP {
         return ALLOW;
     }
@@ -119,14 +113,8 @@ pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
 pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: the kernel hands a valid context; these fields are readable in connect6.
-    let (ty, protocol, ip6, port) = unsafe {
-        (
-            (*sa).type_,
-            (*sa).protocol,
-            (*sa).user_ip6,
-            (*sa).user_port,
-        )
-    };
+    let (ty, protocol, ip6, port) =
+        unsafe { ((*sa).type_, (*sa).protocol, (*sa).user_ip6, (*sa).user_port) };
     if ty != SOCK_STREAM || protocol != IPPROTO_TCP {
         return ALLOW;
     }

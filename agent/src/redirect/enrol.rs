@@ -55,6 +55,10 @@ pub(super) struct Plaintext {
     _server: ServerHandle,
 }
 
+/// Entries one pod may have in `TC_PORT_MODE` (4096 for the node): port-level modes and
+/// probe ports together.
+const MAX_PORT_ENTRIES: usize = 64;
+
 /// A pod's entries in `TC_MODE` and `TC_PORT_MODE` (where the ports its kubelet probes are
 /// marked with `TC_PORT_PROBE`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,10 +79,22 @@ impl TcModes {
                 TC_MODE_ALLOW_ALL
             }
         };
-        let pod = value(modes.workload);
+        let mut pod = value(modes.workload);
         let mut ports: BTreeMap<u16, u32> =
             modes.ports.iter().map(|(p, m)| (*p, value(*m))).collect();
-        for port in probe_ports {
+        if ports.len() + probe_ports.len() > MAX_PORT_ENTRIES {
+            // The port map is shared by the node's pods: one pod's policy may not fill it.
+            // Fail closed: the whole pod STRICT, its probe ports (up to the cap) still open.
+            tracing::warn!(
+                ports = ports.len(),
+                probes = probe_ports.len(),
+                limit = MAX_PORT_ENTRIES,
+                "too many port-level modes for one pod: enforcing STRICT on every port"
+            );
+            pod = TC_MODE_STRICT;
+            ports.clear();
+        }
+        for port in probe_ports.iter().take(MAX_PORT_ENTRIES) {
             *ports.entry(*port).or_insert(pod) |= TC_PORT_PROBE;
         }
         TcModes { pod, ports }
@@ -647,5 +663,20 @@ mod tests {
         let tc = TcModes::new(&modes, false, &probes);
         assert_eq!(tc.ports[&7001], TC_MODE_STRICT | TC_PORT_PROBE);
         assert_eq!(TcModes::new(&modes, true, &BTreeSet::new()).ports.len(), 1);
+    }
+
+    #[test]
+    fn one_pod_cannot_fill_the_port_map() {
+        let modes = InboundModes {
+            workload: MtlsMode::Strict,
+            ports: (1000..1100).map(|p| (p, MtlsMode::Permissive)).collect(),
+        };
+        let tc = TcModes::new(&modes, true, &[8080].into_iter().collect());
+        assert_eq!(tc.pod, TC_MODE_STRICT);
+        assert_eq!(
+            tc.ports.into_iter().collect::<Vec<_>>(),
+            [(8080, TC_MODE_STRICT | TC_PORT_PROBE)],
+            "every port STRICT, the probe port still a probe port"
+        );
     }
 }
