@@ -16,9 +16,11 @@
 //! socket (a forwarded packet has none) to a port the pod's spec probes passes, and is
 //! recorded so that sk_lookup lets it reach the container directly.
 //!
-//! IPv6 SYNs never come from the mesh (it is IPv4 between pods): STRICT drops them. What
-//! cannot be read (a non-first IPv4 fragment, which has no TCP header, or a packet too short
-//! for its headers) is dropped on STRICT pods rather than passed.
+//! IPv6 SYNs never come from the mesh (it is IPv4 between pods), and neither STRICT nor the
+//! plaintext inbound's policy could apply to them: they are dropped whatever the mode, found
+//! behind extension headers too. What cannot be read (a non-first fragment, which has no TCP
+//! header, a packet too short for its headers, or extension headers deeper than the gate
+//! walks) is dropped on STRICT pods rather than passed.
 
 use aya_ebpf::{
     EbpfContext,
@@ -42,18 +44,26 @@ const TCP_ACK: u8 = 0x10;
 /// IPv4 flags and fragment offset: the offset's 13 bits.
 const FRAGMENT_OFFSET: u16 = 0x1fff;
 const IPV6_HLEN: usize = 40;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+const MAX_IPV6_EXTENSIONS: usize = 4;
 
 /// What the gate makes of a packet into the pod.
 enum Packet {
     /// Not the start of a TCP connection (another protocol, or a packet of one that is
     /// established): passed.
     Other,
-    /// A TCP SYN without ACK, to this port (host order); from IPv4 `source`, `None` for
-    /// IPv6, which the mesh never uses between pods.
-    New { source: Option<Source>, port: u16 },
+    /// An IPv4 TCP SYN without ACK, from `source` to this port (host order).
+    New { source: Source, port: u16 },
     /// TCP that cannot be read: a non-first IPv4 fragment (no TCP header to check), or a
     /// packet too short for its headers. Dropped where the pod is STRICT.
     Unreadable,
+    /// A new IPv6 TCP connection, or IPv6 that cannot be read as TCP or not (a non-first
+    /// fragment, headers cut short or deeper than the gate walks). Dropped whatever the mode.
+    Ipv6,
 }
 
 /// The IPv4 ends of a new connection: addresses in network order, the source port in host
@@ -116,28 +126,62 @@ fn classify(ctx: &TcContext) -> Packet {
                 ctx.load::<u32>(ETH_HLEN + 16),
             ) {
                 (Ok(ip), Ok(pod_ip)) => Packet::New {
-                    source: Some(Source {
+                    source: Source {
                         ip,
                         port: source_port,
                         pod_ip,
-                    }),
+                    },
                     port,
                 },
                 _ => Packet::Unreadable,
             }
         }
         ETH_P_IPV6 => {
-            let Ok(next) = ctx.load::<u8>(ETH_HLEN + 6) else {
-                return Packet::Unreadable;
+            // Extension headers are walked (hop-by-hop, routing, destination options, AH,
+            // fragment), a few deep: TCP behind them is TCP.
+            let Ok(mut next) = ctx.load::<u8>(ETH_HLEN + 6) else {
+                return Packet::Ipv6;
             };
-            if next != IPPROTO_TCP {
-                // Extension headers are not walked: TCP behind one is not seen here.
-                return Packet::Other;
+            let mut at = ETH_HLEN + IPV6_HLEN;
+            for _ in 0..MAX_IPV6_EXTENSIONS {
+                let length = match next {
+                    IPPROTO_TCP => break,
+                    IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                        let Ok(units) = ctx.load::<u8>(at + 1) else {
+                            return Packet::Ipv6;
+                        };
+                        (usize::from(units) + 1) * 8
+                    }
+                    IPV6_AUTH => {
+                        let Ok(units) = ctx.load::<u8>(at + 1) else {
+                            return Packet::Ipv6;
+                        };
+                        (usize::from(units) + 2) * 4
+                    }
+                    IPV6_FRAGMENT => {
+                        let Ok(offset) = ctx.load::<u16>(at + 2) else {
+                            return Packet::Ipv6;
+                        };
+                        if u16::from_be(offset) & 0xfff8 != 0 {
+                            return Packet::Ipv6;
+                        }
+                        8
+                    }
+                    _ => return Packet::Other,
+                };
+                let Ok(following) = ctx.load::<u8>(at) else {
+                    return Packet::Ipv6;
+                };
+                next = following;
+                at += length;
             }
-            match tcp_flags_ports(ctx, ETH_HLEN + IPV6_HLEN) {
-                Some((flags, _, port)) if is_new(flags) => Packet::New { source: None, port },
-                Some(_) => Packet::Other,
-                None => Packet::Unreadable,
+            if next != IPPROTO_TCP {
+                // Deeper than we walk: not readable as TCP or not.
+                return Packet::Ipv6;
+            }
+            match tcp_flags_ports(ctx, at) {
+                Some((flags, _, _)) if !is_new(flags) => Packet::Other,
+                _ => Packet::Ipv6,
             }
         }
         _ => Packet::Other,
@@ -166,23 +210,27 @@ pub fn weft_tc_pod_in(ctx: TcContext) -> i32 {
             }
             return TC_ACT_OK as i32;
         }
-        Packet::New { source, port } => (source, port),
-    };
-    if let Some(source) = source {
-        if is_dial_address(source.ip) {
-            // SAFETY: the kernel hands a valid __sk_buff; mark is readable.
-            if unsafe { (*ctx.skb.skb).mark } & AGENT_MARK != 0 {
-                return TC_ACT_OK as i32;
-            }
-            count(counter::TC_FORGED, 1);
+        Packet::Ipv6 => {
+            // IPv6 TCP into an enrolled pod: Weft carries IPv4 only, so neither STRICT nor
+            // the plaintext inbound (and its policy) could apply. Refused whatever the mode.
+            count(counter::TC_DROPPED, 1);
             return TC_ACT_SHOT as i32;
         }
-        if pod_flags(source.ip).is_some() {
+        Packet::New { source, port } => (source, port),
+    };
+    if is_dial_address(source.ip) {
+        // SAFETY: the kernel hands a valid __sk_buff; mark is readable.
+        if unsafe { (*ctx.skb.skb).mark } & AGENT_MARK != 0 {
             return TC_ACT_OK as i32;
         }
+        count(counter::TC_FORGED, 1);
+        return TC_ACT_SHOT as i32;
+    }
+    if pod_flags(source.ip).is_some() {
+        return TC_ACT_OK as i32;
     }
     let entry = unsafe { TC_PORT_MODE.get(&port_mode_key(ifindex, port)) }.copied();
-    if let (Some(source), Some(mode)) = (source, entry)
+    if let Some(mode) = entry
         && mode & TC_PORT_PROBE != 0
         && opened_on_this_node(&ctx)
     {

@@ -1,8 +1,9 @@
 """Sends, from a node's network namespace, frames that a pod's inbound gate must not take
-for harmless: an IPv6 TCP SYN, a non-first IPv4 fragment of a TCP packet, and an IPv4
-TCP packet cut short inside its header. They go out of the node-side veth of the pod that
+for harmless: an IPv6 TCP SYN (plain, and behind a destination-options extension header),
+a non-first IPv4 fragment of a TCP packet, and an IPv4 TCP packet cut short inside its
+header. They go out of the node-side veth of the pod that
 owns --to (found with `ip route get`), where Weft's tc program sees them. Prints
-{"dev": ..., "sent": 3, "dropped_on_send": N}. Frames are built by hand (RFC 791, RFC 8200, RFC 9293); no
+{"dev": ..., "sent": 4, "dropped_on_send": N}. Frames are built by hand (RFC 791, RFC 8200, RFC 9293); no
 checksum is needed: the gate never reaches the stack's checks."""
 
 import argparse
@@ -40,8 +41,15 @@ def main():
     v6 = struct.pack("!IHBB16s16s", 6 << 28, 20, 6, 64,
                      ipaddress.IPv6Address("2001:db8::1").packed,
                      ipaddress.IPv6Address("2001:db8::2").packed) + syn(args.port)
+    # The same SYN behind a destination-options extension header (next header 60, which
+    # names TCP; 8 bytes of padding options).
+    v6_ext = struct.pack("!IHBB16s16s", 6 << 28, 28, 60, 64,
+                         ipaddress.IPv6Address("2001:db8::1").packed,
+                         ipaddress.IPv6Address("2001:db8::2").packed) \
+        + struct.pack("!BB6s", 6, 0, b"\x01\x04\x00\x00\x00\x00") + syn(args.port)
     frames = [
         ethernet(0x86DD) + v6,
+        ethernet(0x86DD) + v6_ext,
         # Offset 1 (8 bytes): the TCP header is in another fragment.
         ethernet(0x0800) + ipv4(args.to, b"\x00" * 8, fragment=1),
         # A TCP header of 4 bytes: no flags to read.
