@@ -43,9 +43,13 @@ pub static ORIG_BY_TUPLE: LruHashMap<Endpoint, OrigDst> = LruHashMap::pinned(655
 pub static SOCKS: SockHash<SockKey> = SockHash::pinned(65536, 0);
 
 /// Sockets that have sent bytes through TCP because their peer was not spliceable then. They
-/// must never switch to splicing, or their later bytes would overtake the earlier ones.
+/// must never switch to splicing, or their later bytes would overtake the earlier ones. Not
+/// LRU: an LRU map may evict a live socket's mark (even before it is full, from a CPU's
+/// local list), and then the bytes would reorder. Only sockets in `SOCKS` get a mark, and
+/// each loses it when it closes (sockops' state callback), so the marks never outnumber
+/// `SOCKS`'s 65536 entries and an insert never meets a full map.
 #[map(name = "WEFT_NOSPLICE")]
-pub static NO_SPLICE: LruHashMap<SockKey, u8> = LruHashMap::pinned(65536, 0);
+pub static NO_SPLICE: HashMap<SockKey, u8> = HashMap::pinned(65536, 0);
 
 /// Inbound mode per pod veth, by ifindex; same bound as `PODS`.
 #[map(name = "WEFT_TC_MODE")]
