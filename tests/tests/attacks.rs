@@ -768,3 +768,56 @@ fn idle_plaintext_connections_to_one_pod_are_capped() -> Result<()> {
     println!("agent RSS {before:.1} MiB before, {during:.1} MiB with 1,000 idle connections");
     lab.down()
 }
+
+/// Item 2, live: an L4 connection the waypoint carries ends when a policy attached to the
+/// waypoint comes to deny it, as the node agents end theirs.
+#[test]
+fn a_new_waypoint_policy_ends_a_live_tcp_connection() -> Result<()> {
+    let spec = LabSpec::new("wl-x-wplive", 2)
+        .with_namespace(NS, true)
+        .with_waypoint(WAYPOINT, NS, 1)
+        .with_pod("client", NS, 1, &[])
+        .with_pod("b1", NS, 2, &[("app", "echo")])
+        .with_service(tcp_service(
+            "echo",
+            [10, 96, 0, 21],
+            &[("istio.io/use-waypoint", WAYPOINT)],
+        ));
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
+    let _b1 = lab.serve("b1", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
+    let report = std::thread::scope(|s| -> Result<serde_json::Value> {
+        let hold = s.spawn(|| {
+            lab.run_json(
+                "client",
+                "labtool",
+                &["hold", "--connect", "10.96.0.21:7100", "--seconds", "15"],
+                Duration::from_secs(30),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        lab.write_manifest(
+            "deny.yaml",
+            &format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-7100, namespace: {NS}}}\nspec:\n  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: {WAYPOINT}}}]\n  action: DENY\n  rules: [{{to: [{{operation: {{ports: ['7100']}}}}]}}]\n"
+            ),
+        )?;
+        hold.join().map_err(|_| anyhow::anyhow!("hold panicked"))?
+    })?;
+    let trips = report["round_trips"].as_u64().unwrap_or(0);
+    if trips < 20 || report["ended"] == "timeout" {
+        bail!(
+            "the connection should have been up, then ended by the DENY: {report}\n{}",
+            waypoint_log_tail(&lab)
+        );
+    }
+    let (_, metrics) = lab.waypoint_get(WAYPOINT, 15020, "/metrics")?;
+    if !metrics
+        .lines()
+        .any(|l| l.starts_with("weft_waypoint_l4_closed_by_policy_total 1"))
+    {
+        bail!("the waypoint did not count the connection it ended");
+    }
+    lab.down()
+}

@@ -38,13 +38,38 @@ pub struct Accept {
 
 pub enum Opened {
     Http(Arc<Called>),
-    Tcp(Arc<Cluster>),
+    Tcp(Arc<Cluster>, L4Admission),
     /// Traffic to a pod's own address (a workload bound by its service account or pod
     /// label): carried at L4 to that pod.
     Pod {
         address: SocketAddr,
         node: SocketAddr,
+        admission: L4Admission,
     },
+}
+
+/// What an L4 connection was authorized as, to decide it again under each new state: a
+/// DENY added later ends it, as the node agents end theirs.
+pub struct L4Admission {
+    service: Option<(String, String)>,
+    port: u16,
+    client: Source,
+}
+
+impl L4Admission {
+    fn decide(&self, proxy: &Proxy, model: &State) -> Result<(), String> {
+        let service = self
+            .service
+            .as_ref()
+            .map(|(ns, n)| (ns.as_str(), n.as_str()));
+        proxy.authorize_connection(
+            model,
+            service,
+            self.port,
+            &self.client.principal,
+            &self.client.peer,
+        )
+    }
 }
 
 fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
@@ -84,13 +109,18 @@ impl Opener for Accept {
                 .and_then(|n| model.nodes.get(n))
                 .and_then(|n| n.internal_ip)
                 .ok_or_else(|| refuse(503, format!("no node address for pod {}", pod.name)))?;
-            let client = source(&model, peer, client_ip(&model, &request, peer));
-            self.proxy
-                .authorize_connection(&model, None, target.port(), &client.principal, &client.peer)
+            let admission = L4Admission {
+                service: None,
+                port: target.port(),
+                client: source(&model, peer, client_ip(&model, &request, peer)),
+            };
+            admission
+                .decide(&self.proxy, &model)
                 .map_err(|reason| refuse(403, reason))?;
             return Ok(Opened::Pod {
                 address: target,
                 node: SocketAddr::new(node, weft_mesh::hbone::PORT),
+                admission,
             });
         }
         let service = model
@@ -128,15 +158,13 @@ impl Opener for Accept {
                 source: source(&model, peer, client_ip),
             }))),
             AppProtocol::Tcp => {
-                let client = source(&model, peer, client_ip);
-                self.proxy
-                    .authorize_connection(
-                        &model,
-                        Some((&service.namespace, &service.name)),
-                        port.port,
-                        &client.principal,
-                        &client.peer,
-                    )
+                let admission = L4Admission {
+                    service: Some((service.namespace.clone(), service.name.clone())),
+                    port: port.port,
+                    client: source(&model, peer, client_ip),
+                };
+                admission
+                    .decide(&self.proxy, &model)
                     .map_err(|reason| refuse(403, reason))?;
                 let key = ClusterKey {
                     namespace: service.namespace.clone(),
@@ -144,7 +172,10 @@ impl Opener for Accept {
                     subset: None,
                     port: port.port,
                 };
-                Ok(Opened::Tcp(self.proxy.clusters.get(&model, service, &key)))
+                Ok(Opened::Tcp(
+                    self.proxy.clusters.get(&model, service, &key),
+                    admission,
+                ))
             }
         }
     }
@@ -178,14 +209,19 @@ impl Opener for Accept {
                     tracing::debug!(peer = %request.peer, %err, "client HTTP/2 connection ended");
                 }
             }
-            Opened::Tcp(cluster) => {
+            Opened::Tcp(cluster, admission) => {
                 let Some(endpoint) = cluster.pick(None, None) else {
                     tracing::info!(cluster = %cluster.key, "no healthy endpoint for an L4 connection");
                     return;
                 };
-                self.l4(&mut tunnel, endpoint.address, endpoint.node).await;
+                self.l4(&mut tunnel, endpoint.address, endpoint.node, &admission)
+                    .await;
             }
-            Opened::Pod { address, node } => self.l4(&mut tunnel, address, node).await,
+            Opened::Pod {
+                address,
+                node,
+                admission,
+            } => self.l4(&mut tunnel, address, node, &admission).await,
         }
     }
 }
@@ -223,15 +259,39 @@ fn source(model: &State, peer: &SpiffeId, client_ip: IpAddr) -> Source {
 }
 
 impl Accept {
-    /// Carries a tunnelled stream to `pod` as bytes, through its node agent.
-    async fn l4(&self, tunnel: &mut H2Stream, pod: SocketAddr, node: SocketAddr) {
-        match self.proxy.dialer.stream(pod, node).await {
-            Ok(mut upstream) => {
-                if let Err(err) = splice(tunnel, &mut upstream).await {
+    /// Carries a tunnelled stream to `pod` as bytes, through its node agent, for as long as
+    /// each new state still admits it.
+    async fn l4(
+        &self,
+        tunnel: &mut H2Stream,
+        pod: SocketAddr,
+        node: SocketAddr,
+        admission: &L4Admission,
+    ) {
+        let mut upstream = match self.proxy.dialer.stream(pod, node).await {
+            Ok(upstream) => upstream,
+            Err(err) => return tracing::info!(%pod, %err, "L4 upstream unreachable"),
+        };
+        let mut states = self.model.clone();
+        let revoked = async {
+            while states.changed().await.is_ok() {
+                let model = states.borrow_and_update().clone();
+                if let Err(reason) = admission.decide(&self.proxy, &model) {
+                    return reason;
+                }
+            }
+            std::future::pending().await
+        };
+        tokio::select! {
+            spliced = splice(tunnel, &mut upstream) => {
+                if let Err(err) = spliced {
                     tracing::debug!(%pod, %err, "L4 stream ended with an error");
                 }
             }
-            Err(err) => tracing::info!(%pod, %err, "L4 upstream unreachable"),
+            reason = revoked => {
+                self.proxy.metrics.l4_closed_by_policy.inc();
+                tracing::info!(%pod, %reason, "closing an L4 connection the new policy denies");
+            }
         }
     }
 }

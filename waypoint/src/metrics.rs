@@ -173,6 +173,8 @@ pub struct Metrics {
     pub retries: Family<ClusterLabels, Counter>,
     pub retries_refused: Family<ClusterLabels, Counter>,
     pub ejections: Family<EndpointLabels, Counter>,
+    /// L4 connections ended because a new policy denies them.
+    pub l4_closed_by_policy: Counter,
     registry: Arc<Mutex<Registry>>,
 }
 
@@ -193,6 +195,7 @@ impl Metrics {
             retries: Family::default(),
             retries_refused: Family::default(),
             ejections: Family::default(),
+            l4_closed_by_policy: Counter::default(),
             registry: Arc::default(),
         };
         if let Ok(mut r) = metrics.registry.lock() {
@@ -230,6 +233,11 @@ impl Metrics {
                 "weft_waypoint_rate_limited",
                 "Calls refused by a LocalRateLimit, by limit",
                 metrics.rate_limited.clone(),
+            );
+            r.register(
+                "weft_waypoint_l4_closed_by_policy",
+                "L4 connections through the waypoint ended because a new policy denies them",
+                metrics.l4_closed_by_policy.clone(),
             );
             r.register(
                 "weft_waypoint_access_log_dropped",
