@@ -81,6 +81,20 @@ enum Command {
         #[arg(long)]
         kubernetes: bool,
     },
+    /// Wait until this node's agent has enrolled the pod at `--pod-ip` (capture hooks,
+    /// inbound gate and plaintext inbound attached), then exit 0: run it as a pod's first
+    /// init container, so that its containers start captured and gated. Exit 1 at the
+    /// timeout.
+    AwaitPod {
+        /// The agent's readiness address (the node's: `status.hostIP`, port 15021).
+        #[arg(long, env = "WEFT_AGENT_READY")]
+        agent: SocketAddr,
+        /// The pod's own address (`status.podIP`).
+        #[arg(long, env = "POD_IP")]
+        pod_ip: std::net::Ipv4Addr,
+        #[arg(long, default_value_t = 120)]
+        timeout_seconds: u64,
+    },
     /// Waypoints: the L7 proxies of a namespace or service account.
     Waypoint {
         #[command(subcommand)]
@@ -145,6 +159,17 @@ fn main() -> ExitCode {
             kubernetes,
         } => return runtime.block_on(analyze(config_dir, kubernetes)),
         Command::Run(settings) => runtime.block_on(run(*settings)),
+        Command::AwaitPod {
+            agent,
+            pod_ip,
+            timeout_seconds,
+        } => {
+            return runtime.block_on(await_pod(
+                agent,
+                pod_ip,
+                Duration::from_secs(timeout_seconds),
+            ));
+        }
         Command::Ca { command } => runtime.block_on(ca::run(command)),
         Command::Waypoint { command } => runtime.block_on(waypoint(command)),
         Command::Describe {
@@ -256,6 +281,56 @@ async fn waypoint(command: WaypointCommand) -> anyhow::Result<()> {
         print!("{}", manifests.yaml());
     }
     Ok(())
+}
+
+/// Whether the pod at `ip` is enrolled with every hook attached: 200, else 503 and why.
+fn pod_readiness(dump: &RwLock<Dump>, ip: &str) -> weft_mesh::admin::Reply {
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return weft_mesh::admin::Reply::text(400, format!("{ip:?} is not an address\n"));
+    };
+    let Ok(dump) = dump.read() else {
+        return weft_mesh::admin::Reply::text(503, "the agent is stopping\n");
+    };
+    let Some(pod) = dump.pods.iter().find(|p| p.ip == Some(ip)) else {
+        return weft_mesh::admin::Reply::text(503, format!("{ip} is no pod this agent enrols\n"));
+    };
+    let plaintext = pod.plaintext_inbound.as_deref();
+    match (pod.state, &pod.interface, plaintext) {
+        ("enrolled", Some(_), Some("listening")) => {
+            weft_mesh::admin::Reply::text(200, "enrolled\n")
+        }
+        _ => weft_mesh::admin::Reply::text(
+            503,
+            format!(
+                "{}/{}: {}, gate {}, plaintext inbound {}\n",
+                pod.namespace,
+                pod.name,
+                pod.reason.as_deref().unwrap_or(pod.state),
+                pod.interface.as_deref().unwrap_or("not attached"),
+                plaintext.unwrap_or("not attached")
+            ),
+        ),
+    }
+}
+
+/// `weft-agent await-pod`: polls the agent until it reports the pod enrolled.
+async fn await_pod(agent: SocketAddr, pod_ip: std::net::Ipv4Addr, timeout: Duration) -> ExitCode {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let path = format!("/healthz/pod/{pod_ip}");
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        match weft_mesh::admin::http_get(agent, &path, Duration::from_secs(2)).await {
+            Ok((200, _)) => {
+                tracing::info!(%pod_ip, "the node agent has enrolled this pod");
+                return ExitCode::SUCCESS;
+            }
+            Ok((_, body)) => last = body.trim().to_string(),
+            Err(err) => last = format!("{agent}: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tracing::error!(%pod_ip, %last, "the node agent did not enrol this pod in time");
+    ExitCode::FAILURE
 }
 
 async fn run(settings: AgentSettings) -> anyhow::Result<()> {
@@ -398,9 +473,14 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     );
     // Ready once the programs are loaded and the tunnel is up: both happened above.
     let (health, health_service) = weft_mesh::admin::health();
-    let ready: weft_mesh::admin::Handler = Arc::new(|path| match path {
+    // `/healthz/pod/<ip>`: whether the pod's hooks are all attached (`weft-agent await-pod`).
+    let pods = dump.clone();
+    let ready: weft_mesh::admin::Handler = Arc::new(move |path| match path {
         "/healthz/ready" | "/healthz" => weft_mesh::admin::Reply::text(200, "ready\n"),
-        _ => weft_mesh::admin::Reply::not_found(),
+        _ => match path.strip_prefix("/healthz/pod/") {
+            Some(ip) => pod_readiness(&pods, ip),
+            None => weft_mesh::admin::Reply::not_found(),
+        },
     });
     let mut stop = stop_rx;
     tokio::spawn(weft_mesh::admin::serve_ready(

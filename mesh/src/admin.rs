@@ -213,6 +213,42 @@ pub fn metrics_reply(registry: &prometheus_client::registry::Registry) -> Reply 
     }
 }
 
+/// An HTTP/1.1 GET of `path` from `addr`, within `timeout`: the status and the body. For the
+/// agent's own small clients (`weft-agent await-pod`), not for general use.
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    let get = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let response = send
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, get)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -653,6 +653,32 @@ fn connections_made_before_the_gates_were_attached_are_closed() -> Result<()> {
             );
         }
     }
+    // What a pod's first init container runs so that its containers start captured: it
+    // returns once the agent has attached every hook of the pod, and not for a pod outside
+    // the mesh.
+    let ready = format!("{}:15021", lab.agent_ip(1));
+    let await_pod = |pod: &str, seconds: &str| -> Result<bool> {
+        let ip = lab.pod(pod).ip.to_string();
+        let args = [
+            "await-pod",
+            "--agent",
+            &ready,
+            "--pod-ip",
+            &ip,
+            "--timeout-seconds",
+            seconds,
+        ];
+        Ok(lab
+            .run(pod, "weft-agent", &args, Duration::from_secs(20))?
+            .status
+            .success())
+    };
+    if !await_pod("early", "10")? {
+        bail!("await-pod did not see the enrolled pod ready");
+    }
+    if await_pod("outsider", "1")? {
+        bail!("await-pod passed for a pod outside the mesh");
+    }
     lab.down()
 }
 
