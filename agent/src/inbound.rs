@@ -1,8 +1,9 @@
 //! Inbound: the tunnel's receiving end (:15008). For each CONNECT it checks the peer's
 //! certificate identity, that the destination is an enrolled pod on this node, and L4 policy,
-//! then dials the pod. The pod sees the connection come from this node's agent address
-//! (10.200.N.1 in the lab), not from the client pod: the agent does not use transparent
-//! sockets. The client's address travels in the tunnel's `Forwarded` header and in the logs.
+//! then dials the pod. The pod sees the connection come from this node's agent's dial
+//! address (169.254.15.8, with the agent's mark, which the pod's gate checks), not from the
+//! client pod: the agent does not use transparent sockets. The client's address travels in
+//! the tunnel's `Forwarded` header and in the logs.
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 use weft_mesh::state::State;
