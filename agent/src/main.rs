@@ -294,23 +294,20 @@ fn pod_readiness(dump: &RwLock<Dump>, ip: &str) -> weft_mesh::admin::Reply {
     let Some(pod) = dump.pods.iter().find(|p| p.ip == Some(ip)) else {
         return weft_mesh::admin::Reply::text(503, format!("{ip} is no pod this agent enrols\n"));
     };
-    let plaintext = pod.plaintext_inbound.as_deref();
-    match (pod.state, &pod.interface, plaintext) {
-        ("enrolled", Some(_), Some("listening")) => {
-            weft_mesh::admin::Reply::text(200, "enrolled\n")
-        }
-        _ => weft_mesh::admin::Reply::text(
-            503,
-            format!(
-                "{}/{}: {}, gate {}, plaintext inbound {}\n",
-                pod.namespace,
-                pod.name,
-                pod.reason.as_deref().unwrap_or(pod.state),
-                pod.interface.as_deref().unwrap_or("not attached"),
-                plaintext.unwrap_or("not attached")
-            ),
-        ),
+    if pod.attached() {
+        return weft_mesh::admin::Reply::text(200, "enrolled\n");
     }
+    weft_mesh::admin::Reply::text(
+        503,
+        format!(
+            "{}/{}: {}, gate {}, plaintext inbound {}\n",
+            pod.namespace,
+            pod.name,
+            pod.reason.as_deref().unwrap_or(pod.state),
+            pod.interface.as_deref().unwrap_or("not attached"),
+            pod.plaintext_inbound.as_deref().unwrap_or("not attached")
+        ),
+    )
 }
 
 /// `weft-agent await-pod`: polls the agent until it reports the pod enrolled.
@@ -399,6 +396,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
         model.clone(),
         metrics.clone(),
         egress,
+        to_pods.clone(),
         connections.clone(),
         stop_rx.clone(),
     )

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 
+use crate::redirect::netns::in_netns;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
@@ -22,7 +23,6 @@ use netlink_packet_sock_diag::{
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
-use nix::sched::{CloneFlags, setns};
 
 /// One TCP socket of a namespace, established or listening, as it sees itself.
 #[derive(Debug, Clone)]
@@ -34,20 +34,6 @@ pub struct Established {
     /// The socket's inode: `socket:[inode]` among a process's file descriptors.
     pub inode: u32,
     id: SocketId,
-}
-
-/// Runs `f` on a short-lived thread inside `netns` (a socket keeps the namespace it was
-/// made in; the agent's own threads never move).
-fn in_netns<T: Send>(netns: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                setns(netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
-    })
 }
 
 fn socket() -> io::Result<Socket> {

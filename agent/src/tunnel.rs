@@ -271,6 +271,7 @@ pub async fn start(
     model: watch::Receiver<Arc<State>>,
     metrics: crate::metrics::Metrics,
     direct: crate::upstream::Egress,
+    to_pods: DirectTcp,
     connections: crate::connections::Connections,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Tunnel<weft_mesh::ca::CaSource>>> {
@@ -317,7 +318,7 @@ pub async fn start(
         model: model.clone(),
         node_name: settings.node_name.clone(),
         trust_domain: t.trust_domain.clone(),
-        dial: crate::upstream::DialFrom::pods(settings.dial_ip),
+        dial: to_pods.from,
         metrics: metrics.clone(),
         policy: crate::policy::L4Policy {
             root_namespace: t.root_namespace.clone(),
@@ -351,10 +352,7 @@ pub async fn start(
         node_name: settings.node_name.clone(),
         trust_domain: t.trust_domain.clone(),
         agent_identity,
-        to_pods: DirectTcp {
-            connect_timeout: direct.connect_timeout,
-            from: crate::upstream::DialFrom::pods(settings.dial_ip),
-        },
+        to_pods,
         direct,
         policy: crate::policy::L4Policy {
             root_namespace: t.root_namespace.clone(),

@@ -16,10 +16,11 @@ use weft_mesh::hbone::{H2Stream, splice};
 
 /// Copy buffer per direction of a TCP-to-TCP connection, at most: large enough that bulk
 /// transfers cost few system calls. A direction starts at `FIRST_BUFFER` when bytes arrive,
-/// doubles while reads fill it, and gives its buffer back whenever the socket is drained,
-/// so an idle connection holds none.
+/// doubles while reads fill it, and gives its buffer back once the socket has had nothing
+/// to read for `IDLE_BUFFER`, so an idle connection holds none and a busy one keeps its size.
 const COPY_BUFFER: usize = 64 * 1024;
 const FIRST_BUFFER: usize = 4 * 1024;
+const IDLE_BUFFER: Duration = Duration::from_secs(1);
 
 /// How a connection reached its destination, for `connection_security_policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,24 +74,28 @@ impl Opened {
 }
 
 /// Copies `from` to `to` until `from` ends, then ends `to`'s sending side (half-close).
-/// Returns the bytes copied. A buffer exists only while `from` has bytes to read.
+/// Returns the bytes copied. A buffer exists only while `from` has had bytes lately.
 async fn pump(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     use std::os::fd::{AsFd, AsRawFd};
     let mut buf: Vec<u8> = Vec::new();
     let mut copied = 0u64;
     loop {
-        from.readable().await?;
+        if buf.is_empty() {
+            from.readable().await?;
+        } else if let Ok(ready) = tokio::time::timeout(IDLE_BUFFER, from.readable()).await {
+            ready?;
+        } else {
+            // Idle: nothing to hold on to until the next bytes.
+            buf = Vec::new();
+            from.readable().await?;
+        }
         if buf.is_empty() {
             buf = vec![0; FIRST_BUFFER];
         }
         let n = match from.try_read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Drained: nothing to hold on to until the next bytes.
-                buf = Vec::new();
-                continue;
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
         let mut written = 0;

@@ -30,10 +30,22 @@ fn tcp_service(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> ServiceSpec 
     }
 }
 
-fn waypoint_log_tail(lab: &Lab) -> String {
-    let log = lab.waypoint_log(WAYPOINT);
+/// The last ten lines of a log.
+fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+fn waypoint_log_tail(lab: &Lab) -> String {
+    tail(&lab.waypoint_log(WAYPOINT))
+}
+
+/// The JSON report a lab tool printed into its log `log`.
+fn report_in(log: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(log)?;
+    text.lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| anyhow::anyhow!("{} holds no report: {text}", log.display()))
 }
 
 /// Item 2: the waypoint carries TCP ports of its Services and connections to pods bound to
@@ -572,8 +584,10 @@ fn another_nodes_agent_cannot_answer_for_a_node() -> Result<()> {
     // for not naming the address dialled.
     let refused = format!("IpAddress({node_3})");
     if !(log.contains("OtherNode") && log.contains(&refused)) {
-        let tail: Vec<&str> = log.lines().rev().take(10).collect();
-        bail!("node 1's agent did not refuse node 3's certificate ({refused}):\n{tail:?}");
+        bail!(
+            "node 1's agent did not refuse node 3's certificate ({refused}):\n{}",
+            tail(&log)
+        );
     }
     iptables(&lab, 1, &["-t", "nat", "-F", "OUTPUT"])?;
     lab.expect_send("client", &target, true)?;
@@ -622,11 +636,7 @@ fn connections_made_before_the_gates_were_attached_are_closed() -> Result<()> {
     lab.start_agents()?;
     for (from, to, mut child, log) in running {
         child.wait_timeout(Duration::from_secs(30))?;
-        let text = std::fs::read_to_string(&log)?;
-        let report: serde_json::Value = text
-            .lines()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .ok_or_else(|| anyhow::anyhow!("{from} -> {to} printed no report: {text}"))?;
+        let report = report_in(&log)?;
         let up = report["round_trips"].as_u64().unwrap_or(0) > 0;
         let closed = report["ended"] != "timeout";
         let want_closed = from == "early" || to == "server";
@@ -638,18 +648,8 @@ fn connections_made_before_the_gates_were_attached_are_closed() -> Result<()> {
                 } else {
                     "alive to the end"
                 },
-                lab.agent_log(1)
-                    .lines()
-                    .rev()
-                    .take(8)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                lab.agent_log(2)
-                    .lines()
-                    .rev()
-                    .take(8)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                tail(&lab.agent_log(1)),
+                tail(&lab.agent_log(2)),
             );
         }
     }
@@ -769,11 +769,7 @@ fn idle_plaintext_connections_to_one_pod_are_capped() -> Result<()> {
     lab.expect_send("client", &other, true)?;
     let during = agent_rss_mib(&lab, 2)?;
     flood.wait_timeout(Duration::from_secs(30))?;
-    let text = std::fs::read_to_string(&log)?;
-    let report: serde_json::Value = text
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| anyhow::anyhow!("labtool idle printed no report: {text}"))?;
+    let report = report_in(&log)?;
     let alive = report["alive"].as_u64().unwrap_or(u64::MAX);
     if report["opened"].as_u64() != Some(3000) || !(900..=1000).contains(&alive) {
         bail!("expected 3000 opened and about 1000 kept: {report}");

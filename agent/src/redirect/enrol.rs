@@ -116,6 +116,19 @@ pub struct PodStatus {
     pub reason: Option<String>,
 }
 
+impl PodStatus {
+    /// Whether every hook of the pod is attached: capture, the gate and the plaintext
+    /// inbound (what `weft-agent await-pod` waits for).
+    pub fn attached(&self) -> bool {
+        self.state == "enrolled"
+            && self.interface.is_some()
+            && self.plaintext_inbound.as_deref() == Some(LISTENING)
+    }
+}
+
+/// `PodStatus::plaintext_inbound` of a pod whose plaintext inbound is in place.
+const LISTENING: &str = "listening";
+
 impl Datapath {
     pub fn reconcile(&mut self, model: &State, node: &str, policy: &crate::policy::L4Policy) {
         let desired: BTreeMap<String, PodInfo> = model
@@ -249,22 +262,15 @@ impl Datapath {
         let Some(enrolled) = self.enrolled.get(uid) else {
             return;
         };
-        let name = format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name);
-        let Ok(netns) = netns::pod_netns(&enrolled.cgroup) else {
+        let Some(PodSockets {
+            netns,
+            sockets,
+            listening,
+        }) = pod_sockets(enrolled)
+        else {
             return;
         };
-        let sockets = match crate::sockdiag::established(&netns) {
-            Ok(sockets) => sockets,
-            Err(err) => {
-                tracing::warn!(pod = %name, %err, "cannot list the pod's sockets");
-                return;
-            }
-        };
-        let listening: HashSet<u16> = sockets
-            .iter()
-            .filter(|s| s.listening)
-            .map(|s| s.local.port())
-            .collect();
+        let name = format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name);
         let local_pods: HashSet<Ipv4Addr> = self.enrolled.values().map(|e| e.ip).collect();
         let window = super::sweep::Window {
             pod_ip: enrolled.ip,
@@ -276,16 +282,26 @@ impl Datapath {
             mode: enrolled.tc.pod,
             ports: &enrolled.tc.ports,
         };
-        // The agent's own sockets there (its plaintext inbound's) are not the pod's.
-        let own = crate::sockdiag::own_socket_inodes();
-        let doomed: Vec<_> = sockets
+        let escaped: Vec<_> = sockets
             .iter()
-            .filter(|s| !s.listening && !own.contains(&s.inode))
+            .filter(|s| !s.listening)
             .filter_map(|s| {
                 let why = window.escaped(s.local, s.remote, listening.contains(&s.local.port()))?;
+                Some((s, why))
+            })
+            .collect();
+        if escaped.is_empty() {
+            return;
+        }
+        // The agent's own sockets there (its plaintext inbound's) are not the pod's.
+        let own = crate::sockdiag::own_socket_inodes();
+        let doomed: Vec<_> = escaped
+            .into_iter()
+            .filter(|(s, _)| !own.contains(&s.inode))
+            .map(|(s, why)| {
                 tracing::info!(pod = %name, local = %s.local, remote = %s.remote, ?why,
                     "closing a connection made before the pod's gates were attached");
-                Some(s.clone())
+                s.clone()
             })
             .collect();
         if doomed.is_empty() {
@@ -528,22 +544,14 @@ impl Datapath {
     ) -> usize {
         let mut ended = 0;
         for enrolled in self.enrolled.values() {
-            let Ok(netns) = netns::pod_netns(&enrolled.cgroup) else {
+            let Some(PodSockets {
+                netns,
+                sockets,
+                listening,
+            }) = pod_sockets(enrolled)
+            else {
                 continue;
             };
-            let sockets = match crate::sockdiag::established(&netns) {
-                Ok(sockets) => sockets,
-                Err(err) => {
-                    tracing::warn!(pod = %enrolled.pod.name, %err, "cannot list the pod's sockets");
-                    continue;
-                }
-            };
-            // Accepted sockets share a listener's port: they are the server's side.
-            let listening: std::collections::HashSet<u16> = sockets
-                .iter()
-                .filter(|s| s.listening)
-                .map(|s| s.local.port())
-                .collect();
             let client = crate::tunnel::pod_identity(trust_domain, &enrolled.pod).ok();
             let mut doomed = Vec::new();
             for socket in sockets
@@ -598,7 +606,7 @@ impl Datapath {
                     None,
                 );
                 s.plaintext_inbound = Some(match &e.plaintext {
-                    Ok(_) => "listening".to_string(),
+                    Ok(_) => LISTENING.to_string(),
                     Err(reason) => reason.clone(),
                 });
                 s
@@ -638,6 +646,36 @@ fn pod_modes(
     let direct = direct_local && !policy.governs(model, pod);
     let flags = POD_ENROLLED | if direct { POD_DIRECT_OK } else { 0 };
     (flags, policy.inbound_modes(model, pod))
+}
+
+/// A pod's TCP sockets, listed in its network namespace.
+struct PodSockets {
+    netns: File,
+    sockets: Vec<crate::sockdiag::Established>,
+    /// The ports it listens on: an accepted socket shares its listener's port, so a socket
+    /// on one of them is the server's side.
+    listening: HashSet<u16>,
+}
+
+fn pod_sockets(enrolled: &Enrolled) -> Option<PodSockets> {
+    let netns = netns::pod_netns(&enrolled.cgroup).ok()?;
+    let sockets = match crate::sockdiag::established(&netns) {
+        Ok(sockets) => sockets,
+        Err(err) => {
+            tracing::warn!(pod = %enrolled.pod.name, %err, "cannot list the pod's sockets");
+            return None;
+        }
+    };
+    let listening = sockets
+        .iter()
+        .filter(|s| s.listening)
+        .map(|s| s.local.port())
+        .collect();
+    Some(PodSockets {
+        netns,
+        sockets,
+        listening,
+    })
 }
 
 fn ifindex(name: &str) -> Option<u32> {

@@ -301,13 +301,13 @@ impl Datapath {
         Ok(datapath)
     }
 
-    /// Who serves the plaintext inbound listeners. Without one, plaintext from outside the
-    /// mesh is refused at every pod.
     /// Where the enrolled pods' network namespaces are kept for the egress upstream.
     pub fn set_pod_namespaces(&mut self, namespaces: netns::PodNamespaces) {
         self.namespaces = namespaces;
     }
 
+    /// Who serves the plaintext inbound listeners. Without one, plaintext from outside the
+    /// mesh is refused at every pod.
     pub fn set_plaintext_server(&mut self, server: PlaintextServer) {
         self.plaintext_server = Some(server);
     }

@@ -74,17 +74,14 @@ struct PodNamespace {
 }
 
 impl PodNamespaces {
-    /// A pod enrolled with its cgroup; `netns` if already found.
+    /// A pod enrolled with its cgroup; `netns` if already found (a namespace found before
+    /// is kept otherwise).
     pub fn insert(&self, ip: Ipv4Addr, cgroup: &Path, netns: Option<File>) {
         if let Ok(mut map) = self.0.lock() {
-            let entry = map.entry(ip).or_insert_with(|| PodNamespace {
-                cgroup: cgroup.to_path_buf(),
-                netns: None,
-            });
-            entry.cgroup = cgroup.to_path_buf();
-            if let Some(netns) = netns {
-                entry.netns = Some(Arc::new(netns));
-            }
+            let known = map.remove(&ip).and_then(|old| old.netns);
+            let netns = netns.map(Arc::new).or(known);
+            let cgroup = cgroup.to_path_buf();
+            map.insert(ip, PodNamespace { cgroup, netns });
         }
     }
 
@@ -119,40 +116,42 @@ impl PodNamespaces {
     }
 }
 
-/// A new, unconnected, non-blocking IPv4 TCP socket inside `netns`. It stays in that
-/// namespace (routes, addresses, and the CNI's rules for the pod apply to it), and belongs
-/// to the agent's cgroup, so the pod's capture hooks never see it.
-pub fn tcp_socket_in(netns: &File) -> io::Result<std::os::fd::OwnedFd> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+/// Runs `f` on a short-lived thread inside `netns`: a socket keeps the namespace it was made
+/// in, and the agent's own threads never move.
+pub fn in_netns<T: Send>(netns: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 setns(netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                socket(
-                    AddressFamily::Inet,
-                    SockType::Stream,
-                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-                    SockProtocol::Tcp,
-                )
-                .map_err(io::Error::from)
+                f()
             })
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
     })
 }
 
+/// A new, unconnected, non-blocking IPv4 TCP socket inside `netns`. It stays in that
+/// namespace (routes, addresses, and the CNI's rules for the pod apply to it), and belongs
+/// to the agent's cgroup, so the pod's capture hooks never see it.
+pub fn tcp_socket_in(netns: &File) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+    in_netns(netns, || {
+        socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            SockProtocol::Tcp,
+        )
+        .map_err(io::Error::from)
+    })
+}
+
 /// A non-blocking listener bound to `addr` inside `netns`.
 pub fn listen_in(netns: &File, addr: SocketAddr) -> io::Result<TcpListener> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                setns(netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                let listener = TcpListener::bind(addr)?;
-                listener.set_nonblocking(true)?;
-                Ok(listener)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    in_netns(netns, || {
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
     })
 }
 

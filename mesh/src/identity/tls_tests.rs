@@ -21,8 +21,19 @@ type Pair = (
     io::Result<client::TlsStream<TcpStream>>,
 );
 
-/// One handshake on 127.0.0.1; both ends' results.
+/// One handshake on 127.0.0.1; both ends' results. Any name: only `AtDialledAddress`
+/// checks it, and SNI is off.
 async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Pair {
+    handshake_as(server, client, ServerName::try_from("weft.test").unwrap()).await
+}
+
+/// One handshake on 127.0.0.1 whose client names the server `name`, as the HBONE client
+/// names the node it dials by its address.
+async fn handshake_as(
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> Pair {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_side = async {
@@ -31,8 +42,6 @@ async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Pair
     };
     let client_side = async {
         let tcp = TcpStream::connect(addr).await?;
-        // Any name: the verifier ignores it, and SNI is off.
-        let name = ServerName::try_from("weft.test").unwrap();
         TlsConnector::from(client).connect(name, tcp).await
     };
     tokio::join!(server_side, client_side)
@@ -240,28 +249,6 @@ async fn replace_applies_to_new_handshakes_and_spares_established_connections() 
     );
 }
 
-/// A handshake on 127.0.0.1 whose client names the server by `dialled`, as the HBONE client
-/// names the node it dials.
-async fn handshake_as(
-    server: Arc<ServerConfig>,
-    client: Arc<ClientConfig>,
-    dialled: std::net::IpAddr,
-) -> Pair {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server_side = async {
-        let (tcp, _) = listener.accept().await?;
-        TlsAcceptor::from(server).accept(tcp).await
-    };
-    let client_side = async {
-        let tcp = TcpStream::connect(addr).await?;
-        TlsConnector::from(client)
-            .connect(ServerName::IpAddress(dialled.into()), tcp)
-            .await
-    };
-    tokio::join!(server_side, client_side)
-}
-
 #[tokio::test]
 async fn a_node_agent_must_hold_a_certificate_for_the_address_dialled() {
     let ca = testutil::ca();
@@ -270,6 +257,7 @@ async fn a_node_agent_must_hold_a_certificate_for_the_address_dialled() {
     let client_id = testutil::id("ns-client", "client");
     let node_2: std::net::IpAddr = "10.99.0.2".parse().unwrap();
     let node_3: std::net::IpAddr = "10.99.0.3".parse().unwrap();
+    let dialled = |ip: std::net::IpAddr| ServerName::IpAddress(ip.into());
     let agent_of = |node| {
         let cert = ca.issue_at(&agent, HOUR, &[node]).unwrap();
         server_config(Arc::new(CertSlot::new(cert).unwrap()), &trust).unwrap()
@@ -281,20 +269,20 @@ async fn a_node_agent_must_hold_a_certificate_for_the_address_dialled() {
     )
     .unwrap();
 
-    let (_, ok) = handshake_as(agent_of(node_2), client.clone(), node_2).await;
+    let (_, ok) = handshake_as(agent_of(node_2), client.clone(), dialled(node_2)).await;
     assert!(ok.is_ok(), "{ok:?}");
     // Node 3's agent answering for node 2: the same SPIFFE ID, the wrong address.
-    let (_, other) = handshake_as(agent_of(node_3), client.clone(), node_2).await;
+    let (_, other) = handshake_as(agent_of(node_3), client.clone(), dialled(node_2)).await;
     let err = other
         .expect_err("node 3's agent passed for node 2's")
         .to_string();
     assert!(err.contains("10.99.0.2"), "{err}");
     // An agent certificate without an address (from a CA before this check) passes for none.
     let bare = server_config(slot(&ca, &agent), &trust).unwrap();
-    let (_, none) = handshake_as(bare.clone(), client, node_2).await;
+    let (_, none) = handshake_as(bare.clone(), client, dialled(node_2)).await;
     assert!(none.is_err());
     // Exact ignores the address, as for a waypoint pod.
     let exact = client_config(slot(&ca, &client_id), &trust, ServerIdentity::Exact(agent)).unwrap();
-    let (_, exact) = handshake_as(bare, exact, node_2).await;
+    let (_, exact) = handshake_as(bare, exact, dialled(node_2)).await;
     assert!(exact.is_ok(), "{exact:?}");
 }
