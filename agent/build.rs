@@ -8,7 +8,13 @@ fn main() {
     let manifest =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let ebpf = manifest.join("../agent-ebpf");
-    for watched in ["src", "common/src", "Cargo.toml", "common/Cargo.toml"] {
+    for watched in [
+        "src",
+        "common/src",
+        "Cargo.toml",
+        "common/Cargo.toml",
+        ".cargo/config.toml",
+    ] {
         println!("cargo::rerun-if-changed={}", ebpf.join(watched).display());
     }
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -1,20 +1,21 @@
 //! Capture: the cgroup connect hooks of enrolled pods.
 //!
 //! A pod's connect() to a destination outside it is rewritten to the node agent's outbound
-//! listener, and the original destination is remembered by socket cookie (sockops moves it to
-//! the connection's 4-tuple once established, for the agent to look up on accept). No
+//! listener, and the original destination is remembered on the socket itself (socket storage;
+//! sockops moves it to the connection's 4-tuple once established, for the agent to look up on
+//! accept). No
 //! iptables rule, no conntrack entry: the socket simply connects elsewhere.
 
 use aya_ebpf::{
-    EbpfContext, bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
-    maps::lpm_trie::Key, programs::SockAddrContext,
+    bindings::bpf_sock_addr, macros::cgroup_sock_addr, maps::lpm_trie::Key,
+    programs::SockAddrContext,
 };
 use aya_log_ebpf::warn;
 use weft_ebpf_common::{
     OrigDst, POD_DIRECT_OK, POD_ENROLLED, SETTING_DIRECT_LOCAL, Settings, counter,
 };
 
-use crate::maps::{EXCL_CIDRS, EXCL_PORTS, ORIG_BY_COOKIE, count, pod_flags, settings, v4_mapped};
+use crate::maps::{EXCL_CIDRS, EXCL_PORTS, ORIG_BY_SOCKET, count, pod_flags, settings, v4_mapped};
 
 /// The verdicts of a connect hook: let the call go on, or fail it with EPERM.
 const ALLOW: i32 = 1;
@@ -57,21 +58,27 @@ fn route(settings: &Settings, ip: u32, port: u16) -> Route {
         count(counter::DIRECT_LOCAL, 1);
         return Route::Direct;
     }
-    Route::Agent(OrigDst { ip, port, _pad: 0 })
+    Route::Agent(OrigDst {
+        ip,
+        port,
+        accepted: 0,
+    })
 }
 
-/// Records the original destination; false if it could not be recorded.
+/// Records the original destination on the socket; false if it could not be recorded.
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
-    // SAFETY: the helper takes this program type's context as is.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    match ORIG_BY_COOKIE.insert(&cookie, orig, 0) {
-        Ok(()) => true,
-        Err(err) => {
-            warn!(ctx, "capture record failed ({}); connect refused", err);
-            false
-        }
+    let mut initial = *orig;
+    // SAFETY: the helper reads the context's own socket, which the kernel guarantees here.
+    let record = unsafe { ORIG_BY_SOCKET.get_or_insert_ptr_mut(ctx, Some(&mut initial)) };
+    if record.is_null() {
+        warn!(ctx, "capture record failed; connect refused");
+        return false;
     }
+    // A socket that connects again (after a failed attempt) already has a record: overwrite it.
+    // SAFETY: a non-null pointer from the helper is this socket's storage, sized for OrigDst.
+    unsafe { *record = *orig };
+    true
 }
 
 #[cgroup_sock_addr(connect4)]

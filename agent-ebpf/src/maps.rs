@@ -4,7 +4,9 @@
 //! spliced sockets) of the one before it instead of starting a second copy.
 
 use aya_ebpf::{
-    macros::map,
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use weft_ebpf_common::{Endpoint, OrigDst, PodEntry, ProbeKey, Settings, SockKey, counter};
@@ -26,16 +28,26 @@ pub static EXCL_PORTS: HashMap<u32, u8> = HashMap::pinned(256, 0);
 #[map(name = "WEFT_EXCL_CIDRS")]
 pub static EXCL_CIDRS: LpmTrie<u32, u8> = LpmTrie::pinned(256, 1);
 
-/// Original destinations between connect() and establishment, by socket cookie. Entries live
-/// for one handshake, so this bounds concurrent handshakes on the node; LRU drops the entries
-/// of handshakes that never completed.
-#[map(name = "WEFT_ORIG_CK")]
-pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65536, 0);
+/// Original destinations between connect() and establishment, kept on the connecting socket
+/// itself: the kernel frees the record with the socket, so a connect() that never completes
+/// (a closed socket, no free local port) leaves nothing behind, and no pod's records can
+/// crowd out another's. Socket storage needs BTF, so this map is defined the BTF way and is
+/// not pinned: a restarted agent starts it empty (only handshakes in flight at that instant
+/// lose their record, and the agent closes them).
+#[btf_map(name = "WEFT_ORIG_SK")]
+pub static ORIG_BY_SOCKET: SkStorage<OrigDst> = SkStorage::new();
 
 /// Original destinations of established captured connections, by the client's address and
-/// port, until the agent accepts and consumes them. LRU, so a stalled agent cannot fill it.
+/// port, until the agent accepts and consumes them. Not LRU, so no pod's records can evict
+/// another's; instead each pod is bounded by its key space. A key is the client socket's own
+/// address and port, so a pod (which cannot bind another pod's address) holds at most 65536
+/// records, and four pods that each held every port would be needed to fill the map; then
+/// new records fail (counted as `orig_record_failed`) and the agent closes those connections.
+/// Records leave when the agent consumes them, or when the client closes before the agent's
+/// end was established (sockops' state callback). No preallocation: memory follows use.
 #[map(name = "WEFT_ORIG_TUPLE")]
-pub static ORIG_BY_TUPLE: LruHashMap<Endpoint, OrigDst> = LruHashMap::pinned(65536, 0);
+pub static ORIG_BY_TUPLE: HashMap<Endpoint, OrigDst> =
+    HashMap::pinned(4 * 65536, BPF_F_NO_PREALLOC);
 
 /// Sockets whose two ends are on this node. Two per connection; 65536 covers 32768 live
 /// local connections. A full map only means new sockets take the plain TCP path.

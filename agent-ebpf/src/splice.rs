@@ -1,7 +1,8 @@
 //! Splice: the same-node fast path (sockops + sk_msg over a sockhash).
 //!
 //! sockops sees every TCP socket of the node's cgroup tree as it is established. It completes
-//! the capture record (original destination by 4-tuple), and puts sockets whose two ends are
+//! the capture record (original destination by 4-tuple, marked once the agent's end is
+//! established, dropped if the client closes before that), and puts sockets whose two ends are
 //! both on this node (enrolled pods, or the agent) into `SOCKS`. sk_msg then runs on each
 //! sendmsg() of those sockets and moves the bytes straight into the peer socket's receive
 //! queue, skipping the loopback/veth TCP/IP path.
@@ -10,21 +11,22 @@
 //! keeps doing so, because a spliced message is read before bytes still queued in TCP.
 //! Switching the other way (spliced, then TCP) is safe for the same reason.
 
+use core::{ffi::c_void, ptr};
+
 use aya_ebpf::{
-    EbpfContext,
     bindings::{
         BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, sk_action::SK_PASS,
     },
-    helpers::bpf_get_socket_cookie,
+    helpers::generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
     macros::{sk_msg, sock_ops},
     programs::{SkMsgContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
-use weft_ebpf_common::{Endpoint, SETTING_SPLICE, SockKey, counter};
+use weft_ebpf_common::{Endpoint, OrigDst, SETTING_SPLICE, Settings, SockKey, counter};
 
 use crate::maps::{
-    NO_SPLICE, ORIG_BY_COOKIE, ORIG_BY_TUPLE, SOCKS, count, node_local, settings, v4_mapped,
+    NO_SPLICE, ORIG_BY_SOCKET, ORIG_BY_TUPLE, SOCKS, count, node_local, settings, v4_mapped,
 };
 
 const AF_INET: u32 = 2;
@@ -54,6 +56,86 @@ fn remote_port(raw: u32) -> u32 {
     u32::from_be(raw) & 0xffff
 }
 
+/// Whether the socket is a pod's captured connection to the agent's outbound listener.
+#[inline(always)]
+fn to_agent(key: &SockKey, settings: &Settings) -> bool {
+    key.remote_ip == settings.agent_ip && key.remote_port == settings.outbound_port
+}
+
+/// The pod's end of a captured connection is established: move its original destination from
+/// the socket's storage to the 4-tuple, where the agent finds it on accept.
+#[inline(always)]
+fn record_tuple(ctx: &SockOpsContext, key: &SockKey) {
+    // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this callback; its sk field is a
+    // socket pointer or null, which the verifier tracks.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    let storage = ptr::from_ref(&ORIG_BY_SOCKET).cast_mut().cast::<c_void>();
+    // SAFETY: the helper takes a map and a socket pointer; flags 0 only looks up.
+    let record =
+        unsafe { bpf_sk_storage_get(storage, sk.cast(), ptr::null_mut(), 0) }.cast::<OrigDst>();
+    if record.is_null() {
+        return;
+    }
+    // SAFETY: a non-null pointer from the helper is this socket's storage, an OrigDst.
+    let orig = OrigDst {
+        accepted: 0,
+        ..unsafe { *record }
+    };
+    // SAFETY: same socket as above; the record is no longer needed.
+    let _ = unsafe { bpf_sk_storage_delete(storage, sk.cast()) };
+    let client = Endpoint {
+        ip: key.local_ip,
+        port: key.local_port,
+    };
+    match ORIG_BY_TUPLE.insert(&client, &orig, 0) {
+        Ok(()) => {
+            count(counter::ESTABLISHED, 1);
+            // Ask for state changes, to drop the record if the client closes before the agent's
+            // end is established.
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        }
+        Err(err) => {
+            count(counter::ORIG_RECORD_FAILED, 1);
+            warn!(
+                ctx,
+                "original-destination record failed ({}); the agent will close this connection",
+                err
+            );
+        }
+    }
+}
+
+/// The agent's end of a captured connection is established: it is in the accept queue, and
+/// its record must stay for the agent, even if the client closes first.
+#[inline(always)]
+fn mark_accepted(key: &SockKey) {
+    let client = Endpoint {
+        ip: key.remote_ip,
+        port: key.remote_port,
+    };
+    if let Some(record) = ORIG_BY_TUPLE.get_ptr_mut(&client) {
+        // SAFETY: a pointer from a lookup in this map points at an OrigDst value.
+        unsafe { (*record).accepted = 1 };
+    }
+}
+
+/// The pod's end of a captured connection closed. If the agent's end never got established
+/// (its accept queue was full), the agent will never ask for the record: drop it.
+#[inline(always)]
+fn forget_unaccepted(key: &SockKey) {
+    let client = Endpoint {
+        ip: key.local_ip,
+        port: key.local_port,
+    };
+    // SAFETY: plain value lookup.
+    if unsafe { ORIG_BY_TUPLE.get(&client) }.is_some_and(|orig| orig.accepted == 0) {
+        let _ = ORIG_BY_TUPLE.remove(&client);
+    }
+}
+
 #[sock_ops]
 pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
@@ -78,31 +160,29 @@ pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
         local_port: ctx.local_port(),
         remote_port: remote_port(ctx.remote_port()),
     };
+    let Some(settings) = settings() else {
+        return 0;
+    };
     if op == BPF_SOCK_OPS_STATE_CB {
         // arg 1 is the new state. Forget the socket's no-splice mark so that a later connection
         // reusing the 4-tuple starts fresh.
         if ctx.arg(1) == TCP_CLOSE {
             let _ = NO_SPLICE.remove(&key);
+            if to_agent(&key, settings) {
+                forget_unaccepted(&key);
+            }
         }
         return 0;
     }
-    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        // SAFETY: the helper takes this program type's context as is.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        // SAFETY: plain value, written whole by connect4 on this same socket.
-        if let Some(orig) = unsafe { ORIG_BY_COOKIE.get(&cookie) } {
-            let client = Endpoint {
-                ip: local_ip,
-                port: key.local_port,
-            };
-            let _ = ORIG_BY_TUPLE.insert(&client, orig, 0);
-            let _ = ORIG_BY_COOKIE.remove(&cookie);
-            count(counter::ESTABLISHED, 1);
-        }
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && to_agent(&key, settings) {
+        record_tuple(&ctx, &key);
     }
-    let Some(settings) = settings() else {
-        return 0;
-    };
+    if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+        && key.local_ip == settings.agent_ip
+        && key.local_port == settings.outbound_port
+    {
+        mark_accepted(&key);
+    }
     if settings.flags & SETTING_SPLICE == 0
         || !node_local(local_ip, settings)
         || !node_local(remote_ip, settings)

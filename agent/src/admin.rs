@@ -29,6 +29,7 @@ struct DumpWithCounters<'a> {
     #[serde(flatten)]
     dump: &'a Dump,
     ebpf_counters: BTreeMap<&'static str, u64>,
+    orig_records: usize,
 }
 
 pub fn admin_handler(dump: Arc<RwLock<Dump>>, maps: SharedMaps) -> Handler {
@@ -38,6 +39,7 @@ pub fn admin_handler(dump: Arc<RwLock<Dump>>, maps: SharedMaps) -> Handler {
             Ok(dump) => Reply::json(&DumpWithCounters {
                 dump: &dump,
                 ebpf_counters: maps.counters(),
+                orig_records: maps.orig_records(),
             }),
             Err(_) => Reply::text(500, "state lock poisoned\n"),
         },

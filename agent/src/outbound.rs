@@ -76,7 +76,9 @@ impl<U: Upstream> Outbound<U> {
 
     async fn handle(&self, client: TcpStream, peer: SocketAddr) {
         let Some(orig) = client_v4(peer).and_then(|p| self.maps.take_orig_dst(p)) else {
-            // Not captured by our programs: someone dialled :15001 directly.
+            // No record: not captured by our programs (someone dialled :15001 directly), or
+            // its client had already closed before this end was established, and sockops
+            // dropped the record with it.
             tracing::debug!(%peer, "no original destination recorded; closing");
             self.metrics.outbound("no_original_destination");
             return;

@@ -14,6 +14,7 @@
 //! Servers print `{"listen":"IP:PORT",...}` once they are bound, which lets a harness bind
 //! port 0 and learn the real port.
 
+pub mod burst;
 pub mod churn;
 pub mod digest;
 pub mod integrity;

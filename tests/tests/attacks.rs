@@ -774,12 +774,11 @@ fn idle_plaintext_connections_to_one_pod_are_capped() -> Result<()> {
     if report["opened"].as_u64() != Some(3000) || !(900..=1000).contains(&alive) {
         bail!("expected 3000 opened and about 1000 kept: {report}");
     }
-    let (_, metrics) = lab.agent_get(2, 15020, "/metrics")?;
-    let refused: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("weft_connections_refused_by_limit_total{limit=\"pod\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let refused = metric_sum(
+        &lab,
+        2,
+        "weft_connections_refused_by_limit_total{limit=\"pod\"}",
+    )?;
     if refused < 1900.0 {
         bail!("the agent counted {refused} refusals, expected about 2000");
     }
@@ -841,5 +840,152 @@ fn a_new_waypoint_policy_ends_a_live_tcp_connection() -> Result<()> {
     {
         bail!("the waypoint did not count the connection it ended");
     }
+    lab.down()
+}
+
+/// What /config_dump says of node `node`'s original-destination records.
+fn orig_records(lab: &Lab, node: usize) -> Result<u64> {
+    match lab.config_dump(node)?["orig_records"].as_u64() {
+        Some(n) => Ok(n),
+        None => bail!("the agent's config dump has no orig_records"),
+    }
+}
+
+/// The sum of a metric's series whose name and labels start with `prefix`.
+fn metric_sum(lab: &Lab, node: usize, prefix: &str) -> Result<f64> {
+    let (_, metrics) = lab.agent_get(node, 15020, "/metrics")?;
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Waits until node `node` holds no original-destination record.
+fn expect_no_orig_records(lab: &Lab, node: usize, after: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = orig_records(lab, node)?;
+        if left == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{left} original-destination records were left behind after {after}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Shared maps: a pod's connection flood cannot evict, or crowd out, another pod's
+/// original-destination records. Records wait on the connecting socket until it is
+/// established (freed with it), then by 4-tuple until the agent consumes them; the second
+/// map is not LRU, and a record leaves when the agent consumes it or when its client closes
+/// before the agent's end was established. Connects abandoned mid-handshake, connections
+/// reset at once, and connections that send and close while the agent cannot accept (it is
+/// stopped) all leave nothing behind, another pod keeps connecting throughout, and none of
+/// the connections that sent and closed lost its record.
+#[test]
+fn a_connection_flood_leaves_no_records_and_crowds_out_no_other_pod() -> Result<()> {
+    let spec = LabSpec::new("wl-x-orig", 2)
+        .with_namespace(NS, true)
+        .with_pod("flood", NS, 1, &[])
+        .with_pod("victim", NS, 1, &[])
+        .with_pod("target", NS, 2, &[]);
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    let _target = lab.serve("target", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
+    let _sink = lab.serve("target", "labtool", &["sink", "--listen", "0.0.0.0:7101"])?;
+    let target = format!("{}:7100", lab.pod("target").ip);
+    let sink = format!("{}:7101", lab.pod("target").ip);
+    lab.expect_send("victim", &sink, true)?;
+
+    // Abandoned and reset connections, while another pod opens connections of its own.
+    for (kind, count) in [("abandon", "20000"), ("reset", "5000")] {
+        let (flood, victim) = std::thread::scope(|s| {
+            let flood = s.spawn(|| {
+                lab.run_json(
+                    "flood",
+                    "labtool",
+                    &[
+                        "burst",
+                        "--connect",
+                        &target,
+                        "--count",
+                        count,
+                        "--kind",
+                        kind,
+                    ],
+                    Duration::from_secs(120),
+                )
+            });
+            let victim = lab.run_json(
+                "victim",
+                "labtool",
+                &[
+                    "conns",
+                    "--connect",
+                    &target,
+                    "--seconds",
+                    "3",
+                    "--concurrency",
+                    "4",
+                ],
+                Duration::from_secs(30),
+            );
+            (flood.join().expect("flood thread"), victim)
+        });
+        let (flood, victim) = (flood?, victim?);
+        println!("{kind} burst {flood}; the other pod meanwhile {victim}");
+        if victim["errors"].as_u64() != Some(0) || victim["conns"].as_u64() < Some(1) {
+            bail!("the other pod's connections suffered during the {kind} burst: {victim}");
+        }
+        expect_no_orig_records(&lab, 1, &format!("the {kind} burst"))?;
+    }
+
+    // Connections that send a byte and close while the agent is stopped: its accept queue
+    // fills, and the records of those it takes later must still be there, though their
+    // clients have closed. (A client that reset its connection may lose its record before
+    // the agent takes it; that connection is dead, so only this burst is counted.)
+    let no_orig = "weft_outbound_connections_total{result=\"no_original_destination\"}";
+    let lost_before = metric_sum(&lab, 1, no_orig)?;
+    let pid = nix::unistd::Pid::from_raw(lab.agent_pid(1).expect("agent 1 runs") as i32);
+    let burst = std::thread::scope(|s| -> Result<serde_json::Value> {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+        let burst = s.spawn(|| {
+            lab.run_json(
+                "flood",
+                "labtool",
+                &[
+                    "burst",
+                    "--connect",
+                    &target,
+                    "--count",
+                    "2000",
+                    "--kind",
+                    "send-close",
+                    "--concurrency",
+                    "2000",
+                ],
+                Duration::from_secs(60),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+        burst.join().expect("burst thread")
+    })?;
+    println!("send-close burst with the agent stopped {burst}");
+    if burst["opened"].as_u64() != Some(2000) {
+        bail!("not every connection opened once the agent was back: {burst}");
+    }
+    expect_no_orig_records(&lab, 1, "the send-close burst")?;
+    let lost = metric_sum(&lab, 1, no_orig)? - lost_before;
+    if lost != 0.0 {
+        bail!("the agent accepted {lost} captured connections whose record was gone");
+    }
+    let failed = ebpf_counter(&lab, 1, "orig_record_failed")?;
+    if failed != 0 {
+        bail!("{failed} original-destination records could not be made");
+    }
+    lab.expect_send("victim", &sink, true)?;
     lab.down()
 }

@@ -12,7 +12,8 @@ pub mod maps {
     pub const PODS: &str = "WEFT_PODS";
     pub const EXCL_PORTS: &str = "WEFT_EXCL_PORTS";
     pub const EXCL_CIDRS: &str = "WEFT_EXCL_CIDRS";
-    pub const ORIG_BY_COOKIE: &str = "WEFT_ORIG_CK";
+    /// Socket storage: not pinned (BTF-defined), so it is not in `ALL`.
+    pub const ORIG_BY_SOCKET: &str = "WEFT_ORIG_SK";
     pub const ORIG_BY_TUPLE: &str = "WEFT_ORIG_TUPLE";
     pub const SOCKS: &str = "WEFT_SOCKS";
     pub const NO_SPLICE: &str = "WEFT_NOSPLICE";
@@ -23,12 +24,11 @@ pub mod maps {
     pub const COUNTERS: &str = "WEFT_COUNTERS";
 
     /// Every map the agent pins, for clean-up and adoption.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 12] = [
         SETTINGS,
         PODS,
         EXCL_PORTS,
         EXCL_CIDRS,
-        ORIG_BY_COOKIE,
         ORIG_BY_TUPLE,
         SOCKS,
         NO_SPLICE,
@@ -102,7 +102,9 @@ pub struct OrigDst {
     pub ip: u32,
     /// Host byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// In `ORIG_BY_TUPLE`: 1 once the agent's end of the connection is established (the
+    /// connection is in its accept queue), so the record must stay for the agent to consume.
+    pub accepted: u16,
 }
 
 /// One end of a captured connection as the agent sees its peer: key of `ORIG_BY_TUPLE`.
@@ -213,8 +215,11 @@ pub mod counter {
     /// Connections from the agent's dial address without the agent's mark: a node process
     /// posing as the agent. Dropped whatever the pod's mode.
     pub const TC_FORGED: u32 = 18;
+    /// Captured connections whose original destination could not be recorded by 4-tuple
+    /// (`ORIG_BY_TUPLE` full): the agent closes them.
+    pub const ORIG_RECORD_FAILED: u32 = 19;
     /// The array's size.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
 }
 
 #[cfg(feature = "user")]

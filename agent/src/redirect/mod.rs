@@ -56,7 +56,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/we
 /// Bumped whenever a map's key, value or size changes. The pins live in a directory of this
 /// name (bpffs holds no regular files to write a version into), and pins of any other layout
 /// are discarded at start.
-const LAYOUT: &str = "v4";
+const LAYOUT: &str = "v5";
 
 /// What the plaintext inbound's program needs of the kernel.
 const SK_LOOKUP_NEEDS: &str = "BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)";

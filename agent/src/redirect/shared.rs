@@ -33,6 +33,15 @@ impl SharedMaps {
         ))
     }
 
+    /// How many original-destination records wait for the agent (or for their client to
+    /// close), for /config_dump: a count that stays up means records are being left behind.
+    pub fn orig_records(&self) -> usize {
+        self.orig_by_tuple
+            .lock()
+            .map(|map| map.keys().filter(Result::is_ok).count())
+            .unwrap_or(0)
+    }
+
     /// The kernel's event counters, summed over CPUs, by name.
     pub fn counters(&self) -> BTreeMap<&'static str, u64> {
         const NAMES: [(u32, &str); counter::COUNT as usize] = [
@@ -55,6 +64,7 @@ impl SharedMaps {
             (counter::CONNECT_REFUSED, "connect_refused"),
             (counter::TC_PROBES, "tc_probes"),
             (counter::TC_FORGED, "tc_forged"),
+            (counter::ORIG_RECORD_FAILED, "orig_record_failed"),
         ];
         let Ok(map) = self.counters.lock() else {
             return BTreeMap::new();

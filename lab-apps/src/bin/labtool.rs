@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use weft_lab_apps::burst::{self, BurstConfig, BurstKind};
 use weft_lab_apps::churn::{self, ChurnConfig};
 use weft_lab_apps::integrity::{self, SendConfig};
 use weft_lab_apps::latency::{self, RrConfig};
@@ -104,6 +105,21 @@ enum Command {
         count: usize,
         #[arg(long, default_value_t = 3.0, value_parser = seconds)]
         seconds: f64,
+    },
+    /// Open `count` connections that each use the path only in part (see `--kind`); report
+    /// how many opened and how many failed to (for tests of what such connections leave).
+    Burst {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, value_parser = positive)]
+        count: usize,
+        #[arg(long, value_enum)]
+        kind: BurstKind,
+        #[arg(long, default_value_t = 64, value_parser = positive)]
+        concurrency: usize,
+        /// Limit in seconds on opening one connection.
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+        connect_timeout: f64,
     },
     /// New connections per second against `echo`: connect, one byte each way, close.
     Conns {
@@ -254,6 +270,22 @@ async fn run(command: Command) -> Result<ExitCode> {
                 "failed": failed,
                 "alive": alive,
             }))?;
+        }
+        Command::Burst {
+            connect,
+            count,
+            kind,
+            concurrency,
+            connect_timeout,
+        } => {
+            let cfg = BurstConfig {
+                addr: connect,
+                count,
+                kind,
+                concurrency,
+                connect_timeout: Duration::from_secs_f64(connect_timeout),
+            };
+            print_json(&burst::burst(cfg).await?)?;
         }
         Command::Conns {
             connect,
