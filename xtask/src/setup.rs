@@ -20,6 +20,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     // The attack tests make a NodePort in a lab node as kube-proxy does (DNAT and SNAT).
     ("iptables", "iptables"),
+    // The anchor of `bench waypoint`: a plain-text HTTP/2 balancer beside the waypoint.
+    ("haproxy", "haproxy"),
 ];
 
 pub fn run() -> Result<()> {

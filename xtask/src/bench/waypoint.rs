@@ -4,10 +4,16 @@
 //! - l4: a meshed client calls a meshed Service without a waypoint (agents, HBONE);
 //! - waypoint: the same through the waypoint, which balances each call over 3 backends;
 //! - waypoint_authz: the same through a Service of the waypoint with a 20-rule
-//!   AuthorizationPolicy attached, whose only matching rule is the last.
+//!   AuthorizationPolicy attached, whose only matching rule is the last;
+//! - haproxy: the anchor, HAProxy from Debian as a plain-text HTTP/2 balancer (`mode http`,
+//!   `proto h2` on both sides, `balance roundrobin`, so each call is balanced on its own), on
+//!   node 1 like the waypoint, from the plain client to three plain servers placed as the
+//!   waypoint's are (one on node 1, two on node 2).
 //!
-//! Maximum rate at fixed concurrency for each; latency at a fixed 1000 calls/s for direct
-//! and waypoint; and the waypoint's memory and CPU while it serves those 1000 calls/s.
+//! Maximum rate at fixed concurrency for each, with the CPU that the balancer (HAProxy, or
+//! the waypoint and both node agents) spent per call at that rate; latency at a fixed 1000
+//! calls/s for direct and waypoint; and the waypoint's memory and CPU while it serves those
+//! 1000 calls/s.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -28,6 +34,10 @@ fn spec() -> LabSpec {
         .with_namespace("mesh", true)
         .with_pod("plain-client", "plain", 1, &[])
         .with_pod("plain-server", "plain", 2, &[("app", "whoami")])
+        .with_pod("lb", "plain", 1, &[])
+        .with_pod("p1", "plain", 1, &[("app", "whoami")])
+        .with_pod("p2", "plain", 2, &[("app", "whoami")])
+        .with_pod("p3", "plain", 2, &[("app", "whoami")])
         .with_waypoint("wp", "mesh", 1)
         .with_pod("client", "mesh", 1, &[])
         .with_pod("m1", "mesh", 1, &[("app", "whoami")])
@@ -81,6 +91,18 @@ fn twenty_rule_policy() -> String {
     )
 }
 
+/// HAProxy's configuration: HTTP/2 in clear text on both sides, one call per round-robin
+/// pick, no logging. Two threads, as many as the waypoint's runtime has on these machines.
+fn haproxy_config(servers: &[String]) -> String {
+    let mut config = String::from(
+        "global\n    nbthread 2\n    maxconn 4096\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\nfrontend grpc\n    bind :50051 proto h2\n    default_backend whoami\nbackend whoami\n    balance roundrobin\n",
+    );
+    for (i, server) in servers.iter().enumerate() {
+        config.push_str(&format!("    server s{i} {server} proto h2\n"));
+    }
+    config
+}
+
 /// Process CPU time (user + system) in seconds, from /proc/PID/stat.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -115,12 +137,23 @@ pub fn run() -> Result<Map<String, Value>> {
     let threads = std::env::var("WEFT_WAYPOINT_THREADS").unwrap_or_else(|_| "0".into());
     lab.start_waypoint("wp", &["--worker-threads", &threads])?;
     let mut servers = Vec::new();
-    for pod in ["plain-server", "m1", "m2", "m3"] {
+    for pod in ["plain-server", "m1", "m2", "m3", "p1", "p2", "p3"] {
         servers.push(lab.serve(pod, "uuid-server", &["--listen", "0.0.0.0:50051"])?);
     }
+    let config = std::env::temp_dir().join("weft-bench-haproxy.cfg");
+    let backends: Vec<String> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|pod| format!("{}:50051", lab.pod(pod).ip))
+        .collect();
+    std::fs::write(&config, haproxy_config(&backends))
+        .with_context(|| format!("writing {}", config.display()))?;
+    let config_arg = config.display().to_string();
+    let haproxy = lab.spawn("lb", "haproxy", &["-db", "-f", &config_arg])?;
     let direct = format!("{}:50051", lab.pod("plain-server").ip);
+    let balanced = format!("{}:50051", lab.pod("lb").ip);
     let cases = [
         ("direct", "plain-client", direct.as_str()),
+        ("haproxy", "plain-client", balanced.as_str()),
         ("l4", "client", "10.96.0.21:50051"),
         ("waypoint", "client", "10.96.0.20:50051"),
         ("waypoint_authz", "client", "10.96.0.22:50051"),
@@ -128,6 +161,34 @@ pub fn run() -> Result<Map<String, Value>> {
     let pid = lab
         .waypoint_pid("wp")
         .context("the waypoint is not running")?;
+    let agents: Vec<u32> = (1..=2).filter_map(|node| lab.agent_pid(node)).collect();
+    // CPU seconds of the processes that carry each case's calls, besides client and server.
+    let carriers = |name: &str| -> Vec<(&'static str, u32)> {
+        match name {
+            "haproxy" => vec![("haproxy", haproxy.id())],
+            "waypoint" => {
+                let mut v = vec![("waypoint", pid)];
+                v.extend(agents.iter().map(|&a| ("agents", a)));
+                v
+            }
+            _ => Vec::new(),
+        }
+    };
+    // HAProxy takes a moment to bind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while load(
+        &lab,
+        "plain-client",
+        &balanced,
+        &["--calls", "10", "--concurrency", "1"],
+    )
+    .is_err()
+    {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("HAProxy in pod lb does not answer on {balanced}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Warm up every path (connections, certificates, the waypoint's pools).
     for (_, client, target) in cases {
         load(
@@ -141,6 +202,11 @@ pub fn run() -> Result<Map<String, Value>> {
     for round in 1..=rounds() {
         eprintln!("==> round {round} of {}", rounds());
         for (name, client, target) in cases {
+            let carried_by = carriers(name);
+            let cpu_before: Vec<f64> = carried_by
+                .iter()
+                .map(|&(_, p)| cpu_seconds(p).unwrap_or(0.0))
+                .collect();
             let out = load(
                 &lab,
                 client,
@@ -148,15 +214,27 @@ pub fn run() -> Result<Map<String, Value>> {
                 &["--calls", MAX_CALLS, "--concurrency", CONCURRENCY],
             )?;
             let ok = out["by_status"]["OK"].as_f64().unwrap_or(0.0);
-            if name == "waypoint_authz" && ok == 0.0 {
-                anyhow::bail!("the 20-rule policy let no call through: {out}");
+            if ok == 0.0 {
+                anyhow::bail!("no call of case {name} succeeded: {out}");
             }
             let seconds = out["seconds"].as_f64().context("no seconds")?;
             let rps = ok / seconds;
             eprintln!("    {name}_rps: {rps:.0}");
             samples.entry(format!("{name}_rps")).or_default().push(rps);
+            let mut per_call: BTreeMap<&str, f64> = BTreeMap::new();
+            for (&(who, p), before) in carried_by.iter().zip(cpu_before) {
+                let spent = cpu_seconds(p).unwrap_or(0.0) - before;
+                *per_call.entry(who).or_default() += spent / ok * 1e6;
+            }
+            for (who, us) in per_call {
+                eprintln!("    {who}_cpu_us_per_call: {us:.1}");
+                samples
+                    .entry(format!("{who}_cpu_us_per_call"))
+                    .or_default()
+                    .push(us);
+            }
         }
-        for (name, client, target) in [cases[0], cases[2]] {
+        for (name, client, target) in [cases[0], cases[3]] {
             let cpu_before = cpu_seconds(pid).unwrap_or(0.0);
             let out = load(
                 &lab,
@@ -215,12 +293,18 @@ pub fn run() -> Result<Map<String, Value>> {
         "waypoint_rps_ratio".into(),
         Value::from(round3(waypoint / direct)),
     );
+    figures.insert(
+        "haproxy_rps_ratio".into(),
+        Value::from(round3(median(samples["haproxy_rps"].clone()) / direct)),
+    );
     let authz = median(samples["waypoint_authz_rps"].clone());
     figures.insert(
         "waypoint_authz_ratio".into(),
         Value::from(round3(authz / waypoint)),
     );
     drop(servers);
+    haproxy.kill();
+    let _ = std::fs::remove_file(&config);
     lab.down()?;
     Ok(figures)
 }
