@@ -103,6 +103,42 @@ fn haproxy_config(servers: &[String]) -> String {
     config
 }
 
+/// With `WEFT_BENCH_PERF=FILE`, samples the waypoint with `perf record` (999 Hz, no call
+/// graph: release builds keep no frame pointers) during the first round's maximum-rate run;
+/// `perf report -i FILE --no-children --sort dso,symbol` then shows where its time went.
+fn profile_start(pid: u32) -> Result<Option<(std::process::Child, String)>> {
+    let Ok(file) = std::env::var("WEFT_BENCH_PERF") else {
+        return Ok(None);
+    };
+    let child = std::process::Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-F",
+            "999",
+            "-p",
+            &pid.to_string(),
+            "-o",
+            &file,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting perf record (WEFT_BENCH_PERF is set)")?;
+    // perf needs a moment to attach.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Some((child, file)))
+}
+
+fn profile_end((mut child, file): (std::process::Child, String)) -> Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    child.wait()?;
+    eprintln!("    waypoint profile in {file}");
+    Ok(())
+}
+
 /// Process CPU time (user + system) in seconds, from /proc/PID/stat.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -207,12 +243,19 @@ pub fn run() -> Result<Map<String, Value>> {
                 .iter()
                 .map(|&(_, p)| cpu_seconds(p).unwrap_or(0.0))
                 .collect();
+            let profile = (round == 1 && name == "waypoint")
+                .then(|| profile_start(pid))
+                .transpose()?
+                .flatten();
             let out = load(
                 &lab,
                 client,
                 target,
                 &["--calls", MAX_CALLS, "--concurrency", CONCURRENCY],
             )?;
+            if let Some(profile) = profile {
+                profile_end(profile)?;
+            }
             let ok = out["by_status"]["OK"].as_f64().unwrap_or(0.0);
             if ok == 0.0 {
                 anyhow::bail!("no call of case {name} succeeded: {out}");
