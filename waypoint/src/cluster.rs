@@ -26,7 +26,7 @@ use weft_mesh::{
 use crate::{
     budget::Budget,
     endpoint::{Ejection, Endpoint, Outcome},
-    metrics::{EndpointLabels, Metrics},
+    metrics::{ClusterLabels, EndpointLabels, Metrics},
     upstream::Limits,
 };
 
@@ -291,6 +291,10 @@ pub struct Clusters {
     /// Where attempts and ejections are counted, per endpoint.
     attempts: Family<EndpointLabels, Counter>,
     ejections: Family<EndpointLabels, Counter>,
+    /// Retries counted per cluster (by the proxy), removed with their cluster.
+    retries: [Family<ClusterLabels, Counter>; 2],
+    /// The per-endpoint series made so far, to remove those of endpoints that are gone.
+    series: Mutex<std::collections::HashSet<EndpointLabels>>,
     /// For the endpoints' SPIFFE identities.
     trust_domain: String,
 }
@@ -299,10 +303,72 @@ impl Clusters {
     pub fn new(metrics: &Metrics, trust_domain: &str) -> Self {
         Clusters {
             by_key: Mutex::default(),
+            series: Mutex::default(),
             trust_domain: trust_domain.to_string(),
             attempts: metrics.attempts.clone(),
             ejections: metrics.ejections.clone(),
+            retries: [metrics.retries.clone(), metrics.retries_refused.clone()],
         }
+    }
+
+    /// Brings every cluster up to `model`: drops the clusters of Services (or ports) that
+    /// are gone, rebuilds the others that an older model built (endpoints that stay keep
+    /// their state), and removes the metric series of endpoints no cluster has any more.
+    /// Without it both would only grow as Services and pods come and go.
+    pub fn retain(&self, model: &Arc<State>) {
+        let live: std::collections::HashSet<EndpointLabels> = {
+            let Ok(mut by_key) = self.by_key.lock() else {
+                return;
+            };
+            by_key.retain(|key, _| {
+                let stays = model
+                    .service(&key.namespace, &key.service)
+                    .is_some_and(|s| s.service.ports.iter().any(|p| p.port == key.port));
+                if !stays {
+                    let labels = ClusterLabels {
+                        cluster: key.to_string(),
+                    };
+                    for family in &self.retries {
+                        family.remove(&labels);
+                    }
+                }
+                stays
+            });
+            for (key, built) in by_key.iter_mut() {
+                if Arc::ptr_eq(&built.0, model) {
+                    continue;
+                }
+                let Some(service) = model.service(&key.namespace, &key.service) else {
+                    continue;
+                };
+                let cluster = Arc::new(build(model, &service.service, key, Some(&built.1), self));
+                *built = (model.clone(), cluster);
+            }
+            by_key
+                .iter()
+                .flat_map(|(key, (_, cluster))| {
+                    cluster
+                        .endpoints()
+                        .iter()
+                        .map(|e| EndpointLabels {
+                            cluster: key.to_string(),
+                            endpoint: e.address.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let Ok(mut series) = self.series.lock() else {
+            return;
+        };
+        series.retain(|labels| {
+            if live.contains(labels) {
+                return true;
+            }
+            self.attempts.remove(labels);
+            self.ejections.remove(labels);
+            false
+        });
     }
 
     /// The cluster for `key` as `model` describes it.
@@ -380,13 +446,14 @@ fn build(
                 hbone::PORT,
             );
             Some(previous.get(&(address, node)).cloned().unwrap_or_else(|| {
-                let attempts = clusters
-                    .attempts
-                    .get_or_create(&EndpointLabels {
-                        cluster: key.to_string(),
-                        endpoint: address.to_string(),
-                    })
-                    .clone();
+                let labels = EndpointLabels {
+                    cluster: key.to_string(),
+                    endpoint: address.to_string(),
+                };
+                let attempts = clusters.attempts.get_or_create(&labels).clone();
+                if let Ok(mut series) = clusters.series.lock() {
+                    series.insert(labels);
+                }
                 let mut endpoint = Endpoint::new(address, node, attempts);
                 endpoint.workload = w.name.as_str().into();
                 endpoint.principal = format!(
@@ -412,5 +479,85 @@ fn build(
                 .and_then(|o| o.budget.lock().ok().map(|b| b.clone()))
                 .unwrap_or_default(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::{encoding::text::encode, registry::Registry};
+    use weft_mesh::config::model_from_yaml;
+
+    fn state(yaml: &str) -> Arc<State> {
+        Arc::new(State::compile(model_from_yaml(yaml).unwrap()))
+    }
+
+    const NODE: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}]}\n";
+
+    fn pod(name: &str, ip: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, uid: {name}, labels: {{app: cart}}}}\nspec: {{nodeName: n1}}\nstatus: {{podIP: {ip}}}\n"
+        )
+    }
+
+    const SERVICE: &str = "---\napiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {clusterIP: 10.96.0.1, selector: {app: cart}, ports: [{name: grpc, port: 50051}]}\n";
+
+    fn exported(registry: &Registry) -> String {
+        let mut text = String::new();
+        encode(&mut text, registry).unwrap();
+        text
+    }
+
+    /// Endpoints and Services that leave take their clusters and metric series with them.
+    #[test]
+    fn gone_services_and_pods_leave_no_cluster_or_series_behind() {
+        let metrics = Metrics::new();
+        let mut registry = Registry::default();
+        registry.register("attempts", "", metrics.attempts.clone());
+        registry.register("retries", "", metrics.retries.clone());
+        let clusters = Clusters::new(&metrics, "cluster.local");
+        let key = ClusterKey {
+            namespace: "shop".into(),
+            service: "cart".into(),
+            subset: None,
+            port: 50051,
+        };
+        let two = state(&format!(
+            "{NODE}{}{}{SERVICE}",
+            pod("a", "10.1.0.1"),
+            pod("b", "10.1.0.2")
+        ));
+        let service = two.service("shop", "cart").expect("the Service");
+        let cluster = clusters.get(&two, &service.service, &key);
+        for endpoint in cluster.endpoints().iter() {
+            endpoint.attempts.inc();
+        }
+        metrics
+            .retries
+            .get_or_create(&ClusterLabels {
+                cluster: key.to_string(),
+            })
+            .inc();
+        let text = exported(&registry);
+        assert!(
+            text.contains("10.1.0.1:50051") && text.contains("10.1.0.2:50051"),
+            "{text}"
+        );
+
+        // Pod b is gone: its series goes, a's stays and keeps its count.
+        let one = state(&format!("{NODE}{}{SERVICE}", pod("a", "10.1.0.1")));
+        clusters.retain(&one);
+        let text = exported(&registry);
+        assert!(text.contains("endpoint=\"10.1.0.1:50051\"} 1"), "{text}");
+        assert!(!text.contains("10.1.0.2"), "{text}");
+        assert_eq!(clusters.all().len(), 1);
+        assert_eq!(clusters.all()[0].endpoints().len(), 1);
+
+        // The Service is gone: so are its cluster and every series of it.
+        let none = state(&format!("{NODE}{}", pod("a", "10.1.0.1")));
+        clusters.retain(&none);
+        assert!(clusters.all().is_empty());
+        let text = exported(&registry);
+        assert!(!text.contains("shop/cart"), "{text}");
     }
 }

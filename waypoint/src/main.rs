@@ -238,14 +238,17 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// Closes upstream connections that `http.idleTimeout` says have idled too long, and drops
-/// the rate-limit buckets of limits that are gone.
+/// the rate-limit buckets of limits that are gone, and the clusters and metric series of
+/// Services and endpoints that are gone.
 async fn reap_idle(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        proxy.limiter.retain(&proxy.model.borrow().clone());
+        let model = proxy.model.borrow().clone();
+        proxy.limiter.retain(&model);
+        proxy.clusters.retain(&model);
         for cluster in proxy.clusters.all() {
             for endpoint in cluster.endpoints().iter() {
                 endpoint

@@ -52,8 +52,8 @@ pub use model::{
     ServicePortInfo, UnreadInfo, labels_match, workload_name,
 };
 pub use parse::{
-    namespace_info, node_info, parse_documents, parse_value, pod_info, service_account_info,
-    service_info,
+    model_from_yaml, namespace_info, node_info, parse_documents, parse_value, pod_info,
+    service_account_info, service_info,
 };
 pub use protocol::{AppProtocol, detect_protocol};
 pub use ratelimit::{LimitScope, LocalRateLimitInfo, MIN_FILL_INTERVAL, TokenBucket};

@@ -569,6 +569,23 @@ fn port_number(n: impl TryInto<u16>) -> Option<u16> {
     n.try_into().ok().filter(|p| *p != 0)
 }
 
+/// A model of every object in a multi-document YAML text (documents Weft does not read are
+/// skipped), or the first invalid document, by number and reason. For tests and tools that
+/// hold a whole configuration in one text.
+pub fn model_from_yaml(text: &str) -> Result<super::Model, String> {
+    let mut model = super::Model::default();
+    for (i, parsed) in parse_documents(text) {
+        match parsed {
+            Ok(Some(object)) => {
+                model.insert(object);
+            }
+            Ok(None) => {}
+            Err(err) => return Err(format!("document {i}: {err}")),
+        }
+    }
+    Ok(model)
+}
+
 /// Parses every document of a multi-document YAML text, as `kubectl apply -f` reads it.
 /// Documents count from 1. A YAML syntax error ends the text: the parser cannot resume.
 pub fn parse_documents(text: &str) -> Vec<(usize, Result<Option<Object>, InvalidObject>)> {

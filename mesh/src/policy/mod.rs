@@ -185,19 +185,7 @@ impl fmt::Display for PolicyRef {
 /// A model holding the objects of a multi-document YAML text, for the tests.
 #[cfg(test)]
 fn model_from_yaml(text: &str) -> crate::config::Model {
-    use serde::Deserialize;
-    let mut model = crate::config::Model::default();
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(document).unwrap();
-        match crate::config::parse_value(value) {
-            Ok(Some(object)) => {
-                model.insert(object);
-            }
-            Ok(None) => {}
-            Err(err) => panic!("{err}"),
-        }
-    }
-    model
+    crate::config::model_from_yaml(text).unwrap()
 }
 
 #[cfg(test)]

@@ -2,17 +2,7 @@ use super::*;
 use crate::config::parse::parse_documents;
 
 fn state(yaml: &str) -> State {
-    let mut model = Model::default();
-    for (i, parsed) in parse_documents(yaml) {
-        match parsed {
-            Ok(Some(object)) => {
-                model.insert(object);
-            }
-            Ok(None) => {}
-            Err(err) => panic!("document {i}: {err}"),
-        }
-    }
-    State::compile(model)
+    State::compile(crate::config::model_from_yaml(yaml).unwrap())
 }
 
 fn codes<'a>(state: &'a State, object: &str) -> Vec<&'a str> {
