@@ -8,7 +8,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -119,7 +119,8 @@ impl Policy {
 pub struct Cluster {
     pub key: ClusterKey,
     pub policy: Policy,
-    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    /// Fixed when the cluster is built: a new model builds a new cluster.
+    endpoints: Arc<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
     /// Requests and retries in flight. Shared with the cluster's next versions (a rebuild
     /// after a configuration change), so that calls started before it still count.
@@ -149,7 +150,7 @@ impl Drop for RetrySlot {
 
 impl Cluster {
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
-        self.endpoints.read().map(|e| e.clone()).unwrap_or_default()
+        self.endpoints.clone()
     }
 
     /// Admits a request unless `http2MaxRequests` are already in flight.
@@ -185,7 +186,7 @@ impl Cluster {
     /// Picks an endpoint for an attempt: a healthy one by the balancer, avoiding `avoid`
     /// (the previous attempt's) when another is healthy, as Istio's retry host predicate does.
     pub fn pick(&self, hash: Option<u64>, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
-        let all = self.endpoints();
+        let all = &self.endpoints;
         let now = Instant::now();
         let mut healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.ejected(now)).collect();
         if healthy.len() > 1
@@ -213,7 +214,7 @@ impl Cluster {
         if !endpoint.record(outcome, rules) {
             return None;
         }
-        let all = self.endpoints();
+        let all = &self.endpoints;
         let now = Instant::now();
         let out = all.iter().filter(|e| e.ejected(now)).count();
         // Envoy ejects at least one endpoint whatever a non-zero percentage says; past that,
@@ -469,7 +470,7 @@ fn build(
     Cluster {
         key: key.clone(),
         policy,
-        endpoints: RwLock::new(Arc::new(endpoints)),
+        endpoints: Arc::new(endpoints),
         next: AtomicUsize::new(old.map_or(0, |o| o.next.load(Ordering::Relaxed))),
         active: old.map_or_else(Default::default, |o| o.active.clone()),
         retries_active: old.map_or_else(Default::default, |o| o.retries_active.clone()),
