@@ -294,8 +294,6 @@ pub struct Clusters {
     ejections: Family<EndpointLabels, Counter>,
     /// Retries counted per cluster (by the proxy), removed with their cluster.
     retries: [Family<ClusterLabels, Counter>; 2],
-    /// The per-endpoint series made so far, to remove those of endpoints that are gone.
-    series: Mutex<std::collections::HashSet<EndpointLabels>>,
     /// For the endpoints' SPIFFE identities.
     trust_domain: String,
 }
@@ -304,7 +302,6 @@ impl Clusters {
     pub fn new(metrics: &Metrics, trust_domain: &str) -> Self {
         Clusters {
             by_key: Mutex::default(),
-            series: Mutex::default(),
             trust_domain: trust_domain.to_string(),
             attempts: metrics.attempts.clone(),
             ejections: metrics.ejections.clone(),
@@ -313,63 +310,50 @@ impl Clusters {
     }
 
     /// Brings every cluster up to `model`: drops the clusters of Services (or ports) that
-    /// are gone, rebuilds the others that an older model built (endpoints that stay keep
-    /// their state), and removes the metric series of endpoints no cluster has any more.
-    /// Without it both would only grow as Services and pods come and go.
+    /// are gone, with their metric series, and rebuilds the others that an older model
+    /// built (endpoints that stay keep their state; `build` drops the series of those that
+    /// left). Without it both would only grow as Services and pods come and go.
     pub fn retain(&self, model: &Arc<State>) {
-        let live: std::collections::HashSet<EndpointLabels> = {
-            let Ok(mut by_key) = self.by_key.lock() else {
-                return;
-            };
-            by_key.retain(|key, _| {
-                let stays = model
-                    .service(&key.namespace, &key.service)
-                    .is_some_and(|s| s.service.ports.iter().any(|p| p.port == key.port));
-                if !stays {
-                    let labels = ClusterLabels {
-                        cluster: key.to_string(),
-                    };
-                    for family in &self.retries {
-                        family.remove(&labels);
-                    }
-                }
-                stays
-            });
-            for (key, built) in by_key.iter_mut() {
-                if Arc::ptr_eq(&built.0, model) {
-                    continue;
-                }
-                let Some(service) = model.service(&key.namespace, &key.service) else {
-                    continue;
-                };
-                let cluster = Arc::new(build(model, &service.service, key, Some(&built.1), self));
-                *built = (model.clone(), cluster);
-            }
-            by_key
-                .iter()
-                .flat_map(|(key, (_, cluster))| {
-                    cluster
-                        .endpoints()
-                        .iter()
-                        .map(|e| EndpointLabels {
-                            cluster: key.to_string(),
-                            endpoint: e.address.to_string(),
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        };
-        let Ok(mut series) = self.series.lock() else {
+        let Ok(mut by_key) = self.by_key.lock() else {
             return;
         };
-        series.retain(|labels| {
-            if live.contains(labels) {
-                return true;
+        by_key.retain(|key, (_, cluster)| {
+            let stays = model
+                .service(&key.namespace, &key.service)
+                .is_some_and(|s| s.service.ports.iter().any(|p| p.port == key.port));
+            if !stays {
+                self.forget(key, cluster.endpoints.iter());
+                let labels = ClusterLabels {
+                    cluster: key.to_string(),
+                };
+                for family in &self.retries {
+                    family.remove(&labels);
+                }
             }
-            self.attempts.remove(labels);
-            self.ejections.remove(labels);
-            false
+            stays
         });
+        for (key, built) in by_key.iter_mut() {
+            if Arc::ptr_eq(&built.0, model) {
+                continue;
+            }
+            let Some(service) = model.service(&key.namespace, &key.service) else {
+                continue;
+            };
+            let cluster = Arc::new(build(model, &service.service, key, Some(&built.1), self));
+            *built = (model.clone(), cluster);
+        }
+    }
+
+    /// Removes the per-endpoint series of `endpoints`, which have left cluster `key`.
+    fn forget<'a>(&self, key: &ClusterKey, endpoints: impl IntoIterator<Item = &'a Arc<Endpoint>>) {
+        for endpoint in endpoints {
+            let labels = EndpointLabels {
+                cluster: key.to_string(),
+                endpoint: endpoint.address.to_string(),
+            };
+            self.attempts.remove(&labels);
+            self.ejections.remove(&labels);
+        }
     }
 
     /// The cluster for `key` as `model` describes it.
@@ -447,14 +431,13 @@ fn build(
                 hbone::PORT,
             );
             Some(previous.get(&(address, node)).cloned().unwrap_or_else(|| {
-                let labels = EndpointLabels {
-                    cluster: key.to_string(),
-                    endpoint: address.to_string(),
-                };
-                let attempts = clusters.attempts.get_or_create(&labels).clone();
-                if let Ok(mut series) = clusters.series.lock() {
-                    series.insert(labels);
-                }
+                let attempts = clusters
+                    .attempts
+                    .get_or_create(&EndpointLabels {
+                        cluster: key.to_string(),
+                        endpoint: address.to_string(),
+                    })
+                    .clone();
                 let mut endpoint = Endpoint::new(address, node, attempts);
                 endpoint.workload = w.name.as_str().into();
                 endpoint.principal = format!(
@@ -466,6 +449,13 @@ fn build(
             }))
         })
         .collect();
+    // The endpoints of the old cluster that this one no longer has take their series along.
+    clusters.forget(
+        key,
+        previous
+            .values()
+            .filter(|e| !endpoints.iter().any(|n| Arc::ptr_eq(n, e))),
+    );
     let same_policy = old.is_some_and(|o| o.policy == policy);
     Cluster {
         key: key.clone(),
