@@ -243,10 +243,11 @@ pub fn run() -> Result<Map<String, Value>> {
                 .iter()
                 .map(|&(_, p)| cpu_seconds(p).unwrap_or(0.0))
                 .collect();
-            let profile = (round == 1 && name == "waypoint")
-                .then(|| profile_start(pid))
-                .transpose()?
-                .flatten();
+            let profile = if round == 1 && name == "waypoint" {
+                profile_start(pid)?
+            } else {
+                None
+            };
             let out = load(
                 &lab,
                 client,
