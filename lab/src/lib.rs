@@ -844,6 +844,16 @@ fn write_atomic(path: &Path, contents: &str) -> Result<()> {
 }
 
 /// A lab program by name from the build's bin directory, or a system program from PATH.
+/// The sum of the samples of metric `name` in a Prometheus text exposition whose label
+/// sets contain every one of `labels` (each as it is printed, `key="value"`).
+pub fn sum_series(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn program_path(program: &str) -> Result<PathBuf> {
     let local = bin_dir()?.join(program);
     if local.exists() {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use weft_lab::{Lab, LabSpec, ServicePort, ServiceSpec};
+use weft_lab::{Lab, LabSpec, ServicePort, ServiceSpec, sum_series};
 
 const NS: &str = "app";
 const WAYPOINT: &str = "wp";
@@ -114,11 +114,7 @@ fn waypoint_denied(lab: &Lab) -> Result<f64> {
     if status != 200 {
         bail!("waypoint /metrics answered {status}");
     }
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("weft_waypoint_authz_denied"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(sum_series(&text, "weft_waypoint_authz_denied_total", &[]))
 }
 
 /// Item 3: a CUSTOM policy has no external authorizer to ask in Weft: what its rules
@@ -777,7 +773,8 @@ fn idle_plaintext_connections_to_one_pod_are_capped() -> Result<()> {
     let refused = metric_sum(
         &lab,
         2,
-        "weft_connections_refused_by_limit_total{limit=\"pod\"}",
+        "weft_connections_refused_by_limit_total",
+        &["limit=\"pod\""],
     )?;
     if refused < 1900.0 {
         bail!("the agent counted {refused} refusals, expected about 2000");
@@ -851,14 +848,10 @@ fn orig_records(lab: &Lab, node: usize) -> Result<u64> {
     }
 }
 
-/// The sum of a metric's series whose name and labels start with `prefix`.
-fn metric_sum(lab: &Lab, node: usize, prefix: &str) -> Result<f64> {
+/// The sum of the samples of agent `node`'s metric `name` that carry every one of `labels`.
+fn metric_sum(lab: &Lab, node: usize, name: &str, labels: &[&str]) -> Result<f64> {
     let (_, metrics) = lab.agent_get(node, 15020, "/metrics")?;
-    Ok(metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(sum_series(&metrics, name, labels))
 }
 
 /// Waits until node `node` holds no original-destination record.
@@ -946,8 +939,8 @@ fn a_connection_flood_leaves_no_records_and_crowds_out_no_other_pod() -> Result<
     // fills, and the records of those it takes later must still be there, though their
     // clients have closed. (A client that reset its connection may lose its record before
     // the agent takes it; that connection is dead, so only this burst is counted.)
-    let no_orig = "weft_outbound_connections_total{result=\"no_original_destination\"}";
-    let lost_before = metric_sum(&lab, 1, no_orig)?;
+    let no_orig = ["result=\"no_original_destination\""];
+    let lost_before = metric_sum(&lab, 1, "weft_outbound_connections_total", &no_orig)?;
     let pid = nix::unistd::Pid::from_raw(lab.agent_pid(1).expect("agent 1 runs") as i32);
     let burst = std::thread::scope(|s| -> Result<serde_json::Value> {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
@@ -978,7 +971,7 @@ fn a_connection_flood_leaves_no_records_and_crowds_out_no_other_pod() -> Result<
         bail!("not every connection opened once the agent was back: {burst}");
     }
     expect_no_orig_records(&lab, 1, "the send-close burst")?;
-    let lost = metric_sum(&lab, 1, no_orig)? - lost_before;
+    let lost = metric_sum(&lab, 1, "weft_outbound_connections_total", &no_orig)? - lost_before;
     if lost != 0.0 {
         bail!("the agent accepted {lost} captured connections whose record was gone");
     }

@@ -80,15 +80,7 @@ fn tail(text: &str) -> String {
 /// Sum of the values of every series of `name` whose labels contain all of `labels`.
 fn metric_sum(lab: &Lab, node: usize, name: &str, labels: &[&str]) -> Result<f64> {
     let (_, body) = lab.agent_get(node, 15020, "/metrics")?;
-    Ok(body
-        .lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l.len() == name.len() || l[name.len()..].starts_with(['{', ' ']))
-        })
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(weft_lab::sum_series(&body, name, labels))
 }
 
 fn counter(lab: &Lab, node: usize, name: &str) -> Result<u64> {

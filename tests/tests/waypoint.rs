@@ -107,11 +107,7 @@ fn waypoint_metric(lab: &Lab, name: &str, labels: &[&str]) -> Result<f64> {
     if status != 200 {
         bail!("waypoint /metrics answered {status}");
     }
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(weft_lab::sum_series(&text, name, labels))
 }
 
 /// Writes Istio YAML and waits until the waypoint acts on it (the directory watch is

@@ -126,15 +126,9 @@ fn scrape(lab: &Lab) -> Result<String> {
 
 /// The sum of the samples of `name` whose label sets contain every `labels` pair.
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    weft_lab::sum_series(text, name, &labels)
 }
 
 const SEED_POLICY: &str = r#"
