@@ -24,10 +24,13 @@ use weft_mesh::{
 use crate::{
     cluster::{Cluster, ClusterKey},
     proxy::{Called, Proxy, Source},
+    upstream::Dialer,
 };
 
 pub struct Accept {
     pub proxy: Arc<Proxy>,
+    /// For connections carried at L4.
+    pub dialer: Arc<Dialer>,
     pub model: watch::Receiver<Arc<State>>,
     pub trust_domain: String,
     /// This waypoint: it serves the Services bound to it and no others.
@@ -189,22 +192,7 @@ impl Opener for Accept {
     ) {
         match opened {
             Opened::Http(called) => {
-                let proxy = self.proxy.clone();
-                let service = hyper::service::service_fn(move |call| {
-                    let (proxy, called) = (proxy.clone(), called.clone());
-                    async move { Ok::<_, Infallible>(proxy.handle(called, call).await) }
-                });
-                // Bounded as the tunnel is (`weft_mesh::hbone::Settings`): calls in flight
-                // per client connection, and the size of a call's headers.
-                let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .initial_stream_window_size(self.window)
-                    .initial_connection_window_size(self.window.saturating_mul(4))
-                    .max_frame_size(64 * 1024)
-                    .max_concurrent_streams(1000)
-                    .max_header_list_size(16 * 1024)
-                    .max_pending_accept_reset_streams(20)
-                    .serve_connection(TokioIo::new(tunnel), service)
-                    .await;
+                let served = serve_calls(tunnel, self.proxy.clone(), called, self.window).await;
                 if let Err(err) = served {
                     tracing::debug!(peer = %request.peer, %err, "client HTTP/2 connection ended");
                 }
@@ -224,6 +212,34 @@ impl Opener for Accept {
             } => self.l4(&mut tunnel, address, node, &admission).await,
         }
     }
+}
+
+/// Serves the calls of one client connection (`io`, a tunnelled stream in the waypoint),
+/// each handed to the proxy on its own, until the client closes it.
+pub async fn serve_calls<IO>(
+    io: IO,
+    proxy: Arc<Proxy>,
+    called: Arc<Called>,
+    window: u32,
+) -> Result<(), hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |call| {
+        let (proxy, called) = (proxy.clone(), called.clone());
+        async move { Ok::<_, Infallible>(proxy.handle(called, call).await) }
+    });
+    // Bounded as the tunnel is (`weft_mesh::hbone::Settings`): calls in flight per client
+    // connection, and the size of a call's headers.
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window.saturating_mul(4))
+        .max_frame_size(64 * 1024)
+        .max_concurrent_streams(1000)
+        .max_header_list_size(16 * 1024)
+        .max_pending_accept_reset_streams(20)
+        .serve_connection(TokioIo::new(io), service)
+        .await
 }
 
 /// The client's address: the one the source agent forwarded, if the peer may speak for it
@@ -268,7 +284,7 @@ impl Accept {
         node: SocketAddr,
         admission: &L4Admission,
     ) {
-        let mut upstream = match self.proxy.dialer.stream(pod, node).await {
+        let mut upstream = match self.dialer.stream(pod, node).await {
             Ok(upstream) => upstream,
             Err(err) => return tracing::info!(%pod, %err, "L4 upstream unreachable"),
         };

@@ -19,6 +19,8 @@ mod response;
 mod route;
 mod settings;
 mod telemetry;
+#[cfg(test)]
+mod tests;
 mod upstream;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
@@ -129,18 +131,20 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             )
         }),
     };
+    let dialer = Arc::new(Dialer {
+        pool: Pool::new(tunnel.clone()),
+        tls: upstream_tls,
+        identity: identity.to_string(),
+        source_ip: settings.pod_ip,
+        window: settings.window,
+    });
     let proxy = Arc::new(Proxy {
         model: model.clone(),
         clusters: Clusters::new(&metrics, &settings.trust_domain),
-        dialer: Dialer {
-            pool: Pool::new(tunnel.clone()),
-            tls: upstream_tls,
-            identity: identity.to_string(),
-            source_ip: settings.pod_ip,
-            window: settings.window,
-        },
+        upstream: dialer.clone(),
         metrics: metrics.clone(),
         waypoint: proxy::Waypoint {
+            identity: identity.to_string(),
             namespace: settings.namespace.clone(),
             name: settings.name.clone(),
             pod_ip: settings.pod_ip,
@@ -152,6 +156,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let accept = Arc::new(Accept {
         proxy: proxy.clone(),
+        dialer,
         model: model.clone(),
         trust_domain: settings.trust_domain.clone(),
         waypoint: WaypointRef {

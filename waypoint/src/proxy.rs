@@ -36,7 +36,7 @@ use crate::{
     route::route,
     telemetry::{AccessLog, Record},
     trace::Tracer,
-    upstream::{Dialer, Lease},
+    upstream::{Dial, Lease},
 };
 
 /// The Service (and port) a tunnelled connection was addressed to, and who called it.
@@ -68,6 +68,8 @@ pub struct Source {
 
 /// This waypoint, as policies name it.
 pub struct Waypoint {
+    /// `spiffe://...`, as its certificate names it (the `By=` of `x-forwarded-client-cert`).
+    pub identity: String,
     pub namespace: String,
     pub name: String,
     pub pod_ip: IpAddr,
@@ -77,7 +79,8 @@ pub struct Waypoint {
 pub struct Proxy {
     pub model: watch::Receiver<Arc<State>>,
     pub clusters: Clusters,
-    pub dialer: Dialer,
+    /// Where upstream connections come from.
+    pub upstream: Arc<dyn Dial>,
     pub metrics: Metrics,
     pub waypoint: Waypoint,
     pub limiter: Limiter,
@@ -170,7 +173,7 @@ impl Proxy {
         let hop = hygiene::Hop {
             client_ip: called.client_ip,
             client: &called.source.principal,
-            waypoint: &self.dialer.identity,
+            waypoint: &self.waypoint.identity,
         };
         let normal = match hygiene::sanitize(&mut parts, &hop) {
             Ok(normal) => normal,
@@ -574,7 +577,7 @@ impl Proxy {
         deadline: Option<Instant>,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         let work = async {
-            let dial = self.dialer.dial(endpoint.address, endpoint.node);
+            let dial = self.upstream.dial(endpoint.address, endpoint.node);
             let (mut send, lease) = endpoint
                 .connections
                 .acquire(&cluster.policy.limits, dial)

@@ -11,6 +11,7 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -20,6 +21,7 @@ use std::{
 
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use weft_mesh::hbone::{H2Stream, Pool, PoolKey};
 
 use crate::replay::ReplayBody;
@@ -188,6 +190,44 @@ pub struct Dialer {
     pub window: u32,
 }
 
+/// A new HTTP/2 connection to a pod, on its way.
+pub type Dialling<'a> =
+    Pin<Box<dyn Future<Output = io::Result<SendRequest<ReplayBody>>> + Send + 'a>>;
+
+/// Where the proxy's upstream connections come from: in the waypoint, HTTP/2 inside an
+/// HBONE stream to the pod's node agent ([`Dialer`]); in the unit tests, HTTP/2 over an
+/// in-memory pipe to a scripted backend. An error of kind `PermissionDenied` is the node
+/// agent refusing the tunnel by policy; any other is a connect failure.
+pub trait Dial: Send + Sync {
+    fn dial(&self, pod: SocketAddr, node: SocketAddr) -> Dialling<'_>;
+}
+
+/// The client side of an upstream HTTP/2 connection over `io`, with the waypoint's
+/// flow-control windows; the connection runs on its own task until the last sender is
+/// dropped.
+pub async fn handshake<IO>(
+    io: IO,
+    window: u32,
+    pod: SocketAddr,
+) -> io::Result<SendRequest<ReplayBody>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window.saturating_mul(4))
+        .max_frame_size(64 * 1024)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%pod, ?err, "upstream connection ended");
+        }
+    });
+    Ok(send)
+}
+
 impl Dialer {
     /// A byte stream to `pod`, tunnelled through its node agent at `node`.
     pub async fn stream(&self, pod: SocketAddr, node: SocketAddr) -> io::Result<H2Stream> {
@@ -198,26 +238,10 @@ impl Dialer {
         let tls = self.tls.clone();
         Ok(self.pool.connect(&key, || tls, pod, self.source_ip).await?)
     }
+}
 
-    /// A new HTTP/2 connection to `pod`.
-    pub async fn dial(
-        &self,
-        pod: SocketAddr,
-        node: SocketAddr,
-    ) -> io::Result<SendRequest<ReplayBody>> {
-        let stream = self.stream(pod, node).await?;
-        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(self.window)
-            .initial_connection_window_size(self.window.saturating_mul(4))
-            .max_frame_size(64 * 1024)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%pod, ?err, "upstream connection ended");
-            }
-        });
-        Ok(send)
+impl Dial for Dialer {
+    fn dial(&self, pod: SocketAddr, node: SocketAddr) -> Dialling<'_> {
+        Box::pin(async move { handshake(self.stream(pod, node).await?, self.window, pod).await })
     }
 }
