@@ -22,8 +22,9 @@ use weft_mesh::{
 };
 
 use crate::{
+    called::{Called, Source},
     cluster::{Cluster, ClusterKey},
-    proxy::{Called, Proxy, Source},
+    proxy::Proxy,
     upstream::Dialer,
 };
 
@@ -65,7 +66,7 @@ impl L4Admission {
             .service
             .as_ref()
             .map(|(ns, n)| (ns.as_str(), n.as_str()));
-        proxy.authorize_connection(
+        proxy.authz.authorize_connection(
             model,
             service,
             self.port,

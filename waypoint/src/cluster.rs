@@ -1,8 +1,9 @@
 //! A cluster: the endpoints one route destination leads to (a Service, or one subset of it,
-//! on one port), with the DestinationRule's policy for them. It picks an endpoint for each
-//! attempt (the balancer), keeps the ejections of outlier detection within
-//! `maxEjectionPercent`, limits the requests and retries in flight (`http2MaxRequests`,
-//! `maxRetries`), and keeps the retry budget.
+//! on one port), with the DestinationRule's policy for them, and the clusters of a waypoint,
+//! kept up to the model. A cluster holds what its parts share: the balancer's turn
+//! (`balance`), the circuit breakers and retry budget (`breaker`), and the ejections of
+//! outlier detection, which it keeps within `maxEjectionPercent` (each endpoint judges its
+//! own health: `endpoint`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,7 +17,6 @@ use std::{
 use weft_mesh::state::State;
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use rand::Rng;
 use weft_mesh::config::labels_match;
 use weft_mesh::{
     config::{LoadBalancer, RetryBudget, ServiceInfo, TrafficPolicy},
@@ -24,7 +24,8 @@ use weft_mesh::{
 };
 
 use crate::{
-    budget::Budget,
+    balance,
+    breaker::Breaker,
     endpoint::{Ejection, Endpoint, Outcome},
     metrics::{ClusterLabels, EndpointLabels, Metrics},
     upstream::Limits,
@@ -122,30 +123,8 @@ pub struct Cluster {
     /// Fixed when the cluster is built: a new model builds a new cluster.
     endpoints: Arc<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
-    /// Requests and retries in flight. Shared with the cluster's next versions (a rebuild
-    /// after a configuration change), so that calls started before it still count.
-    pub active: Arc<AtomicUsize>,
-    pub retries_active: Arc<AtomicUsize>,
-    pub budget: Mutex<Budget>,
+    pub breaker: Breaker,
     ejections: Family<EndpointLabels, Counter>,
-}
-
-/// A request slot within `http2MaxRequests`, released when dropped.
-pub struct Admission(Arc<AtomicUsize>);
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A retry slot within `maxRetries`, released when dropped.
-pub struct RetrySlot(Arc<AtomicUsize>);
-
-impl Drop for RetrySlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl Cluster {
@@ -153,58 +132,16 @@ impl Cluster {
         self.endpoints.clone()
     }
 
-    /// Admits a request unless `http2MaxRequests` are already in flight.
-    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
-        let now = self.active.fetch_add(1, Ordering::AcqRel);
-        let admission = Admission(self.active.clone());
-        if self.policy.max_requests.is_some_and(|max| now >= max) {
-            return None;
-        }
-        Some(admission)
-    }
-
-    /// Takes a retry slot if `maxRetries` allows and the budget has room.
-    pub fn retry(self: &Arc<Self>) -> Option<RetrySlot> {
-        let now = self.retries_active.fetch_add(1, Ordering::AcqRel);
-        let slot = RetrySlot(self.retries_active.clone());
-        if self.policy.max_retries.is_some_and(|max| now >= max) {
-            return None;
-        }
-        let allowed = self
-            .budget
-            .lock()
-            .is_ok_and(|mut b| b.try_retry(&self.policy.budget, Instant::now()));
-        allowed.then_some(slot)
-    }
-
-    pub fn count_request(&self) {
-        if let Ok(mut b) = self.budget.lock() {
-            b.request(Instant::now());
-        }
-    }
-
     /// Picks an endpoint for an attempt: a healthy one by the balancer, avoiding `avoid`
     /// (the previous attempt's) when another is healthy, as Istio's retry host predicate does.
     pub fn pick(&self, hash: Option<u64>, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
-        let all = &self.endpoints;
-        let now = Instant::now();
-        let mut healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.ejected(now)).collect();
-        if healthy.len() > 1
-            && let Some(avoid) = avoid
-        {
-            healthy.retain(|e| e.address != avoid);
-        }
-        if healthy.is_empty() {
-            return None;
-        }
-        let chosen = match (&self.policy.balancer, hash) {
-            (LoadBalancer::ConsistentHash(_), Some(hash)) => rendezvous(&healthy, hash),
-            (LoadBalancer::Random, _) => healthy[rand::rng().random_range(0..healthy.len())],
-            (LoadBalancer::LeastRequest, _) => two_choices(&healthy, |e| e.in_flight() as f64),
-            (LoadBalancer::PeakEwma, _) => two_choices(&healthy, Endpoint::cost),
-            _ => healthy[self.next.fetch_add(1, Ordering::Relaxed) % healthy.len()],
-        };
-        Some(chosen.clone())
+        balance::pick(
+            &self.policy.balancer,
+            &self.endpoints,
+            &self.next,
+            hash,
+            avoid,
+        )
     }
 
     /// Counts an attempt's outcome, and ejects the endpoint if it crossed a threshold and
@@ -233,52 +170,6 @@ impl Cluster {
         }
         None
     }
-}
-
-/// Power of two choices (Mitzenmacher): two endpoints at random, the cheaper wins.
-fn two_choices<'a>(
-    healthy: &[&'a Arc<Endpoint>],
-    cost: impl Fn(&Endpoint) -> f64,
-) -> &'a Arc<Endpoint> {
-    if healthy.len() == 1 {
-        return healthy[0];
-    }
-    let mut rng = rand::rng();
-    let a = rng.random_range(0..healthy.len());
-    let mut b = rng.random_range(0..healthy.len() - 1);
-    if b >= a {
-        b += 1;
-    }
-    if cost(healthy[b]) < cost(healthy[a]) {
-        healthy[b]
-    } else {
-        healthy[a]
-    }
-}
-
-/// Rendezvous (highest random weight) hashing: each key goes to the endpoint with the
-/// highest mix of key and address, so a key stays put unless its endpoint leaves.
-fn rendezvous<'a>(healthy: &[&'a Arc<Endpoint>], key: u64) -> &'a Arc<Endpoint> {
-    healthy
-        .iter()
-        .max_by_key(|e| mix(key ^ e.hash))
-        .copied()
-        .unwrap_or(healthy[0])
-}
-
-/// SplitMix64's finaliser: spreads similar inputs over the whole range.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// A stable hash of a consistent-hash key: FNV-1a (64-bit), fixed by its specification, so
-/// that every waypoint replica and every build sends a key to the same endpoint.
-pub fn hash_key(value: &[u8]) -> u64 {
-    value.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// A cluster, with the model it was built from.
@@ -457,19 +348,27 @@ fn build(
             .filter(|e| !endpoints.iter().any(|n| Arc::ptr_eq(n, e))),
     );
     let same_policy = old.is_some_and(|o| o.policy == policy);
+    let old_breaker = old.map(|o| &o.breaker);
+    let breaker = Breaker {
+        max_requests: policy.max_requests,
+        max_retries: policy.max_retries,
+        budget_policy: policy.budget.clone(),
+        active: old_breaker.map_or_else(Default::default, |o| o.active.clone()),
+        retries_active: old_breaker.map_or_else(Default::default, |o| o.retries_active.clone()),
+        budget: Mutex::new(
+            old_breaker
+                .filter(|_| same_policy)
+                .and_then(|o| o.budget.lock().ok().map(|b| b.clone()))
+                .unwrap_or_default(),
+        ),
+    };
     Cluster {
         key: key.clone(),
         policy,
         endpoints: Arc::new(endpoints),
         next: AtomicUsize::new(old.map_or(0, |o| o.next.load(Ordering::Relaxed))),
-        active: old.map_or_else(Default::default, |o| o.active.clone()),
-        retries_active: old.map_or_else(Default::default, |o| o.retries_active.clone()),
+        breaker,
         ejections: clusters.ejections.clone(),
-        budget: Mutex::new(
-            old.filter(|_| same_policy)
-                .and_then(|o| o.budget.lock().ok().map(|b| b.clone()))
-                .unwrap_or_default(),
-        ),
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
     sync::{
         Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -89,6 +89,8 @@ pub struct Endpoint {
     pub principal: Arc<str>,
     latency: Mutex<Latency>,
     health: Mutex<Health>,
+    /// Whether `health` holds an ejection: read without the lock by every pick.
+    out: AtomicBool,
     pub connections: Connections,
 }
 
@@ -99,7 +101,7 @@ impl Endpoint {
             node,
             workload: "unknown".into(),
             principal: "unknown".into(),
-            hash: crate::cluster::hash_key(address.to_string().as_bytes()),
+            hash: crate::balance::hash_key(address.to_string().as_bytes()),
             active: AtomicUsize::new(0),
             attempts,
             latency: Mutex::new(Latency {
@@ -107,6 +109,7 @@ impl Endpoint {
                 at: Instant::now(),
             }),
             health: Mutex::new(Health::default()),
+            out: AtomicBool::new(false),
             connections: Connections::default(),
         }
     }
@@ -138,6 +141,9 @@ impl Endpoint {
 
     /// Whether the endpoint is ejected at `now`.
     pub fn ejected(&self, now: Instant) -> bool {
+        if !self.out.load(Ordering::Acquire) {
+            return false;
+        }
         let Ok(mut h) = self.health.lock() else {
             return false;
         };
@@ -146,6 +152,7 @@ impl Endpoint {
             Some(_) => {
                 h.ejected_until = None;
                 h.returned_at = Some(now);
+                self.out.store(false, Ordering::Release);
                 false
             }
             None => false,
@@ -191,6 +198,7 @@ impl Endpoint {
         h.ejections = h.ejections.saturating_add(1).min(10);
         let time = rules.base_time * h.ejections;
         h.ejected_until = Some(now + time);
+        self.out.store(true, Ordering::Release);
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
         time

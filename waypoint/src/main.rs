@@ -7,8 +7,13 @@
 //! connections are HTTP/2 through HBONE to the backends' node agents (`upstream`).
 
 mod accept;
+mod authorize;
+mod balance;
+mod breaker;
 mod budget;
+mod called;
 mod cluster;
+mod deadline;
 mod endpoint;
 mod hygiene;
 mod metrics;
@@ -16,6 +21,7 @@ mod proxy;
 mod ratelimit;
 mod replay;
 mod response;
+mod retry;
 mod route;
 mod settings;
 mod telemetry;
@@ -142,14 +148,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         model: model.clone(),
         clusters: Clusters::new(&metrics, &settings.trust_domain),
         upstream: dialer.clone(),
-        metrics: metrics.clone(),
-        waypoint: proxy::Waypoint {
-            identity: identity.to_string(),
-            namespace: settings.namespace.clone(),
-            name: settings.name.clone(),
-            pod_ip: settings.pod_ip,
-            root: settings.root_namespace.clone().into(),
+        authz: authorize::Authorizer {
+            metrics: metrics.clone(),
+            waypoint: authorize::Waypoint {
+                identity: identity.to_string(),
+                namespace: settings.namespace.clone(),
+                name: settings.name.clone(),
+                pod_ip: settings.pod_ip,
+                root: settings.root_namespace.clone().into(),
+            },
         },
+        metrics: metrics.clone(),
         limiter: ratelimit::Limiter::default(),
         tracer,
         access_log,
@@ -275,7 +284,7 @@ fn config_dump(proxy: &Proxy) -> serde_json::Value {
             serde_json::json!({
                 "cluster": c.key.to_string(),
                 "balancer": format!("{:?}", c.policy.balancer),
-                "active_requests": c.active.load(std::sync::atomic::Ordering::Relaxed),
+                "active_requests": c.breaker.active.load(std::sync::atomic::Ordering::Relaxed),
                 "endpoints": c.endpoints().iter().map(|e| serde_json::json!({
                     "address": e.address.to_string(),
                     "node": e.node.to_string(),

@@ -12,13 +12,14 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue, Response};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::{
-    cluster::{Admission, Cluster},
+    breaker::Admission,
+    cluster::Cluster,
     endpoint::{Endpoint, Outcome},
     grpc::{self, Code},
     metrics::Flags,
@@ -169,4 +170,27 @@ impl Drop for ResponseBody {
             end(s, None, Flags::DC);
         }
     }
+}
+
+/// An answer of the waypoint's own: a trailers-only gRPC status for a gRPC call, else the
+/// matching HTTP status.
+pub fn local(mut record: Record, code: Code, flag: Flags, message: &str) -> Response<ResponseBody> {
+    record.flags.set(flag);
+    let response = if record.grpc {
+        grpc::trailers_only(code, message, ResponseBody::Empty)
+    } else {
+        let mut r = Response::new(ResponseBody::Empty);
+        *r.status_mut() = grpc::http_status(code);
+        if let Ok(v) = HeaderValue::from_str(message) {
+            r.headers_mut().insert("x-weft-error", v);
+        }
+        r
+    };
+    record.finish(
+        response.status().as_u16(),
+        record.grpc.then_some(code as u32),
+        Flags::default(),
+    );
+    tracing::debug!(service = %record.called.label, %message, "answered locally");
+    response
 }

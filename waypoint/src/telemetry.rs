@@ -19,10 +19,10 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
+    called::Called,
     endpoint::Endpoint,
     grpc::Code,
     metrics::{Flags, IstioLabels, Metrics, RequestLabels},
-    proxy::Called,
     trace::Span,
 };
 

@@ -24,7 +24,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use weft_mesh::hbone::{H2Stream, Pool, PoolKey};
 
-use crate::replay::ReplayBody;
+use http::{Request, Response, request::Parts};
+use hyper::body::Incoming;
+
+use crate::{
+    deadline::Deadline,
+    endpoint::Endpoint,
+    grpc,
+    replay::{Replay, ReplayBody},
+    retry::Failure,
+};
 
 /// The limits a cluster puts on each endpoint's connections.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,5 +252,46 @@ impl Dialer {
 impl Dial for Dialer {
     fn dial(&self, pod: SocketAddr, node: SocketAddr) -> Dialling<'_> {
         Box::pin(async move { handshake(self.stream(pod, node).await?, self.window, pod).await })
+    }
+}
+
+/// One try: a stream on a connection to `endpoint` (an open one, or one `upstream` dials),
+/// until its response headers or `try_at`.
+pub async fn send(
+    upstream: &dyn Dial,
+    limits: &Limits,
+    endpoint: &Endpoint,
+    parts: &Parts,
+    replay: &Replay,
+    deadline: &Deadline,
+    try_at: Option<Instant>,
+) -> Result<(Response<Incoming>, Lease), Failure> {
+    let work = async {
+        let dial = upstream.dial(endpoint.address, endpoint.node);
+        let (mut send, lease) = endpoint
+            .connections
+            .acquire(limits, dial)
+            .await
+            .map_err(|e| Failure::of_connection(&e))?;
+        let mut request = Request::new(replay.body());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
+        if let Some(left) = deadline.upstream(try_at, Instant::now()) {
+            request.headers_mut().insert(grpc::TIMEOUT, left);
+        }
+        send.ready()
+            .await
+            .map_err(|e| Failure::Connect(e.to_string()))?;
+        match send.send_request(request).await {
+            Ok(response) => Ok((response, lease)),
+            Err(err) => Err(Failure::of_stream(&err)),
+        }
+    };
+    match try_at {
+        Some(at) => tokio::time::timeout_at(at.into(), work)
+            .await
+            .unwrap_or(Err(Failure::Timeout)),
+        None => work.await,
     }
 }

@@ -34,9 +34,11 @@ use weft_mesh::{config::model_from_yaml, policy::Peer, state::State};
 
 use crate::{
     accept::serve_calls,
+    authorize::{Authorizer, Waypoint},
+    called::{Called, Source},
     cluster::Clusters,
     metrics::Metrics,
-    proxy::{Called, Proxy, Source, Waypoint},
+    proxy::Proxy,
     ratelimit::Limiter,
     trace::Tracer,
     upstream::{Dial, Dialling, handshake},
@@ -339,12 +341,15 @@ impl Lab {
             clusters: Clusters::new(&metrics, "cluster.local"),
             upstream: Arc::new(pipes),
             metrics: metrics.clone(),
-            waypoint: Waypoint {
-                identity: "spiffe://cluster.local/ns/shop/sa/waypoint".into(),
-                namespace: "shop".into(),
-                name: "waypoint".into(),
-                pod_ip: "10.1.0.100".parse().unwrap(),
-                root: "istio-system".to_string().into(),
+            authz: Authorizer {
+                metrics: metrics.clone(),
+                waypoint: Waypoint {
+                    identity: "spiffe://cluster.local/ns/shop/sa/waypoint".into(),
+                    namespace: "shop".into(),
+                    name: "waypoint".into(),
+                    pod_ip: "10.1.0.100".parse().unwrap(),
+                    root: "istio-system".to_string().into(),
+                },
             },
             limiter: Limiter::default(),
             tracer: Tracer {

@@ -243,7 +243,7 @@ async fn per_try_timeout_route_timeout_and_grpc_timeout() {
         other => panic!("unit {other}"),
     };
     assert!(
-        left <= Duration::from_millis(200) && left > Duration::from_millis(100),
+        left < Duration::from_millis(200) && left > Duration::from_millis(100),
         "{left:?}"
     );
 }
