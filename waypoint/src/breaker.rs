@@ -9,7 +9,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Instant,
 };
@@ -26,6 +26,9 @@ pub struct Breaker {
     pub active: Arc<AtomicUsize>,
     pub retries_active: Arc<AtomicUsize>,
     pub budget: Mutex<Budget>,
+    /// Requests admitted since the budget last counted them: counted in batches (at the
+    /// next retry, or by [`Breaker::fold`] each second), so that a call takes no lock.
+    pub unbudgeted: AtomicU64,
 }
 
 /// A request slot within `http2MaxRequests`, released when dropped.
@@ -55,9 +58,7 @@ impl Breaker {
         if self.max_requests.is_some_and(|max| now >= max) {
             return None;
         }
-        if let Ok(mut b) = self.budget.lock() {
-            b.request(Instant::now());
-        }
+        self.unbudgeted.fetch_add(1, Ordering::Relaxed);
         Some(admission)
     }
 
@@ -68,11 +69,22 @@ impl Breaker {
         if self.max_retries.is_some_and(|max| now >= max) {
             return None;
         }
-        let allowed = self
-            .budget
-            .lock()
-            .is_ok_and(|mut b| b.try_retry(&self.budget_policy, Instant::now()));
+        let now = Instant::now();
+        let allowed = self.budget.lock().is_ok_and(|mut b| {
+            b.requests(self.unbudgeted.swap(0, Ordering::Relaxed), now);
+            b.try_retry(&self.budget_policy, now)
+        });
         allowed.then_some(slot)
+    }
+
+    /// Counts the requests admitted since the last count in the budget's current second.
+    pub fn fold(&self) {
+        let admitted = self.unbudgeted.swap(0, Ordering::Relaxed);
+        if admitted > 0
+            && let Ok(mut b) = self.budget.lock()
+        {
+            b.requests(admitted, Instant::now());
+        }
     }
 }
 
@@ -91,6 +103,7 @@ mod tests {
             active: Arc::default(),
             retries_active: Arc::default(),
             budget: Mutex::default(),
+            unbudgeted: AtomicU64::default(),
         }
     }
 

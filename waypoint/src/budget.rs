@@ -34,10 +34,10 @@ impl Budget {
         (self.second % BUCKETS as u64) as usize
     }
 
-    /// Counts an original request (not a retry).
-    pub fn request(&mut self, now: Instant) {
+    /// Counts `n` original requests (not retries).
+    pub fn requests(&mut self, n: u64, now: Instant) {
         let i = self.advance(now);
-        self.buckets[i].0 += 1;
+        self.buckets[i].0 += n;
     }
 
     /// Counts a retry if the budget has room for it.
@@ -72,7 +72,7 @@ mod tests {
         let now = Instant::now();
         let mut allowed = 0;
         for _ in 0..100 {
-            b.request(now);
+            b.requests(1, now);
             for _ in 0..3 {
                 allowed += b.try_retry(&policy, now) as u32;
             }
@@ -88,7 +88,7 @@ mod tests {
         };
         let mut b = Budget::default();
         let now = Instant::now();
-        b.request(now);
+        b.requests(1, now);
         let allowed = (0..20).filter(|_| b.try_retry(&policy, now)).count();
         assert_eq!(allowed, 10);
     }

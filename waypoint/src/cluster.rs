@@ -16,6 +16,7 @@ use std::{
 };
 use weft_mesh::state::State;
 
+use arc_swap::ArcSwap;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use weft_mesh::config::labels_match;
 use weft_mesh::{
@@ -175,11 +176,19 @@ impl Cluster {
 /// A cluster, with the model it was built from.
 type Built = (Arc<State>, Arc<Cluster>);
 
+/// One cluster's place in the map: swapped whole when a new model rebuilds it.
+type Slot = ArcSwap<Built>;
+
 /// The clusters of one waypoint, refreshed from the model: an endpoint that stays keeps
 /// its connections, counters and ejection.
+///
+/// Calls read the map without a lock: it is a published snapshot, copied on write when a
+/// cluster is added or dropped (rare), and each cluster sits in a slot of its own that a
+/// rebuild swaps (once per cluster and model). Writers take turns under `writer`.
 #[derive(Default)]
 pub struct Clusters {
-    by_key: Mutex<HashMap<ClusterKey, Built>>,
+    by_key: ArcSwap<HashMap<ClusterKey, Arc<Slot>>>,
+    writer: Mutex<()>,
     /// Where attempts and ejections are counted, per endpoint.
     attempts: Family<EndpointLabels, Counter>,
     ejections: Family<EndpointLabels, Counter>,
@@ -192,7 +201,8 @@ pub struct Clusters {
 impl Clusters {
     pub fn new(metrics: &Metrics, trust_domain: &str) -> Self {
         Clusters {
-            by_key: Mutex::default(),
+            by_key: ArcSwap::default(),
+            writer: Mutex::default(),
             trust_domain: trust_domain.to_string(),
             attempts: metrics.attempts.clone(),
             ejections: metrics.ejections.clone(),
@@ -205,15 +215,23 @@ impl Clusters {
     /// built (endpoints that stay keep their state; `build` drops the series of those that
     /// left). Without it both would only grow as Services and pods come and go.
     pub fn retain(&self, model: &Arc<State>) {
-        let Ok(mut by_key) = self.by_key.lock() else {
+        let Ok(_writer) = self.writer.lock() else {
             return;
         };
-        by_key.retain(|key, (_, cluster)| {
-            let stays = model
+        let map = self.by_key.load_full();
+        let stays = |key: &ClusterKey| {
+            model
                 .service(&key.namespace, &key.service)
-                .is_some_and(|s| s.service.ports.iter().any(|p| p.port == key.port));
-            if !stays {
-                self.forget(key, cluster.endpoints.iter());
+                .is_some_and(|s| s.service.ports.iter().any(|p| p.port == key.port))
+        };
+        if map.keys().any(|key| !stays(key)) {
+            let mut kept = HashMap::with_capacity(map.len());
+            for (key, slot) in map.iter() {
+                if stays(key) {
+                    kept.insert(key.clone(), slot.clone());
+                    continue;
+                }
+                self.forget(key, slot.load().1.endpoints.iter());
                 let labels = ClusterLabels {
                     cluster: key.to_string(),
                 };
@@ -221,9 +239,10 @@ impl Clusters {
                     family.remove(&labels);
                 }
             }
-            stays
-        });
-        for (key, built) in by_key.iter_mut() {
+            self.by_key.store(Arc::new(kept));
+        }
+        for (key, slot) in self.by_key.load().iter() {
+            let built = slot.load();
             if Arc::ptr_eq(&built.0, model) {
                 continue;
             }
@@ -231,7 +250,7 @@ impl Clusters {
                 continue;
             };
             let cluster = Arc::new(build(model, &service.service, key, Some(&built.1), self));
-            *built = (model.clone(), cluster);
+            slot.store(Arc::new((model.clone(), cluster)));
         }
     }
 
@@ -249,26 +268,45 @@ impl Clusters {
 
     /// The cluster for `key` as `model` describes it.
     pub fn get(&self, model: &Arc<State>, service: &ServiceInfo, key: &ClusterKey) -> Arc<Cluster> {
-        let Ok(mut by_key) = self.by_key.lock() else {
+        let fresh = |slot: &Slot| {
+            let built = slot.load();
+            Arc::ptr_eq(&built.0, model).then(|| built.1.clone())
+        };
+        let found = self.by_key.load().get(key).cloned();
+        if let Some(cluster) = found.as_deref().and_then(fresh) {
+            return cluster;
+        }
+        let Ok(_writer) = self.writer.lock() else {
             return Arc::new(build(model, service, key, None, self));
         };
-        if let Some((seen, cluster)) = by_key.get(key)
-            && Arc::ptr_eq(seen, model)
-        {
-            return cluster.clone();
+        // Another call may have built it meanwhile.
+        let map = self.by_key.load_full();
+        if let Some(slot) = map.get(key) {
+            if let Some(cluster) = fresh(slot) {
+                return cluster;
+            }
+            let old = slot.load().1.clone();
+            let cluster = Arc::new(build(model, service, key, Some(&old), self));
+            slot.store(Arc::new((model.clone(), cluster.clone())));
+            return cluster;
         }
-        let old = by_key.get(key).map(|(_, c)| c.clone());
-        let cluster = Arc::new(build(model, service, key, old.as_deref(), self));
-        by_key.insert(key.clone(), (model.clone(), cluster.clone()));
+        let cluster = Arc::new(build(model, service, key, None, self));
+        let mut grown = (*map).clone();
+        grown.insert(
+            key.clone(),
+            Arc::new(ArcSwap::from_pointee((model.clone(), cluster.clone()))),
+        );
+        self.by_key.store(Arc::new(grown));
         cluster
     }
 
     /// Every cluster, for the admin page and the idle-connection reaper.
     pub fn all(&self) -> Vec<Arc<Cluster>> {
         self.by_key
-            .lock()
-            .map(|m| m.values().map(|(_, c)| c.clone()).collect())
-            .unwrap_or_default()
+            .load()
+            .values()
+            .map(|slot| slot.load().1.clone())
+            .collect()
     }
 }
 
@@ -358,9 +396,13 @@ fn build(
         budget: Mutex::new(
             old_breaker
                 .filter(|_| same_policy)
-                .and_then(|o| o.budget.lock().ok().map(|b| b.clone()))
+                .and_then(|o| {
+                    o.fold();
+                    o.budget.lock().ok().map(|b| b.clone())
+                })
                 .unwrap_or_default(),
         ),
+        unbudgeted: Default::default(),
     };
     Cluster {
         key: key.clone(),

@@ -145,7 +145,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         window: settings.window,
     });
     let proxy = Arc::new(Proxy {
-        model: model.clone(),
+        model: arc_swap::ArcSwap::new(model.borrow().clone()),
         clusters: Clusters::new(&metrics, &settings.trust_domain),
         upstream: dialer.clone(),
         authz: authorize::Authorizer {
@@ -224,6 +224,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             stopped(stop.clone()),
         )));
     }
+    tasks.push(tokio::spawn(proxy::follow(proxy.clone(), model.clone())));
     tasks.push(tokio::spawn(reap_idle(proxy.clone(), stop.clone())));
     weft_mesh::admin::set_serving(&health, "weft-waypoint", true).await;
     tracing::info!(
@@ -251,8 +252,9 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Closes upstream connections that `http.idleTimeout` says have idled too long, and drops
-/// the rate-limit buckets of limits that are gone, and the clusters and metric series of
+/// Once a second: closes upstream connections that `http.idleTimeout` says have idled too
+/// long, counts the requests of the last second in each retry budget, and drops the
+/// rate-limit buckets of limits that are gone, and the clusters and metric series of
 /// Services and endpoints that are gone.
 async fn reap_idle(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -260,14 +262,13 @@ async fn reap_idle(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let model = proxy.model.borrow().clone();
+        let model = proxy.model.load_full();
         proxy.limiter.retain(&model);
         proxy.clusters.retain(&model);
         for cluster in proxy.clusters.all() {
+            cluster.breaker.fold();
             for endpoint in cluster.endpoints().iter() {
-                endpoint
-                    .connections
-                    .reap(cluster.policy.limits.idle_timeout);
+                endpoint.connections.reap(&cluster.policy.limits);
             }
         }
     }

@@ -20,11 +20,12 @@
 
 use std::{sync::Arc, time::Instant};
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, request::Parts};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::watch;
-use weft_mesh::state::State;
+use weft_mesh::{config::LoadBalancer, state::State};
 
 use crate::{
     authorize::Authorizer,
@@ -47,7 +48,9 @@ use crate::{
 };
 
 pub struct Proxy {
-    pub model: watch::Receiver<Arc<State>>,
+    /// The model every call reads, without a lock: the watcher's latest, as [`follow`]
+    /// publishes it.
+    pub model: ArcSwap<State>,
     pub clusters: Clusters,
     /// Where upstream connections come from.
     pub upstream: Arc<dyn Dial>,
@@ -56,6 +59,16 @@ pub struct Proxy {
     pub limiter: Limiter,
     pub tracer: Tracer,
     pub access_log: Option<AccessLog>,
+}
+
+/// Publishes each model the watcher sends to the proxy's calls, until the watcher stops.
+pub async fn follow(proxy: Arc<Proxy>, mut states: watch::Receiver<Arc<State>>) {
+    loop {
+        proxy.model.store(states.borrow_and_update().clone());
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A call the layers before the first try let through.
@@ -92,7 +105,7 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let is_grpc = grpc::is_grpc(request.headers());
-        let model = self.model.borrow().clone();
+        let model = self.model.load_full();
         let (mut parts, body) = request.into_parts();
         let span = self.tracer.start(&mut parts.headers, parts.uri.path());
         let path = parts
@@ -292,7 +305,9 @@ impl Proxy {
             if !record.flags.contains(Flags::URX) {
                 record.flags = Flags::default();
             }
-            endpoint.observe_latency(now.elapsed());
+            if cluster.policy.balancer == LoadBalancer::PeakEwma {
+                endpoint.observe_latency(now.elapsed());
+            }
             let (head, inner) = response.into_parts();
             if inner.is_end_stream() {
                 // Trailers-only (or an empty answer): done already.

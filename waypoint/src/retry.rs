@@ -238,6 +238,7 @@ mod tests {
             active: Arc::default(),
             retries_active: Arc::default(),
             budget: Mutex::default(),
+            unbudgeted: Default::default(),
         }
     }
 

@@ -88,20 +88,25 @@ impl Drop for Lease {
     }
 }
 
+impl Connection {
+    /// Whether it takes new calls: open, and short of `maxRequestsPerConnection`. One that
+    /// does not stays in the list until the next dial or reap prunes it; the calls still on
+    /// it hold it open until they finish.
+    fn usable(&self, limits: &Limits) -> bool {
+        !self.send.is_closed()
+            && limits
+                .max_requests_per_connection
+                .is_none_or(|max| self.served.load(Ordering::Relaxed) < max)
+    }
+}
+
 impl Connections {
-    /// A connection with a free stream slot, if one is open.
+    /// A connection with a free stream slot, if one is open: the least busy usable one.
     fn pick(&self, limits: &Limits, overflow: bool) -> Option<(SendRequest<ReplayBody>, Lease)> {
-        let mut open = self.open.lock().ok()?;
-        // A connection that served `maxRequestsPerConnection` leaves the pool; the calls
-        // still on it hold it open until they finish.
-        open.retain(|c| {
-            !c.send.is_closed()
-                && limits
-                    .max_requests_per_connection
-                    .is_none_or(|max| c.served.load(Ordering::Relaxed) < max)
-        });
+        let open = self.open.lock().ok()?;
         let best = open
             .iter()
+            .filter(|c| c.usable(limits))
             .min_by_key(|c| c.active.load(Ordering::Relaxed))?;
         if !overflow && best.active.load(Ordering::Relaxed) >= limits.max_streams {
             return None;
@@ -135,7 +140,14 @@ impl Connections {
         {
             return Err(io::Error::new(kind, why));
         }
-        let count = self.open.lock().map(|o| o.len()).unwrap_or(0);
+        let count = self
+            .open
+            .lock()
+            .map(|mut open| {
+                open.retain(|c| c.usable(limits));
+                open.len()
+            })
+            .unwrap_or(0);
         if count >= limits.max_connections {
             // At the connection limit: share the least busy one; h2 queues what the
             // backend's stream limit does not admit yet.
@@ -167,13 +179,13 @@ impl Connections {
         Ok((send, Lease(connection)))
     }
 
-    /// Closes connections without calls for longer than `idle` (dropping the last sender
-    /// ends the connection).
-    pub fn reap(&self, idle: Duration) {
-        let now = Instant::now();
+    /// Drops the connections that take no new calls, and those without calls for longer
+    /// than `http.idleTimeout` (dropping the last sender ends the connection).
+    pub fn reap(&self, limits: &Limits) {
+        let (now, idle) = (Instant::now(), limits.idle_timeout);
         if let Ok(mut open) = self.open.lock() {
             open.retain(|c| {
-                !c.send.is_closed()
+                c.usable(limits)
                     && (c.active.load(Ordering::Relaxed) > 0
                         || c.idle_since
                             .lock()

@@ -154,8 +154,9 @@ async fn a_new_configuration_reaches_the_next_call() {
     lab.configure(
         &(destination_rule("{}")
             + &virtual_service("[{route: [{destination: {host: cart, subset: v3}}]}]")),
-    );
+    )
+    .await;
     assert_eq!(lab.call().await.grpc, Some(14));
-    lab.configure("");
+    lab.configure("").await;
     assert!(lab.call().await.ok_from().is_some());
 }

@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -38,7 +39,7 @@ use crate::{
     called::{Called, Source},
     cluster::Clusters,
     metrics::Metrics,
-    proxy::Proxy,
+    proxy::{Proxy, follow},
     ratelimit::Limiter,
     trace::Tracer,
     upstream::{Dial, Dialling, handshake},
@@ -266,6 +267,7 @@ const PODS: [(&str, &str, &str); 3] = [
 /// configured by `yaml` (DestinationRules, VirtualServices, policies), and one client
 /// connection to it.
 pub struct Lab {
+    proxy: Arc<Proxy>,
     pub backends: HashMap<&'static str, Arc<Backend>>,
     pub metrics: Metrics,
     client: SendRequest<Full<Bytes>>,
@@ -319,7 +321,7 @@ impl Lab {
 
     pub async fn with(options: Options<'_>) -> Lab {
         let state = compile(options.yaml);
-        let (model, watched) = watch::channel(state);
+        let (model, watched) = watch::channel(state.clone());
         let backends: HashMap<&'static str, Arc<Backend>> = PODS
             .iter()
             .map(|(name, _, _)| (*name, Backend::new(name, options.max_streams)))
@@ -337,7 +339,7 @@ impl Lab {
         };
         let metrics = Metrics::new();
         let proxy = Arc::new(Proxy {
-            model: watched,
+            model: ArcSwap::new(state),
             clusters: Clusters::new(&metrics, "cluster.local"),
             upstream: Arc::new(pipes),
             metrics: metrics.clone(),
@@ -372,14 +374,16 @@ impl Lab {
                 workload: "client".into(),
             },
         });
+        tokio::spawn(follow(proxy.clone(), watched));
         let (near, far) = tokio::io::duplex(256 * 1024);
-        tokio::spawn(serve_calls(far, proxy, called, 1 << 20));
+        tokio::spawn(serve_calls(far, proxy.clone(), called, 1 << 20));
         let (client, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(near))
             .await
             .expect("the client's handshake");
         tokio::spawn(connection);
         Lab {
+            proxy,
             backends,
             metrics,
             client,
@@ -392,9 +396,14 @@ impl Lab {
         &self.backends[name]
     }
 
-    /// Publishes a new configuration, as the watcher does.
-    pub fn configure(&self, yaml: &str) {
-        self.model.send_replace(compile(yaml));
+    /// Publishes a new configuration, as the watcher does, and waits until the proxy
+    /// has it.
+    pub async fn configure(&self, yaml: &str) {
+        let state = compile(yaml);
+        self.model.send_replace(state.clone());
+        while !Arc::ptr_eq(&self.proxy.model.load(), &state) {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// A call's response, its body unread.
