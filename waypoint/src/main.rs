@@ -252,25 +252,14 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Once a second: closes upstream connections that `http.idleTimeout` says have idled too
-/// long, counts the requests of the last second in each retry budget, and drops the
-/// rate-limit buckets of limits that are gone, and the clusters and metric series of
-/// Services and endpoints that are gone.
+/// Tidies the proxy once a second ([`Proxy::tidy`]).
 async fn reap_idle(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let model = proxy.model.load_full();
-        proxy.limiter.retain(&model);
-        proxy.clusters.retain(&model);
-        for cluster in proxy.clusters.all() {
-            cluster.breaker.fold();
-            for endpoint in cluster.endpoints().iter() {
-                endpoint.connections.reap(&cluster.policy.limits);
-            }
-        }
+        proxy.tidy();
     }
 }
 

@@ -2,7 +2,12 @@
 //! records (Envoy's access-log documentation names them): what went wrong, in two letters,
 //! so that a dashboard can tell "no healthy upstream" from "timed out" at a glance.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use weft_mesh::state::State;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -175,7 +180,27 @@ pub struct Metrics {
     pub ejections: Family<EndpointLabels, Counter>,
     /// L4 connections ended because a new policy denies them.
     pub l4_closed_by_policy: Counter,
+    /// The request series made, by Service, to remove those of Services and pods that
+    /// are gone.
+    pub series: Arc<Mutex<SeriesIndex>>,
     registry: Arc<Mutex<Registry>>,
+}
+
+/// The label sets of the request series, by the called Service (`namespace`, `name`): the
+/// families cannot be walked, so the waypoint notes each label set when it makes it, to
+/// remove the series of a Service that is gone, and those whose destination workload is
+/// gone. Without it they would grow with every Service and pod that ever came and went.
+#[derive(Default)]
+pub struct SeriesIndex {
+    by_service: HashMap<(String, String), Series>,
+    /// The model the index was last tidied for.
+    tidied: Option<Arc<State>>,
+}
+
+#[derive(Default)]
+struct Series {
+    requests: HashSet<RequestLabels>,
+    istio: HashSet<IstioLabels>,
 }
 
 impl Metrics {
@@ -196,6 +221,7 @@ impl Metrics {
             retries_refused: Family::default(),
             ejections: Family::default(),
             l4_closed_by_policy: Counter::default(),
+            series: Arc::default(),
             registry: Arc::default(),
         };
         if let Ok(mut r) = metrics.registry.lock() {
@@ -275,6 +301,85 @@ impl Metrics {
 
     pub fn registry(&self) -> Arc<Mutex<Registry>> {
         self.registry.clone()
+    }
+
+    /// Counts a finished call in Weft's and Istio's request series of `service`.
+    pub fn count_call(
+        &self,
+        service: &(String, String),
+        request: &RequestLabels,
+        istio: &IstioLabels,
+        samples: [f64; 3],
+    ) {
+        // A hit counts at once; a label set not seen before is noted first.
+        let new_request = self.requests.get(request).map(|c| c.inc()).is_none();
+        let new_istio = self.istio_requests.get(istio).map(|c| c.inc()).is_none();
+        if (new_request || new_istio)
+            && let Ok(mut index) = self.series.lock()
+        {
+            let series = index.by_service.entry(service.clone()).or_default();
+            if new_request {
+                series.requests.insert(request.clone());
+            }
+            if new_istio {
+                series.istio.insert(istio.clone());
+            }
+        }
+        if new_request {
+            self.requests.get_or_create(request).inc();
+        }
+        if new_istio {
+            self.istio_requests.get_or_create(istio).inc();
+        }
+        let [duration_ms, request_bytes, response_bytes] = samples;
+        self.istio_duration
+            .get_or_create(istio)
+            .observe(duration_ms);
+        self.istio_request_bytes
+            .get_or_create(istio)
+            .observe(request_bytes);
+        self.istio_response_bytes
+            .get_or_create(istio)
+            .observe(response_bytes);
+    }
+
+    /// Removes the request series of Services that `model` no longer has, and those whose
+    /// destination workload is no pod of it.
+    pub fn retain_series(&self, model: &Arc<State>) {
+        let Ok(mut index) = self.series.lock() else {
+            return;
+        };
+        if index.tidied.as_ref().is_some_and(|t| Arc::ptr_eq(t, model)) {
+            return;
+        }
+        index.tidied = Some(model.clone());
+        let workloads: HashSet<&str> = model
+            .services
+            .keys()
+            .filter_map(|(namespace, name)| model.service(namespace, name))
+            .flat_map(|s| s.endpoints.iter().map(|w| w.name.as_str()))
+            .collect();
+        index.by_service.retain(|(namespace, name), series| {
+            let gone = model.service(namespace, name).is_none();
+            if gone {
+                for labels in &series.requests {
+                    self.requests.remove(labels);
+                }
+            }
+            series.istio.retain(|labels| {
+                let stays = !gone
+                    && (labels.destination_workload == "unknown"
+                        || workloads.contains(labels.destination_workload.as_str()));
+                if !stays {
+                    self.istio_requests.remove(labels);
+                    self.istio_duration.remove(labels);
+                    self.istio_request_bytes.remove(labels);
+                    self.istio_response_bytes.remove(labels);
+                }
+                stays
+            });
+            !gone
+        });
     }
 }
 

@@ -98,6 +98,23 @@ impl Refusal {
 }
 
 impl Proxy {
+    /// What the waypoint does once a second: closes upstream connections that
+    /// `http.idleTimeout` says have idled too long, counts the requests of the last second
+    /// in each retry budget, and drops what belongs to things the model no longer has: the
+    /// buckets of rate limits, and the clusters and metric series of Services and pods.
+    pub fn tidy(&self) {
+        let model = self.model.load_full();
+        self.limiter.retain(&model);
+        self.clusters.retain(&model);
+        self.metrics.retain_series(&model);
+        for cluster in self.clusters.all() {
+            cluster.breaker.fold();
+            for endpoint in cluster.endpoints().iter() {
+                endpoint.connections.reap(&cluster.policy.limits);
+            }
+        }
+    }
+
     pub async fn handle(
         self: Arc<Self>,
         called: Arc<Called>,

@@ -115,16 +115,13 @@ impl Record {
         let response_flags = all.to_string();
         let duration = self.started.elapsed();
         let called = &self.called;
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                destination_service: called.label.to_string(),
-                route: self.route.clone(),
-                grpc_response_status: grpc_response_status.clone(),
-                response_code: status,
-                response_flags: response_flags.clone(),
-            })
-            .inc();
+        let request = RequestLabels {
+            destination_service: called.label.to_string(),
+            route: self.route.clone(),
+            grpc_response_status: grpc_response_status.clone(),
+            response_code: status,
+            response_flags: response_flags.clone(),
+        };
         let unknown = || "unknown".to_string();
         let (workload, workload_ns, principal) = match &self.upstream {
             Some(e) => (
@@ -152,19 +149,16 @@ impl Record {
             connection_security_policy: "mutual_tls",
         };
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
-        self.metrics.istio_requests.get_or_create(&labels).inc();
-        self.metrics
-            .istio_duration
-            .get_or_create(&labels)
-            .observe(duration.as_secs_f64() * 1000.0);
-        self.metrics
-            .istio_request_bytes
-            .get_or_create(&labels)
-            .observe(request_bytes as f64);
-        self.metrics
-            .istio_response_bytes
-            .get_or_create(&labels)
-            .observe(self.response_bytes as f64);
+        self.metrics.count_call(
+            &called.service,
+            &request,
+            &labels,
+            [
+                duration.as_secs_f64() * 1000.0,
+                request_bytes as f64,
+                self.response_bytes as f64,
+            ],
+        );
 
         let span = self.span.take();
         if let Some(log) = &self.access_log {

@@ -10,6 +10,7 @@ mod balance;
 mod flags;
 mod limits;
 mod retries;
+mod series;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -295,8 +296,16 @@ impl Default for Options<'_> {
 
 /// The model the waypoint sees, from the Service, its pods and `yaml`.
 fn compile(yaml: &str) -> Arc<State> {
-    let mut all = format!("{NODE}{SERVICE}");
-    for (name, ip, version) in PODS {
+    compile_with(yaml, &["a", "b", "c"], true)
+}
+
+/// The model with only `pods` of the backends, and without the Service unless `service`.
+fn compile_with(yaml: &str, pods: &[&str], service: bool) -> Arc<State> {
+    let mut all = NODE.to_string();
+    if service {
+        all.push_str(SERVICE);
+    }
+    for (name, ip, version) in PODS.iter().filter(|(name, _, _)| pods.contains(name)) {
         all.push_str(&format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, uid: {name}, labels: {{app: cart, version: {version}}}}}\nspec: {{nodeName: n1, serviceAccountName: cart}}\nstatus: {{podIP: {ip}}}\n"
         ));
@@ -427,6 +436,17 @@ impl Lab {
         let mut client = self.client.clone();
         client.ready().await.expect("the client connection");
         client.send_request(request).await.expect("an answer")
+    }
+
+    /// Publishes a model with only `pods` of the backends (and the Service unless
+    /// `!service`), and runs the waypoint's once-a-second tidying.
+    pub async fn configure_cluster(&self, pods: &[&str], service: bool) {
+        let state = compile_with("", pods, service);
+        self.model.send_replace(state.clone());
+        while !Arc::ptr_eq(&self.proxy.model.load(), &state) {
+            tokio::task::yield_now().await;
+        }
+        self.proxy.tidy();
     }
 
     /// One unary call to `path` with `headers`, as a gRPC client makes it.
