@@ -13,7 +13,9 @@
 //! Maximum rate at fixed concurrency for each, with the CPU that the balancer (HAProxy, or
 //! the waypoint and both node agents) spent per call at that rate; latency at a fixed 1000
 //! calls/s for direct and waypoint; and the waypoint's memory and CPU while it serves those
-//! 1000 calls/s.
+//! 1000 calls/s. Last, a churn phase creates and deletes 1,000 Services bound to the
+//! waypoint, calling each while it exists, and reports the waypoint's memory and metric
+//! series after it.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -164,6 +166,106 @@ fn load(lab: &Lab, client: &str, target: &str, extra: &[&str]) -> Result<Value> 
     args.extend_from_slice(extra);
     let out = lab.run_json(client, "uuid-client", &args, Duration::from_secs(180))?;
     Ok(out)
+}
+
+/// Services the churn phase creates and deletes (`WEFT_BENCH_CHURN` sets another count), in
+/// batches.
+const CHURN_SERVICES: usize = 1000;
+const CHURN_BATCH: usize = 100;
+
+fn churn_services() -> usize {
+    std::env::var("WEFT_BENCH_CHURN")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(CHURN_SERVICES)
+}
+
+/// One batch of the churn phase: Services bound to the waypoint, selecting the mesh's
+/// three whoami pods, at cluster IPs 10.96.(100 + batch).(1..).
+fn churn_manifest(batch: usize) -> String {
+    let mut yaml = String::new();
+    for i in 0..CHURN_BATCH {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: churn-{batch}-{i}, namespace: mesh, labels: {{weft.dev/use-waypoint: wp}}}}\nspec: {{clusterIP: 10.96.{}.{}, selector: {{app: whoami}}, ports: [{{name: grpc-api, port: 50051, targetPort: 50051, protocol: TCP}}]}}\n",
+            100 + batch,
+            i + 1
+        ));
+    }
+    yaml
+}
+
+/// Series on the waypoint's Prometheus page.
+fn series(lab: &Lab) -> Result<f64> {
+    let (_, text) = lab.waypoint_get("wp", 15020, "/metrics")?;
+    Ok(text.lines().filter(|l| !l.starts_with('#')).count() as f64)
+}
+
+/// Creates and deletes `CHURN_SERVICES` Services, a batch at a time, each called through
+/// the waypoint while it exists, and reports the waypoint's memory and series after the
+/// first batch is gone and after the last: a waypoint that kept what gone Services left
+/// behind would grow between the two.
+fn churn(lab: &Lab, pid: u32) -> Result<Vec<(&'static str, f64)>> {
+    let services = churn_services();
+    eprintln!("==> churn: {services} Services, {CHURN_BATCH} at a time");
+    let before = (rss_mb(pid).unwrap_or(0.0), series(lab)?);
+    let mut after_first = before;
+    let started = std::time::Instant::now();
+    for batch in 0..services / CHURN_BATCH {
+        lab.write_manifest("churn.yaml", &churn_manifest(batch))?;
+        for i in 0..CHURN_BATCH {
+            let target = format!("10.96.{}.{}:50051", 100 + batch, i + 1);
+            // The first of a batch waits for the agents and the waypoint to know it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let out = load(
+                    lab,
+                    "client",
+                    &target,
+                    &["--calls", "6", "--concurrency", "2"],
+                );
+                match out {
+                    Ok(out) if out["by_status"]["OK"].as_f64() == Some(6.0) => break,
+                    _ if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    other => anyhow::bail!("churn Service {target} did not answer: {other:?}"),
+                }
+            }
+        }
+        lab.write_manifest("churn.yaml", "# no churn Services now\n")?;
+        // The waypoint tidies once a second.
+        std::thread::sleep(Duration::from_secs(3));
+        let now = (rss_mb(pid).unwrap_or(0.0), series(lab)?);
+        eprintln!(
+            "    after batch {}: RSS {:.1} MB, {} series",
+            batch + 1,
+            now.0,
+            now.1
+        );
+        if batch == 0 {
+            after_first = now;
+        }
+    }
+    let after = (rss_mb(pid).unwrap_or(0.0), series(lab)?);
+    eprintln!(
+        "    waypoint RSS {:.1} MB before, {:.1} after the first batch, {:.1} after all ({:.0} s); series {} / {} / {}",
+        before.0,
+        after_first.0,
+        after.0,
+        started.elapsed().as_secs_f64(),
+        before.1,
+        after_first.1,
+        after.1
+    );
+    Ok(vec![
+        ("churn_services", services as f64),
+        ("waypoint_rss_before_churn_mb", before.0),
+        ("waypoint_rss_after_first_churn_batch_mb", after_first.0),
+        ("waypoint_rss_after_churn_mb", after.0),
+        ("waypoint_churn_rss_growth_mb", after.0 - after_first.0),
+        ("waypoint_series_before_churn", before.1),
+        ("waypoint_series_after_churn", after.1),
+    ])
 }
 
 pub fn run() -> Result<Map<String, Value>> {
@@ -346,6 +448,9 @@ pub fn run() -> Result<Map<String, Value>> {
         "waypoint_authz_ratio".into(),
         Value::from(round3(authz / waypoint)),
     );
+    for (key, value) in churn(&lab, pid)? {
+        figures.insert(key.into(), Value::from(round3(value)));
+    }
     drop(servers);
     haproxy.kill();
     let _ = std::fs::remove_file(&config);
