@@ -352,8 +352,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::default();
     let outbound_addr = SocketAddr::from((settings.agent_ip, settings.outbound_port));
-    let outbound_listener = TcpListener::bind(outbound_addr)
-        .await
+    let outbound_listener = bind_outbound(outbound_addr)
         .with_context(|| format!("binding the outbound listener {outbound_addr}"))?;
     // Admin (config dump, maps) is for the node's own operator only, as ztunnel's is.
     let admin_listener = bind_http_on(Ipv4Addr::LOCALHOST, settings.admin_port).await?;
@@ -577,6 +576,19 @@ async fn reconcile_until_signal(
             _ = tick.tick() => {}
         }
     }
+}
+
+/// The listener every captured connection of the node's pods lands on. Its accept queue
+/// is as long as the kernel allows (`net.core.somaxconn`, 4096 by default), not tokio's
+/// 1024: a burst of connections while the agent is busy (or being replaced) then waits in
+/// the queue instead of overflowing it. An overflowed handshake completes on the client's
+/// side only, and a client that closes before the agent's side completes loses its
+/// original-destination record (`agent-ebpf/src/capture.rs`).
+fn bind_outbound(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn bind_http(port: u16) -> anyhow::Result<TcpListener> {
