@@ -155,6 +155,7 @@ mod tests {
                     SocketAddr::new([10, 1, 0, i].into(), 80),
                     "10.0.0.1:15008".parse().unwrap(),
                     Counter::default(),
+                    Default::default(),
                 ))
             })
             .collect()

@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -29,7 +29,7 @@ use crate::{
     breaker::Breaker,
     endpoint::{Ejection, Endpoint, Outcome},
     metrics::{ClusterLabels, EndpointLabels, Metrics},
-    upstream::Limits,
+    upstream::{Connections, Limits},
 };
 
 /// What a cluster is: a Service, a subset of it, and the service port.
@@ -196,6 +196,12 @@ pub struct Clusters {
     retries: [Family<ClusterLabels, Counter>; 2],
     /// For the endpoints' SPIFFE identities.
     trust_domain: String,
+    /// The connections to each pod, shared by the clusters that lead to it with the same
+    /// connection limits and no `tcp.maxConnections` of their own: a pod behind several
+    /// Services (or subsets, or ports of one Service) gets one set of connections, not one
+    /// per cluster. A cluster that sets `maxConnections` keeps its own, so that the limit
+    /// means what Istio says, connections from this cluster to the host.
+    shared: Mutex<HashMap<(SocketAddr, SocketAddr, Limits), Weak<Connections>>>,
 }
 
 impl Clusters {
@@ -207,7 +213,28 @@ impl Clusters {
             attempts: metrics.attempts.clone(),
             ejections: metrics.ejections.clone(),
             retries: [metrics.retries.clone(), metrics.retries_refused.clone()],
+            shared: Mutex::default(),
         }
+    }
+
+    /// The connections that a new endpoint of a cluster with `limits` uses to reach `pod`.
+    fn connections(&self, pod: SocketAddr, node: SocketAddr, limits: &Limits) -> Arc<Connections> {
+        if limits.max_connections != Limits::default().max_connections {
+            return Arc::default();
+        }
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (pod, node, limits.clone());
+        if let Some(connections) = shared.get(&key).and_then(Weak::upgrade) {
+            return connections;
+        }
+        // Entries of pods that no endpoint leads to any more go as new ones come.
+        shared.retain(|_, c| c.strong_count() > 0);
+        let connections = Arc::<Connections>::default();
+        shared.insert(key, Arc::downgrade(&connections));
+        connections
     }
 
     /// Brings every cluster up to `model`: drops the clusters of Services (or ports) that
@@ -215,9 +242,7 @@ impl Clusters {
     /// built (endpoints that stay keep their state; `build` drops the series of those that
     /// left). Without it both would only grow as Services and pods come and go.
     pub fn retain(&self, model: &Arc<State>) {
-        let Ok(_writer) = self.writer.lock() else {
-            return;
-        };
+        let _writer = self.write();
         let map = self.by_key.load_full();
         let stays = |key: &ClusterKey| {
             model
@@ -243,7 +268,7 @@ impl Clusters {
         }
         for (key, slot) in self.by_key.load().iter() {
             let built = slot.load();
-            if Arc::ptr_eq(&built.0, model) {
+            if built.0.epoch() >= model.epoch() {
                 continue;
             }
             let Some(service) = model.service(&key.namespace, &key.service) else {
@@ -266,19 +291,26 @@ impl Clusters {
         }
     }
 
-    /// The cluster for `key` as `model` describes it.
+    /// Writers take turns. The lock guards no data of its own, so a writer that panicked
+    /// left nothing half-done behind it, and the next one goes on.
+    fn write(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cluster for `key` as `model` describes it, or as a newer model does: a call that
+    /// read its model just before a change never builds the cluster back to the old one.
     pub fn get(&self, model: &Arc<State>, service: &ServiceInfo, key: &ClusterKey) -> Arc<Cluster> {
         let fresh = |slot: &Slot| {
             let built = slot.load();
-            Arc::ptr_eq(&built.0, model).then(|| built.1.clone())
+            (built.0.epoch() >= model.epoch()).then(|| built.1.clone())
         };
         let found = self.by_key.load().get(key).cloned();
         if let Some(cluster) = found.as_deref().and_then(fresh) {
             return cluster;
         }
-        let Ok(_writer) = self.writer.lock() else {
-            return Arc::new(build(model, service, key, None, self));
-        };
+        let _writer = self.write();
         // Another call may have built it meanwhile.
         let map = self.by_key.load_full();
         if let Some(slot) = map.get(key) {
@@ -367,7 +399,8 @@ fn build(
                         endpoint: address.to_string(),
                     })
                     .clone();
-                let mut endpoint = Endpoint::new(address, node, attempts);
+                let connections = clusters.connections(address, node, &policy.limits);
+                let mut endpoint = Endpoint::new(address, node, attempts, connections);
                 endpoint.workload = w.name.as_str().into();
                 endpoint.principal = format!(
                     "spiffe://{}/ns/{}/sa/{}",

@@ -91,11 +91,18 @@ pub struct Endpoint {
     health: Mutex<Health>,
     /// Whether `health` holds an ejection: read without the lock by every pick.
     out: AtomicBool,
-    pub connections: Connections,
+    /// Shared with the same pod's endpoints in other clusters that keep the same limits
+    /// ([`crate::cluster::Clusters`]).
+    pub connections: Arc<Connections>,
 }
 
 impl Endpoint {
-    pub fn new(address: SocketAddr, node: SocketAddr, attempts: Counter) -> Self {
+    pub fn new(
+        address: SocketAddr,
+        node: SocketAddr,
+        attempts: Counter,
+        connections: Arc<Connections>,
+    ) -> Self {
         Endpoint {
             address,
             node,
@@ -110,7 +117,7 @@ impl Endpoint {
             }),
             health: Mutex::new(Health::default()),
             out: AtomicBool::new(false),
-            connections: Connections::default(),
+            connections,
         }
     }
 
@@ -224,6 +231,7 @@ mod tests {
             "10.0.0.1:80".parse().unwrap(),
             "10.99.0.1:15008".parse().unwrap(),
             Counter::default(),
+            Default::default(),
         )
     }
 

@@ -146,6 +146,8 @@ impl MetricConstructor<Histogram> for Buckets {
 }
 
 pub type HistogramFamily = Family<IstioLabels, Histogram, Buckets>;
+/// A counter per cluster.
+pub type ClusterCounters = Family<ClusterLabels, Counter>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
@@ -175,8 +177,8 @@ pub struct Metrics {
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
     pub attempts: Family<EndpointLabels, Counter>,
-    pub retries: Family<ClusterLabels, Counter>,
-    pub retries_refused: Family<ClusterLabels, Counter>,
+    pub retries: ClusterCounters,
+    pub retries_refused: ClusterCounters,
     pub ejections: Family<EndpointLabels, Counter>,
     /// L4 connections ended because a new policy denies them.
     pub l4_closed_by_policy: Counter,

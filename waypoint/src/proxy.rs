@@ -36,7 +36,7 @@ use crate::{
     deadline::Deadline,
     grpc::{self, Code},
     hygiene,
-    metrics::{ClusterLabels, Flags, Metrics, PolicyLabels},
+    metrics::{ClusterCounters, ClusterLabels, Flags, Metrics, PolicyLabels},
     ratelimit::{CallKey, Limiter},
     replay::Replay,
     response::{InFlight, ResponseBody, Streaming, local},
@@ -349,14 +349,7 @@ impl Proxy {
         }
     }
 
-    fn count_retry(
-        &self,
-        cluster: &Cluster,
-        family: &prometheus_client::metrics::family::Family<
-            ClusterLabels,
-            prometheus_client::metrics::counter::Counter,
-        >,
-    ) {
+    fn count_retry(&self, cluster: &Cluster, family: &ClusterCounters) {
         let labels = ClusterLabels {
             cluster: cluster.key.to_string(),
         };

@@ -6,7 +6,10 @@
 //! takes calls up to the stream limit (`http.maxConcurrentStreams`, at most the backend's
 //! own SETTINGS_MAX_CONCURRENT_STREAMS, which h2 enforces by queueing) and up to
 //! `http.maxRequestsPerConnection`; past that the endpoint dials another, up to
-//! `tcp.maxConnections`. Connections idle longer than `http.idleTimeout` are closed.
+//! `tcp.maxConnections`. Connections idle longer than `http.idleTimeout` are closed. The
+//! endpoints of one pod in clusters with the same limits share their connections
+//! (`Clusters::connections`), so that a pod behind many Services is not dialled once per
+//! Service.
 
 use std::{
     io,
@@ -36,7 +39,7 @@ use crate::{
 };
 
 /// The limits a cluster puts on each endpoint's connections.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Limits {
     pub max_connections: usize,
     pub max_streams: usize,

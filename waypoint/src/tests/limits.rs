@@ -121,3 +121,31 @@ async fn consecutive_errors_eject_an_endpoint() {
     }
     assert_eq!(lab.backend("a").calls(), 4);
 }
+
+/// Two clusters that lead to pod c (the Service, and its subset v2) share their
+/// connections to it, unless the rule sets `tcp.maxConnections`, a limit per cluster.
+#[tokio::test]
+async fn clusters_share_connections_to_a_pod_unless_they_limit_them() {
+    let routes = virtual_service(
+        "[{match: [{headers: {x-to: {exact: c}}}], route: [{destination: {host: cart, subset: v2}}]}, {route: [{destination: {host: cart}}]}]",
+    );
+    for (policy, connections) in [
+        ("{}", 1),
+        ("{connectionPool: {tcp: {maxConnections: 10}}}", 2),
+    ] {
+        let lab = Lab::new(&(destination_rule(policy) + &routes)).await;
+        let mut from = Vec::new();
+        for _ in 0..3 {
+            from.extend(lab.call().await.ok_from().map(str::to_string));
+        }
+        assert!(from.iter().any(|b| b == "c"), "{from:?}");
+        let subset = lab.call_with("/shop.Cart/Get", &[("x-to", "c")]).await;
+        assert_eq!(subset.ok_from(), Some("c"));
+        let c = lab.backend("c");
+        assert_eq!(
+            c.connections.load(Ordering::SeqCst),
+            connections,
+            "{policy}"
+        );
+    }
+}

@@ -408,7 +408,11 @@ impl Lab {
     /// Publishes a new configuration, as the watcher does, and waits until the proxy
     /// has it.
     pub async fn configure(&self, yaml: &str) {
-        let state = compile(yaml);
+        self.publish(compile(yaml)).await;
+    }
+
+    /// Sends `state` as the watcher does, and waits until the proxy follows it.
+    async fn publish(&self, state: Arc<State>) {
         self.model.send_replace(state.clone());
         while !Arc::ptr_eq(&self.proxy.model.load(), &state) {
             tokio::task::yield_now().await;
@@ -441,11 +445,7 @@ impl Lab {
     /// Publishes a model with only `pods` of the backends (and the Service unless
     /// `!service`), and runs the waypoint's once-a-second tidying.
     pub async fn configure_cluster(&self, pods: &[&str], service: bool) {
-        let state = compile_with("", pods, service);
-        self.model.send_replace(state.clone());
-        while !Arc::ptr_eq(&self.proxy.model.load(), &state) {
-            tokio::task::yield_now().await;
-        }
+        self.publish(compile_with("", pods, service)).await;
         self.proxy.tidy();
     }
 
