@@ -22,6 +22,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     // The anchor of `bench waypoint`: a plain-text HTTP/2 balancer beside the waypoint.
     ("haproxy", "haproxy"),
+    // jemalloc, the waypoint's allocator, is built from C sources with make.
+    ("make", "make"),
 ];
 
 pub fn run() -> Result<()> {
