@@ -22,6 +22,7 @@ use weft_mesh::{
 };
 
 use crate::{
+    balance::Tried,
     called::{Called, Source},
     cluster::{Cluster, ClusterKey},
     proxy::Proxy,
@@ -199,7 +200,7 @@ impl Opener for Accept {
                 }
             }
             Opened::Tcp(cluster, admission) => {
-                let Some(endpoint) = cluster.pick(None, None) else {
+                let Some(endpoint) = cluster.pick(None, Tried::default()) else {
                     tracing::info!(cluster = %cluster.key, "no healthy endpoint for an L4 connection");
                     return;
                 };

@@ -1,6 +1,9 @@
 //! The balancer: which endpoint of a cluster takes an attempt. Ejected endpoints are
-//! skipped, and a retry avoids the endpoint of the try before it when another is healthy
-//! (Istio's default retry host predicate, `previous_hosts`). The balancers are Istio's
+//! skipped. A retry avoids the endpoints that the call's earlier tries went to (Istio's
+//! default retry host predicate, `previous_hosts`), and every attempt avoids pods whose
+//! connections just failed (`upstream::Connections::reachable`), as long as another
+//! endpoint is left; when none is, the pick falls back a step at a time (see [`Eligible`])
+//! rather than fail a call that one of them might still serve. The balancers are Istio's
 //! `loadBalancer.simple` (ROUND_ROBIN, RANDOM, LEAST_REQUEST), Weft's PEAK_EWMA, and
 //! `consistentHash` by header or by source address.
 //!
@@ -21,37 +24,96 @@ use weft_mesh::config::{HashKey, LoadBalancer};
 
 use crate::endpoint::Endpoint;
 
-/// The endpoints an attempt may go to, without collecting them: the healthy ones, less the
-/// one to avoid unless it is the only one.
+/// The endpoints of a call's tries so far: `last`, and the ones before it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tried<'a> {
+    pub last: Option<SocketAddr>,
+    pub earlier: &'a [SocketAddr],
+}
+
+impl Tried<'_> {
+    fn contains(&self, address: SocketAddr) -> bool {
+        self.last == Some(address) || self.earlier.contains(&address)
+    }
+}
+
+/// How far a pick had to fall back. Each step admits more of the healthy (not ejected)
+/// endpoints than the one before it; a pick takes the first step that admits any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Reachable, and tried by no earlier try of the call.
+    Untried,
+    /// Reachable, and not the last try's.
+    NotLast,
+    Reachable,
+    /// None is reachable: any but the last try's.
+    AnyNotLast,
+    Any,
+}
+
+const STEPS: [Step; 5] = [
+    Step::Untried,
+    Step::NotLast,
+    Step::Reachable,
+    Step::AnyNotLast,
+    Step::Any,
+];
+
+impl Step {
+    fn admits(self, reachable: bool, tried: bool, last: bool) -> bool {
+        match self {
+            Step::Untried => reachable && !tried,
+            Step::NotLast => reachable && !last,
+            Step::Reachable => reachable,
+            Step::AnyNotLast => !last,
+            Step::Any => true,
+        }
+    }
+}
+
+/// The endpoints an attempt may go to, without collecting them: the healthy ones that the
+/// first step admitting any admits.
 struct Eligible<'a> {
     all: &'a [Arc<Endpoint>],
     now: Instant,
-    avoid: Option<SocketAddr>,
+    tried: Tried<'a>,
+    step: Step,
     count: usize,
 }
 
 impl<'a> Eligible<'a> {
-    fn new(all: &'a [Arc<Endpoint>], avoid: Option<SocketAddr>, now: Instant) -> Self {
-        let mut healthy = 0;
-        let mut avoided = false;
+    fn new(all: &'a [Arc<Endpoint>], tried: Tried<'a>, now: Instant) -> Self {
+        let mut counts = [0; STEPS.len()];
         for e in all.iter().filter(|e| !e.ejected(now)) {
-            healthy += 1;
-            avoided |= Some(e.address) == avoid;
+            let (reachable, last) = (e.connections.reachable(now), tried.last == Some(e.address));
+            let was_tried = last || tried.contains(e.address);
+            for (count, step) in counts.iter_mut().zip(STEPS) {
+                *count += usize::from(step.admits(reachable, was_tried, last));
+            }
         }
-        let avoid = avoid.filter(|_| avoided && healthy > 1);
-        let count = healthy - usize::from(avoid.is_some());
+        let (step, count) = STEPS
+            .into_iter()
+            .zip(counts)
+            .find(|&(_, count)| count > 0)
+            .unwrap_or((Step::Any, 0));
         Eligible {
             all,
             now,
-            avoid,
+            tried,
+            step,
             count,
         }
     }
 
     fn iter(&self) -> impl Iterator<Item = &'a Arc<Endpoint>> + '_ {
-        self.all
-            .iter()
-            .filter(|e| Some(e.address) != self.avoid && !e.ejected(self.now))
+        self.all.iter().filter(|e| {
+            !e.ejected(self.now)
+                && self.step.admits(
+                    e.connections.reachable(self.now),
+                    self.tried.contains(e.address),
+                    self.tried.last == Some(e.address),
+                )
+        })
     }
 
     fn nth(&self, n: usize) -> Option<&'a Arc<Endpoint>> {
@@ -60,15 +122,16 @@ impl<'a> Eligible<'a> {
 }
 
 /// Picks an endpoint of `all` for an attempt by `balancer` (`next` is round robin's turn,
-/// `hash` the call's consistent-hash key), avoiding `avoid` when another is healthy.
+/// `hash` the call's consistent-hash key), avoiding the endpoints `tried` and those that
+/// are unreachable while another is left.
 pub fn pick(
     balancer: &LoadBalancer,
     all: &[Arc<Endpoint>],
     next: &AtomicUsize,
     hash: Option<u64>,
-    avoid: Option<SocketAddr>,
+    tried: Tried<'_>,
 ) -> Option<Arc<Endpoint>> {
-    let eligible = Eligible::new(all, avoid, Instant::now());
+    let eligible = Eligible::new(all, tried, Instant::now());
     if eligible.count == 0 {
         return None;
     }
@@ -173,6 +236,96 @@ mod tests {
         e.eject(&rules, Instant::now());
     }
 
+    fn last(address: SocketAddr) -> Tried<'static> {
+        Tried {
+            last: Some(address),
+            earlier: &[],
+        }
+    }
+
+    fn round_robin(all: &[Arc<Endpoint>], next: &AtomicUsize, tried: Tried<'_>) -> SocketAddr {
+        let e = pick(&LoadBalancer::RoundRobin, all, next, None, tried);
+        e.expect("an endpoint").address
+    }
+
+    /// A retry goes to an endpoint that no try of the call went to; when every one was
+    /// tried, to any but the last.
+    #[test]
+    fn a_retry_avoids_every_endpoint_tried_before() {
+        let all = endpoints(3);
+        let next = AtomicUsize::new(0);
+        let (a, b, c) = (all[0].address, all[1].address, all[2].address);
+        let earlier = [a];
+        for _ in 0..10 {
+            let tried = Tried {
+                last: Some(b),
+                earlier: &earlier,
+            };
+            assert_eq!(round_robin(&all, &next, tried), c);
+        }
+        let earlier = [a, b];
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let tried = Tried {
+                last: Some(c),
+                earlier: &earlier,
+            };
+            seen.push(round_robin(&all, &next, tried));
+        }
+        assert!(
+            !seen.contains(&c) && seen.contains(&a) && seen.contains(&b),
+            "{seen:?}"
+        );
+    }
+
+    /// A pod whose connection failed is out of the picks while another is reachable, and
+    /// still picked when none is; it is back when its back-off ends, which doubles with each
+    /// failure in a row.
+    #[test]
+    fn an_unreachable_pod_is_avoided_until_its_backoff_ends() {
+        let all = endpoints(3);
+        let next = AtomicUsize::new(0);
+        let now = Instant::now();
+        all[0].connections.unreachable(now);
+        for _ in 0..20 {
+            assert_ne!(round_robin(&all, &next, Tried::default()), all[0].address);
+        }
+        // A retry from b: c, rather than the unreachable a that it has not tried.
+        for _ in 0..10 {
+            assert_eq!(
+                round_robin(&all, &next, last(all[1].address)),
+                all[2].address
+            );
+        }
+        all[1].connections.unreachable(now);
+        all[2].connections.unreachable(now);
+        let mut seen: Vec<SocketAddr> = (0..6)
+            .map(|_| round_robin(&all, &next, last(all[2].address)))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(
+            seen,
+            [all[0].address, all[1].address],
+            "all out: any but the last"
+        );
+
+        let connections = &all[0].connections;
+        assert!(!connections.reachable(now + Duration::from_millis(900)));
+        assert!(connections.reachable(now + Duration::from_millis(1100)));
+        connections.unreachable(now);
+        assert!(!connections.reachable(now + Duration::from_millis(1900)));
+        assert!(connections.reachable(now + Duration::from_millis(2100)));
+        for _ in 0..10 {
+            connections.unreachable(now);
+        }
+        assert!(!connections.reachable(now + Duration::from_millis(7900)));
+        assert!(
+            connections.reachable(now + Duration::from_millis(8100)),
+            "at most 8 s"
+        );
+    }
+
     /// FNV-1a's published test vectors: every replica hashes a key the same.
     #[test]
     fn hash_keys_are_fnv1a() {
@@ -192,7 +345,7 @@ mod tests {
                 &all,
                 &next,
                 None,
-                Some(all[1].address),
+                last(all[1].address),
             );
             assert_eq!(e.unwrap().address, all[2].address);
         }
@@ -203,11 +356,20 @@ mod tests {
             &all,
             &next,
             None,
-            Some(all[1].address),
+            last(all[1].address),
         );
         assert_eq!(e.unwrap().address, all[1].address);
         eject(&all[1]);
-        assert!(pick(&LoadBalancer::RoundRobin, &all, &next, None, None).is_none());
+        assert!(
+            pick(
+                &LoadBalancer::RoundRobin,
+                &all,
+                &next,
+                None,
+                Tried::default()
+            )
+            .is_none()
+        );
     }
 
     /// A key keeps its endpoint when another endpoint leaves, and moves only when its own does.
@@ -223,7 +385,7 @@ mod tests {
                     &all,
                     &next,
                     Some(hash_key(&k.to_be_bytes())),
-                    None,
+                    Tried::default(),
                 )
             })
             .map(|e| e.unwrap().address)
@@ -236,7 +398,7 @@ mod tests {
                 &all,
                 &next,
                 Some(hash_key(&k.to_be_bytes())),
-                None,
+                Tried::default(),
             )
             .unwrap()
             .address;
@@ -259,7 +421,14 @@ mod tests {
         all[0].active.store(5, Ordering::Relaxed);
         let next = AtomicUsize::new(0);
         for _ in 0..20 {
-            let e = pick(&LoadBalancer::LeastRequest, &all, &next, None, None).unwrap();
+            let e = pick(
+                &LoadBalancer::LeastRequest,
+                &all,
+                &next,
+                None,
+                Tried::default(),
+            )
+            .unwrap();
             assert_eq!(e.address, all[1].address);
         }
     }

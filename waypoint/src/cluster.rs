@@ -25,7 +25,7 @@ use weft_mesh::{
 };
 
 use crate::{
-    balance,
+    balance::{self, Tried},
     breaker::Breaker,
     endpoint::{Ejection, Endpoint, Outcome},
     metrics::{ClusterLabels, EndpointLabels, Metrics},
@@ -135,19 +135,22 @@ impl Cluster {
 
     /// Picks an endpoint for an attempt: a healthy one by the balancer, avoiding `avoid`
     /// (the previous attempt's) when another is healthy, as Istio's retry host predicate does.
-    pub fn pick(&self, hash: Option<u64>, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+    pub fn pick(&self, hash: Option<u64>, tried: Tried<'_>) -> Option<Arc<Endpoint>> {
         balance::pick(
             &self.policy.balancer,
             &self.endpoints,
             &self.next,
             hash,
-            avoid,
+            tried,
         )
     }
 
     /// Counts an attempt's outcome, and ejects the endpoint if it crossed a threshold and
     /// fewer than `maxEjectionPercent` of the endpoints are out.
     pub fn report(&self, endpoint: &Endpoint, outcome: Outcome) -> Option<Duration> {
+        if matches!(outcome, Outcome::ConnectFailure | Outcome::Reset) {
+            endpoint.connections.unreachable(Instant::now());
+        }
         let rules = self.policy.ejection.as_ref()?;
         if !endpoint.record(outcome, rules) {
             return None;

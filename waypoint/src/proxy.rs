@@ -256,7 +256,7 @@ impl Proxy {
         let hash = balance::call_hash(&cluster.policy.balancer, &parts.headers, called.client_ip);
         let mut tries = Tries::new(&decision.retries);
         loop {
-            let Some(endpoint) = cluster.pick(hash, tries.last) else {
+            let Some(endpoint) = cluster.pick(hash, tries.tried()) else {
                 return local(record, Code::Unavailable, Flags::UH, "no healthy upstream");
             };
             let now = Instant::now();

@@ -146,10 +146,20 @@ impl Body for ResponseBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(err))) => {
+                let grpc = s.record.grpc;
                 if let Some(s) = slot.take() {
-                    end(s, None, Flags::UR);
+                    end(s, grpc.then_some(Code::Unavailable as u32), Flags::UR);
                 }
-                Poll::Ready(Some(Err(err.into())))
+                if !grpc {
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                // A gRPC client gets the status the failure deserves, after the messages
+                // that came before it, rather than a reset stream (which clients read as
+                // INTERNAL or UNKNOWN).
+                let mut trailers = HeaderMap::new();
+                let message = format!("upstream reset after the response began: {err}");
+                grpc::insert_status(&mut trailers, Code::Unavailable, &message);
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
         }
     }

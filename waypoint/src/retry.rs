@@ -1,7 +1,7 @@
 //! Retries: which failures and answers a route's `retries` ask to retry (Envoy's retry
 //! conditions, the names of Istio's `retryOn`), how long to wait before trying again, and
 //! the bookkeeping of one call's tries: `attempts`, a `maxRetries` slot and the budget
-//! (`breaker`), the endpoint the next try should avoid (`balance`).
+//! (`breaker`), the endpoints the next try should avoid (`balance`).
 
 use std::{
     net::SocketAddr,
@@ -12,6 +12,7 @@ use rand::Rng;
 use weft_mesh::config::{RetryOn, RetryPolicy};
 
 use crate::{
+    balance::Tried,
     breaker::{Breaker, RetrySlot},
     endpoint::Outcome,
     grpc::{self, Code},
@@ -149,8 +150,10 @@ pub struct Tries<'a> {
     policy: &'a RetryPolicy,
     count: u32,
     slot: Option<RetrySlot>,
-    /// The endpoint of the last try, for the next to avoid.
-    pub last: Option<SocketAddr>,
+    /// The endpoint of the last try, and those of the tries before it, for the next to
+    /// avoid (only a retry fills `earlier`).
+    last: Option<SocketAddr>,
+    earlier: Vec<SocketAddr>,
 }
 
 impl<'a> Tries<'a> {
@@ -160,13 +163,24 @@ impl<'a> Tries<'a> {
             count: 0,
             slot: None,
             last: None,
+            earlier: Vec::new(),
         }
     }
 
     /// A try begins.
     pub fn start(&mut self, endpoint: SocketAddr) {
         self.count += 1;
-        self.last = Some(endpoint);
+        if let Some(before) = self.last.replace(endpoint) {
+            self.earlier.push(before);
+        }
+    }
+
+    /// The endpoints tried so far.
+    pub fn tried(&self) -> Tried<'_> {
+        Tried {
+            last: self.last,
+            earlier: &self.earlier,
+        }
     }
 
     pub fn per_try_timeout(&self) -> Option<Duration> {

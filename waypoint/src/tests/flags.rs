@@ -66,7 +66,18 @@ async fn ur_a_reset_after_the_headers_is_not_retried() {
     let c = lab.backend("c");
     c.then(&[Act::HeadersThenReset]);
     let answer = lab.call().await;
-    assert!(answer.broken, "{answer:?}");
+    // UNAVAILABLE in the trailers, not a reset stream (which clients read as UNKNOWN).
+    assert!(!answer.broken, "{answer:?}");
+    assert_eq!(answer.grpc, Some(14), "{answer:?}");
+    assert!(
+        answer.message.contains("after the response began"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        answer.served_by.as_deref(),
+        Some("c"),
+        "the message that came is kept"
+    );
     assert_eq!(c.calls(), 1);
     assert_eq!(lab.calls_flagged("UR"), 1);
 }

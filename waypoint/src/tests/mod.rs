@@ -7,6 +7,7 @@
 //! call; each can be told, call by call, to answer with a status, reset, stall or refuse.
 
 mod balance;
+mod failover;
 mod flags;
 mod limits;
 mod retries;
@@ -74,6 +75,8 @@ pub struct Backend {
     /// Dials fail with this kind (ConnectionRefused: down; PermissionDenied: the node
     /// agent's policy refused the tunnel).
     refuse: Mutex<Option<(io::ErrorKind, usize)>>,
+    /// Dials it refused.
+    pub refused: AtomicUsize,
     /// SETTINGS_MAX_CONCURRENT_STREAMS of its connections.
     max_streams: Option<u32>,
     pub calls: AtomicUsize,
@@ -92,6 +95,7 @@ impl Backend {
             script: Mutex::default(),
             normally: Mutex::new(Act::Ok),
             refuse: Mutex::default(),
+            refused: AtomicUsize::new(0),
             max_streams,
             calls: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
@@ -120,6 +124,7 @@ impl Backend {
         let mut refuse = self.refuse.lock().unwrap();
         let (kind, times) = refuse.as_mut()?;
         let kind = *kind;
+        self.refused.fetch_add(1, Ordering::SeqCst);
         *times -= 1;
         if *times == 0 {
             *refuse = None;

@@ -29,6 +29,7 @@ const CONCURRENCY: &str = "32";
 const MAX_CALLS: &str = "20000";
 const RATE: &str = "1000";
 const RATE_CALLS: &str = "5000";
+const IDLE: Duration = Duration::from_secs(3);
 
 fn spec() -> LabSpec {
     LabSpec::new("wl-bench-wp", 2)
@@ -337,6 +338,16 @@ pub fn run() -> Result<Map<String, Value>> {
         )?;
     }
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // What the waypoint spends with no call at all (timers, the model's watcher), so that
+    // the CPU at 1000 calls/s can be read against it.
+    let idle_before = cpu_seconds(pid).unwrap_or(0.0);
+    std::thread::sleep(IDLE);
+    let idle = (cpu_seconds(pid).unwrap_or(0.0) - idle_before) / IDLE.as_secs_f64();
+    eprintln!("    waypoint_idle_cpu_cores: {idle:.4}");
+    samples
+        .entry("waypoint_idle_cpu_cores".into())
+        .or_default()
+        .push(idle);
     for round in 1..=rounds() {
         eprintln!("==> round {round} of {}", rounds());
         for (name, client, target) in cases {
