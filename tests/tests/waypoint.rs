@@ -572,3 +572,36 @@ fn python_grpcio_client_spreads_through_the_waypoint() -> Result<()> {
     }
     lab.down()
 }
+
+/// Issue 15's first fault: 3,000 calls at 1,000/s through the waypoint, no DestinationRule,
+/// and one of the three backends killed (SIGKILL) a second in. The calls that found it gone
+/// are retried on the others and the next calls leave it out, so the client sees at most
+/// 3 failures, and never UNKNOWN (the status of a proxy that did not say what happened).
+#[test]
+fn a_killed_backend_costs_the_clients_almost_nothing() -> Result<()> {
+    let lab = lab("wl-wp-kill")?;
+    let (mut servers, _) = backends(&lab, &[])?;
+    // Warm: the waypoint holds a connection to each backend.
+    let report = calls(&lab, SERVICE, 30, &[])?;
+    assert_eq!(count(&report, "by_status", "OK"), 30, "{report}");
+    let victim = servers.remove(1);
+    let report = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            calls(
+                &lab,
+                SERVICE,
+                3000,
+                &["--rate", "1000", "--concurrency", "32"],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        victim.kill();
+        load.join().expect("the load thread")
+    })?;
+    let ok = count(&report, "by_status", "OK");
+    eprintln!("with b2 killed: {report}");
+    if ok < 2997 || count(&report, "by_status", "Unknown") > 0 {
+        return Err(fail(&lab, format!("with b2 killed mid-run: {report}")));
+    }
+    lab.down()
+}
