@@ -605,3 +605,59 @@ fn a_killed_backend_costs_the_clients_almost_nothing() -> Result<()> {
     }
     lab.down()
 }
+
+/// A server-streaming call whose backend is killed mid-stream ends with UNAVAILABLE, after
+/// the messages that came before it, each intact and in order (`grpc-stream` checks every
+/// message's number and payload), never with UNKNOWN or INTERNAL.
+#[test]
+fn a_stream_whose_backend_dies_ends_unavailable_with_its_messages_intact() -> Result<()> {
+    let lab = lab("wl-wp-stream-kill")?;
+    apply(
+        &lab,
+        "to-b3.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: whoami, namespace: app }
+spec:
+  host: whoami
+  subsets: [{ name: v2, labels: { version: v2 } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: whoami, namespace: app }
+spec:
+  hosts: [whoami]
+  http:
+  - route: [{ destination: { host: whoami, subset: v2 } }]
+"#,
+    )?;
+    let (mut servers, _) = backends(&lab, &[])?;
+    let b3 = servers.remove(2);
+    let url = format!("http://{SERVICE}");
+    let args = [
+        "download",
+        "--connect",
+        &url,
+        "--messages",
+        "50000000",
+        "--size",
+        "1000",
+    ];
+    let out = std::thread::scope(|scope| {
+        let stream =
+            scope.spawn(|| lab.run("client", "grpc-stream", &args, Duration::from_secs(120)));
+        std::thread::sleep(Duration::from_secs(2));
+        b3.kill();
+        stream.join().expect("the stream thread")
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("grpc-stream printed no JSON: {stdout}"))?;
+    eprintln!("the stream: {report}");
+    let received = report["received"].as_u64().unwrap_or(0);
+    if report["status"] != "Unavailable" || received == 0 {
+        return Err(fail(&lab, format!("a stream whose backend died: {report}")));
+    }
+    lab.down()
+}

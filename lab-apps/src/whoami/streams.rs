@@ -33,8 +33,14 @@ pub struct StreamConfig {
 pub enum StreamError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("{call}: {status}")]
-    Status { call: &'static str, status: Status },
+    /// The call ended with `status`, after `received` messages of its answer (all of
+    /// them intact and in order).
+    #[error("{call}: {status} (after {received} messages)")]
+    Status {
+        call: &'static str,
+        status: Status,
+        received: u64,
+    },
     #[error("{call}: not done within {limit:?}")]
     Timeout { call: &'static str, limit: Duration },
     /// The call succeeded but carried the wrong data.
@@ -52,14 +58,28 @@ impl StreamError {
         }
     }
 
-    /// `{"ok":false,"error":"..","status":".."}`; `status` is null when no status came.
+    /// `{"ok":false,"error":"..","status":"..","received":N}`; `status` is null when no status
+    /// came, and `received` (messages before the status) when no status ended the call.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "ok": false, "error": self.to_string(), "status": self.status() })
+        let received = match self {
+            StreamError::Status { received, .. } => Some(*received),
+            _ => None,
+        };
+        serde_json::json!({
+            "ok": false,
+            "error": self.to_string(),
+            "status": self.status(),
+            "received": received,
+        })
     }
 }
 
 fn failed(call: &'static str) -> impl Fn(Status) -> StreamError {
-    move |status| StreamError::Status { call, status }
+    move |status| StreamError::Status {
+        call,
+        status,
+        received: 0,
+    }
 }
 
 fn check(call: &'static str, detail: String) -> StreamError {
@@ -109,7 +129,12 @@ async fn expect_numbered(
 ) -> Result<u64, StreamError> {
     let mut next = 0u64;
     let mut bytes = 0u64;
-    while let Some(message) = inbound.message().await.map_err(failed(call))? {
+    let ended = |status, received| StreamError::Status {
+        call,
+        status,
+        received,
+    };
+    while let Some(message) = inbound.message().await.map_err(|s| ended(s, next))? {
         if message.seq != next {
             return Err(check(
                 call,
