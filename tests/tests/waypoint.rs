@@ -661,3 +661,52 @@ spec:
     }
     lab.down()
 }
+
+/// A waypoint told to stop (SIGTERM) sends GOAWAY and lets the calls in flight finish: a
+/// call that takes 1.5 s, started before the signal, ends OK; then the waypoint exits, well
+/// within its grace period, without waiting the grace period out.
+#[test]
+fn a_stopping_waypoint_finishes_the_calls_in_flight() -> Result<()> {
+    let lab = lab("wl-wp-drain")?;
+    let (_servers, _) = backends(&lab, &[])?;
+    let report = calls(&lab, SERVICE, 10, &[])?;
+    assert_eq!(count(&report, "by_status", "OK"), 10, "{report}");
+    let pid = lab.waypoint_pid(WAYPOINT).context("the waypoint's pid")?;
+    let (report, stopped_in) = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| {
+            calls(
+                &lab,
+                SERVICE,
+                4,
+                &["--concurrency", "4", "--header", "x-delay-ms=1500"],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let signalled = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM to the waypoint");
+        while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+            && signalled.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (slow.join().expect("the calls"), signalled.elapsed())
+    });
+    let report = report?;
+    if count(&report, "by_status", "OK") != 4 {
+        return Err(fail(&lab, format!("calls in flight at SIGTERM: {report}")));
+    }
+    // The calls had about 1 s left (the waypoint waited for them), and the grace period is
+    // 20 s (it did not wait that out).
+    assert!(
+        stopped_in >= Duration::from_millis(700) && stopped_in < Duration::from_secs(4),
+        "the waypoint exited {stopped_in:?} after SIGTERM"
+    );
+    lab.down()
+}

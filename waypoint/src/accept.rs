@@ -7,7 +7,10 @@
 use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 use weft_mesh::state::State;
 
@@ -39,6 +42,27 @@ pub struct Accept {
     pub waypoint: WaypointRef,
     /// HTTP/2 flow-control window of each call, towards the client.
     pub window: u32,
+    /// Turns true when the waypoint stops: each client connection then gets GOAWAY and
+    /// ends when its calls have.
+    pub draining: watch::Receiver<bool>,
+    /// Client connections served at HTTP/2 now, which the waypoint waits for when it stops.
+    pub serving: Arc<AtomicUsize>,
+}
+
+/// A client connection being served, counted in [`Accept::serving`] while it lasts.
+struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Serving(count.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub enum Opened {
@@ -194,7 +218,13 @@ impl Opener for Accept {
     ) {
         match opened {
             Opened::Http(called) => {
-                let served = serve_calls(tunnel, self.proxy.clone(), called, self.window).await;
+                let _serving = Serving::enter(&self.serving);
+                let mut draining = self.draining.clone();
+                let drain = async move {
+                    let _ = draining.wait_for(|d| *d).await;
+                };
+                let proxy = self.proxy.clone();
+                let served = serve_calls(tunnel, proxy, called, self.window, drain).await;
                 if let Err(err) = served {
                     tracing::debug!(peer = %request.peer, %err, "client HTTP/2 connection ended");
                 }
@@ -217,12 +247,15 @@ impl Opener for Accept {
 }
 
 /// Serves the calls of one client connection (`io`, a tunnelled stream in the waypoint),
-/// each handed to the proxy on its own, until the client closes it.
+/// each handed to the proxy on its own, until the client closes it. When `drain` completes,
+/// the client gets GOAWAY (RFC 9113, section 6.8): no new call is accepted on the
+/// connection, and it ends when the calls in flight have.
 pub async fn serve_calls<IO>(
     io: IO,
     proxy: Arc<Proxy>,
     called: Arc<Called>,
     window: u32,
+    drain: impl Future<Output = ()>,
 ) -> Result<(), hyper::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -233,15 +266,21 @@ where
     });
     // Bounded as the tunnel is (`weft_mesh::hbone::Settings`): calls in flight per client
     // connection, and the size of a call's headers.
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(window)
         .initial_connection_window_size(window.saturating_mul(4))
         .max_frame_size(64 * 1024)
         .max_concurrent_streams(1000)
         .max_header_list_size(16 * 1024)
         .max_pending_accept_reset_streams(20)
-        .serve_connection(TokioIo::new(io), service)
-        .await
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection, drain);
+    tokio::select! {
+        served = connection.as_mut() => return served,
+        () = drain => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }
 
 /// The client's address: the one the source agent forwarded, if the peer may speak for it

@@ -40,7 +40,14 @@ mod telemetry;
 mod tests;
 mod upstream;
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use weft_waypoint::{grpc, trace};
 
@@ -174,6 +181,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracer,
         access_log,
     });
+    let (stop_tx, stop) = watch::channel(false);
+    let serving = Arc::new(AtomicUsize::new(0));
     let accept = Arc::new(Accept {
         proxy: proxy.clone(),
         dialer,
@@ -184,9 +193,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             name: settings.name.clone(),
         },
         window: settings.window,
+        draining: stop.clone(),
+        serving: serving.clone(),
     });
 
-    let (stop_tx, stop) = watch::channel(false);
     let listener = TcpListener::bind(settings.hbone_address)
         .await
         .with_context(|| format!("binding {}", settings.hbone_address))?;
@@ -235,7 +245,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             stopped(stop.clone()),
         )));
     }
-    tasks.push(tokio::spawn(proxy::follow(proxy.clone(), model.clone())));
+    // Follows the model for as long as the process runs; aborted when it stops.
+    let follow = tokio::spawn(proxy::follow(proxy.clone(), model.clone()));
     tasks.push(tokio::spawn(reap_idle(proxy.clone(), stop.clone())));
     weft_mesh::admin::set_serving(&health, "weft-waypoint", true).await;
     tracing::info!(
@@ -253,6 +264,19 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("weft-waypoint stopping");
     weft_mesh::admin::set_serving(&health, "weft-waypoint", false).await;
     let _ = stop_tx.send(true);
+    // Drain: every connection has GOAWAY now; the calls in flight get the grace period.
+    let grace = Duration::from_secs(settings.drain_seconds);
+    let started = std::time::Instant::now();
+    while serving.load(Ordering::Acquire) > 0 && started.elapsed() < grace {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = serving.load(Ordering::Acquire);
+    tracing::info!(
+        left,
+        seconds = started.elapsed().as_secs_f64(),
+        "drain over; the client connections left are cut"
+    );
+    follow.abort();
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }

@@ -102,6 +102,12 @@ pub struct Settings {
     /// Worker threads (Envoy's `--concurrency`); 0 means one per core.
     #[arg(long, env = "WEFT_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+
+    /// On SIGTERM the waypoint stops accepting, sends GOAWAY on every connection, and gives
+    /// the calls in flight this long to finish before it exits (below the pod's
+    /// `terminationGracePeriodSeconds`, 30 by default).
+    #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 20)]
+    pub drain_seconds: u64,
 }
 
 impl Settings {

@@ -21,6 +21,8 @@ use std::{
     },
 };
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use rustls_pki_types::CertificateDer;
@@ -77,7 +79,9 @@ pub trait Opener: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
 }
 
-/// Accepts tunnel connections on `listener` until `shutdown` completes.
+/// Accepts tunnel connections on `listener` until `shutdown` completes; then each open
+/// connection gets GOAWAY (RFC 9113, section 6.8), so that its client opens new streams
+/// elsewhere while the streams it has run on.
 pub async fn serve<O: Opener>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -87,6 +91,8 @@ pub async fn serve<O: Opener>(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let peers = Arc::new(Peers::default());
+    // Dropped when the server stops, which the connections see.
+    let (_serving, stopped) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -104,8 +110,10 @@ pub async fn serve<O: Opener>(
             continue;
         };
         let (acceptor, settings, opener) = (acceptor.clone(), settings.clone(), opener.clone());
+        let stopped = stopped.clone();
         tokio::spawn(async move {
-            if let Err(reason) = connection(tcp, peer, acceptor, settings, opener).await {
+            let served = connection(tcp, peer, acceptor, settings, opener, stopped).await;
+            if let Err(reason) = served {
                 tracing::info!(%peer, %reason, "tunnel connection refused or ended");
             }
             drop(admitted);
@@ -119,6 +127,7 @@ async fn connection<O: Opener>(
     acceptor: TlsAcceptor,
     settings: Settings,
     opener: Arc<O>,
+    mut stopped: tokio::sync::watch::Receiver<()>,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(settings.connect_timeout, acceptor.accept(tcp))
@@ -149,21 +158,29 @@ async fn connection<O: Opener>(
         .map_err(|_| "no HTTP/2 preface in time".to_string())?
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
     let open = Arc::new(AtomicUsize::new(0));
+    let mut draining = false;
     loop {
         // A connection without streams may stay for twice the idle timeout (so that a
         // client pool, which drops it after one, is never raced by the GOAWAY), no longer.
-        let accepted = if open.load(Ordering::Relaxed) == 0 {
-            match tokio::time::timeout(settings.idle_timeout * 2, h2.accept()).await {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    h2.graceful_shutdown();
-                    // Let the GOAWAY out, and any stream that raced it finish.
-                    while let Some(Ok(_)) = h2.accept().await {}
-                    return Err("idle".into());
-                }
-            }
+        let idle = if open.load(Ordering::Relaxed) == 0 {
+            settings.idle_timeout * 2
         } else {
-            h2.accept().await
+            Duration::MAX
+        };
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout(idle, h2.accept()) => accepted,
+            // The server stopped: GOAWAY, and the streams already open run on.
+            _ = stopped.changed(), if !draining => {
+                h2.graceful_shutdown();
+                draining = true;
+                continue;
+            }
+        };
+        let Ok(accepted) = accepted else {
+            h2.graceful_shutdown();
+            // Let the GOAWAY out, and any stream that raced it finish.
+            while let Some(Ok(_)) = h2.accept().await {}
+            return Err("idle".into());
         };
         let Some(accepted) = accepted else {
             return Ok(());

@@ -390,7 +390,13 @@ impl Lab {
         });
         tokio::spawn(follow(proxy.clone(), watched));
         let (near, far) = tokio::io::duplex(256 * 1024);
-        tokio::spawn(serve_calls(far, proxy.clone(), called, 1 << 20));
+        tokio::spawn(serve_calls(
+            far,
+            proxy.clone(),
+            called,
+            1 << 20,
+            std::future::pending(),
+        ));
         let (client, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(near))
             .await
