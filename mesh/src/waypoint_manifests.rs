@@ -87,6 +87,8 @@ impl WaypointManifests {
                         "metadata": {"labels": pod_labels},
                         "spec": {
                             "serviceAccountName": name,
+                            // Above the waypoint's drain (WEFT_DRAIN_SECONDS) after SIGTERM.
+                            "terminationGracePeriodSeconds": 30,
                             "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
                                                 "seccompProfile": {"type": "RuntimeDefault"}},
                             "containers": [{
@@ -104,6 +106,7 @@ impl WaypointManifests {
                                     env("WEFT_TRUST_BUNDLE", "/etc/weft/trust/root-cert.pem"),
                                     env("WEFT_TRUST_DOMAIN", &self.trust_domain),
                                     env("WEFT_WORKER_THREADS", "2"),
+                                    env("WEFT_DRAIN_SECONDS", "20"),
                                 ],
                                 "ports": [
                                     {"name": "hbone", "containerPort": hbone::PORT},
