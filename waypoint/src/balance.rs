@@ -85,8 +85,8 @@ impl<'a> Eligible<'a> {
     fn new(all: &'a [Arc<Endpoint>], tried: Tried<'a>, now: Instant) -> Self {
         let mut counts = [0; STEPS.len()];
         for e in all.iter().filter(|e| !e.ejected(now)) {
-            let (reachable, last) = (e.connections.reachable(now), tried.last == Some(e.address));
-            let was_tried = last || tried.contains(e.address);
+            let reachable = e.connections.reachable(now);
+            let (was_tried, last) = (tried.contains(e.address), tried.last == Some(e.address));
             for (count, step) in counts.iter_mut().zip(STEPS) {
                 *count += usize::from(step.admits(reachable, was_tried, last));
             }

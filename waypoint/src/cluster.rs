@@ -133,8 +133,8 @@ impl Cluster {
         self.endpoints.clone()
     }
 
-    /// Picks an endpoint for an attempt: a healthy one by the balancer, avoiding `avoid`
-    /// (the previous attempt's) when another is healthy, as Istio's retry host predicate does.
+    /// Picks an endpoint for an attempt: a healthy one by the balancer, avoiding the
+    /// endpoints the call `tried` and unreachable pods while another is left (`balance`).
     pub fn pick(&self, hash: Option<u64>, tried: Tried<'_>) -> Option<Arc<Endpoint>> {
         balance::pick(
             &self.policy.balancer,

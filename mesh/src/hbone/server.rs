@@ -21,8 +21,6 @@ use std::{
     },
 };
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use rustls_pki_types::CertificateDer;
@@ -162,13 +160,15 @@ async fn connection<O: Opener>(
     loop {
         // A connection without streams may stay for twice the idle timeout (so that a
         // client pool, which drops it after one, is never raced by the GOAWAY), no longer.
-        let idle = if open.load(Ordering::Relaxed) == 0 {
-            settings.idle_timeout * 2
-        } else {
-            Duration::MAX
-        };
+        // No timer while streams are open: a stream's accept costs none.
+        let idle = (open.load(Ordering::Relaxed) == 0).then_some(settings.idle_timeout * 2);
         let accepted = tokio::select! {
-            accepted = tokio::time::timeout(idle, h2.accept()) => accepted,
+            accepted = async {
+                match idle {
+                    Some(idle) => tokio::time::timeout(idle, h2.accept()).await.ok(),
+                    None => Some(h2.accept().await),
+                }
+            } => accepted,
             // The server stopped: GOAWAY, and the streams already open run on.
             _ = stopped.changed(), if !draining => {
                 h2.graceful_shutdown();
@@ -176,7 +176,7 @@ async fn connection<O: Opener>(
                 continue;
             }
         };
-        let Ok(accepted) = accepted else {
+        let Some(accepted) = accepted else {
             h2.graceful_shutdown();
             // Let the GOAWAY out, and any stream that raced it finish.
             while let Some(Ok(_)) = h2.accept().await {}
