@@ -59,12 +59,15 @@ pub struct Tunnel<S: CertificateSource> {
 enum Route {
     /// Straight to the destination; tracked when policy admitted it on this node.
     Direct(Option<crate::connections::Admitted>),
-    /// To the destination's node agent, or to a waypoint pod, which presents `server`.
-    Hbone {
-        source: SpiffeId,
-        node: SocketAddr,
-        server: ServerIdentity,
-    },
+    /// Through HBONE to the first of `via` that takes the stream: the destination's node
+    /// agent, or one of a waypoint's pods.
+    Hbone { source: SpiffeId, via: Vec<Hop> },
+}
+
+/// An HBONE server that a connection may go through, and the identity it must present.
+struct Hop {
+    address: SocketAddr,
+    server: ServerIdentity,
 }
 
 impl<S: CertificateSource> Tunnel<S> {
@@ -157,15 +160,19 @@ impl<S: CertificateSource> Tunnel<S> {
         })?;
         Ok(Route::Hbone {
             source: pod_identity(&self.trust_domain, client)?,
-            node: SocketAddr::new(node_ip, hbone::PORT),
-            // Every agent has this SPIFFE ID; its certificate also names its node's address,
-            // which must be the one dialled.
-            server: ServerIdentity::AtDialledAddress(self.agent_identity.clone()),
+            via: vec![Hop {
+                address: SocketAddr::new(node_ip, hbone::PORT),
+                // Every agent has this SPIFFE ID; its certificate also names its node's
+                // address, which must be the one dialled.
+                server: ServerIdentity::AtDialledAddress(self.agent_identity.clone()),
+            }],
         })
     }
 
     /// Traffic bound to a waypoint (a Service's cluster IP, or a pod's own IP) goes to one
-    /// of the waypoint's pods, whatever node it runs on; it does the rest.
+    /// of the waypoint's pods, whatever node it runs on; it does the rest. One client's
+    /// connections go to the same pod while it takes them, and clients spread over the
+    /// pods; the others follow in turn, for when it does not.
     fn waypoint_route(
         &self,
         model: &State,
@@ -184,20 +191,67 @@ impl<S: CertificateSource> Tunnel<S> {
                 waypoint.namespace, waypoint.name
             )));
         }
-        // Spread clients over the waypoint's pods; one client's connections stay together.
-        let pod = pods[source_hash(source) % pods.len()];
-        let address = pod
-            .ip
-            .ok_or_else(|| not_found(format!("waypoint pod {} has no address", pod.name)))?;
+        let first = source_hash(source) % pods.len();
+        let via = (0..pods.len())
+            .map(|i| pods[(first + i) % pods.len()])
+            .filter_map(|pod| {
+                Some(Hop {
+                    address: SocketAddr::new(pod.ip?, hbone::PORT),
+                    server: ServerIdentity::Exact(pod_identity(&self.trust_domain, pod).ok()?),
+                })
+            })
+            .collect::<Vec<_>>();
+        if via.is_empty() {
+            return Err(not_found(format!(
+                "no pod of waypoint {}/{} has an address",
+                waypoint.namespace, waypoint.name
+            )));
+        }
         let client = resolved
             .source
             .map(|w| &w.pod)
             .ok_or_else(|| not_found(format!("no pod has the client address {source}")))?;
         Ok(Some(Route::Hbone {
             source: pod_identity(&self.trust_domain, client)?,
-            node: SocketAddr::new(address, hbone::PORT),
-            server: ServerIdentity::Exact(pod_identity(&self.trust_domain, pod)?),
+            via,
         }))
+    }
+
+    /// A tunnelled stream to `target` through the first hop of `via` that takes it, the
+    /// reachable ones first (`Pool::reachable`): a hop whose connection is refused, fails,
+    /// or is going away (GOAWAY, a refused stream) is passed over for the next. An answer
+    /// that refuses the tunnel (policy, say) is final.
+    async fn through(
+        &self,
+        id: &SpiffeId,
+        via: &[Hop],
+        target: SocketAddr,
+        client: IpAddr,
+    ) -> io::Result<hbone::H2Stream> {
+        let (reachable, failing): (Vec<&Hop>, Vec<&Hop>) =
+            via.iter().partition(|h| self.pool.reachable(h.address));
+        let mut failure = None;
+        for hop in reachable.into_iter().chain(failing) {
+            let tls = self.tls_for(id, &hop.server).await?;
+            let key = PoolKey {
+                source: id.to_string(),
+                destination: hop.address,
+            };
+            match self.pool.connect(&key, tls, target, client).await {
+                Ok(stream) => return Ok(stream),
+                Err(err @ hbone::HboneError::Refused { .. }) => return Err(err.into()),
+                Err(err) => {
+                    if via.len() > 1 {
+                        tracing::info!(%err, "tunnel hop failed; trying the next");
+                    }
+                    failure = Some(err);
+                }
+            }
+        }
+        Err(failure.map_or_else(
+            || io::Error::new(io::ErrorKind::NotFound, "no hop"),
+            io::Error::from,
+        ))
     }
 
     async fn tls_for(
@@ -247,17 +301,8 @@ impl<S: CertificateSource> Upstream for Tunnel<S> {
                 let (opened, security) = self.to_pods.connect(source, target).await?;
                 Ok((Opened::Revocable(Box::new(opened), tracked), security))
             }
-            Route::Hbone {
-                source: id,
-                node,
-                server,
-            } => {
-                let tls = self.tls_for(&id, &server).await?;
-                let key = PoolKey {
-                    source: id.to_string(),
-                    destination: node,
-                };
-                let stream = self.pool.connect(&key, || tls, target, source.ip()).await?;
+            Route::Hbone { source: id, via } => {
+                let stream = self.through(&id, &via, target, source.ip()).await?;
                 Ok((Opened::Tunnel(stream), Security::MutualTls))
             }
         }

@@ -279,18 +279,27 @@ impl Lab {
             .count()
     }
 
-    /// Starts the waypoint `name` (see `LabSpec::with_waypoint`) in its pod, with `extra`
-    /// flags, and waits until it is ready (its :15021 answers).
+    /// Starts the waypoint pod `name` (see `LabSpec::with_waypoint` and
+    /// `with_waypoint_replica`) with `extra` flags, and waits until it is ready (its :15021
+    /// answers).
     pub fn start_waypoint(&mut self, name: &str, extra: &[&str]) -> Result<()> {
         self.start_ca()?;
         let pod = self.pod(name).clone();
+        let waypoint = self
+            .spec
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.labels.iter().find(|(k, _)| k == spec::WAYPOINT_LABEL))
+            .map(|(_, v)| v.clone())
+            .with_context(|| format!("pod {name} is no waypoint's"))?;
         let ca = self.ca_dir();
         let log = self.dir.join("logs").join(format!("waypoint-{name}.log"));
         let mut args = vec![
             "--config-dir".to_string(),
             self.manifests_dir().display().to_string(),
             "--name".into(),
-            name.into(),
+            waypoint,
             "--namespace".into(),
             pod.namespace.clone(),
             "--pod-ip".into(),
@@ -334,6 +343,13 @@ impl Lab {
     /// An HTTP GET to the waypoint `name` on `port` (15000 admin, 15020 metrics).
     pub fn waypoint_get(&self, name: &str, port: u16, path: &str) -> Result<(u16, String)> {
         net::http_get(&self.pod(name).netns, port, path)
+    }
+
+    /// Kills the waypoint pod `name` with SIGKILL, as a crash would.
+    pub fn kill_waypoint(&mut self, name: &str) {
+        if let Some(waypoint) = self.waypoints.remove(name) {
+            waypoint.kill();
+        }
     }
 
     /// The waypoint's process, while it runs.

@@ -116,6 +116,31 @@ impl LabSpec {
         })
     }
 
+    /// Another pod, `pod` on `node`, of the waypoint `waypoint` (added before with
+    /// `with_waypoint`): a second replica behind the same Service, with the same identity.
+    /// Start it with `Lab::start_waypoint(pod, ..)`.
+    pub fn with_waypoint_replica(mut self, pod: &str, waypoint: &str, node: usize) -> Self {
+        let namespace = self
+            .pods
+            .iter()
+            .find(|p| p.name == waypoint)
+            .map(|p| p.namespace.clone())
+            .unwrap_or_else(|| panic!("no waypoint {waypoint} to add a replica to"));
+        self = self.with_pod(
+            pod,
+            &namespace,
+            node,
+            &[
+                ("weft.dev/dataplane-mode", "none"),
+                (WAYPOINT_LABEL, waypoint),
+            ],
+        );
+        if let Some(pod) = self.pods.last_mut() {
+            pod.service_account = waypoint.to_string();
+        }
+        self
+    }
+
     pub fn with_pod(
         mut self,
         name: &str,

@@ -23,6 +23,9 @@ pub mod policy;
 /// HBONE: HTTP/2 CONNECT over mutual TLS, the tunnel between agents and waypoints.
 pub mod hbone;
 
+/// Passive health: a peer whose connection failed is avoided for a back-off.
+pub mod reachability;
+
 /// `weft-agent waypoint generate`: a waypoint's Kubernetes objects.
 pub mod waypoint_manifests;
 

@@ -23,7 +23,14 @@ const BACKENDS: [&str; 3] = ["b1", "b2", "b3"];
 /// Two nodes: the waypoint and the client on node 1, backends b1 (node 1, v1), b2 (node 2,
 /// v1) and b3 (node 2, v2).
 fn lab(name: &str) -> Result<Lab> {
-    let spec = LabSpec::new(name, 2)
+    let mut lab = Lab::up(spec(name))?;
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
+    Ok(lab)
+}
+
+fn spec(name: &str) -> LabSpec {
+    LabSpec::new(name, 2)
         .with_namespace(NS, true)
         .with_waypoint(WAYPOINT, NS, 1)
         .with_pod("client", NS, 1, &[("app", "client")])
@@ -41,11 +48,7 @@ fn lab(name: &str) -> Result<Lab> {
             NS,
             [10, 96, 0, 11],
             &[],
-        ));
-    let mut lab = Lab::up(spec)?;
-    lab.start_agents()?;
-    lab.start_waypoint(WAYPOINT, &[])?;
-    Ok(lab)
+        ))
 }
 
 /// Starts the Whoami server in each backend, with per-backend flags; returns the guards and
@@ -97,15 +100,38 @@ fn calls(lab: &Lab, target: &str, calls: u64, extra: &[&str]) -> Result<Value> {
     lab.run_json("client", "uuid-client", &args, Duration::from_secs(120))
 }
 
+/// 3,000 calls at 1,000/s, 32 at most at once, through the waypoint, with `fault` done 1 s
+/// in; the client's report.
+fn under_load(lab: &Lab, fault: impl FnOnce()) -> Result<Value> {
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            calls(
+                lab,
+                SERVICE,
+                3000,
+                &["--rate", "1000", "--concurrency", "32"],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        fault();
+        load.join().expect("the load thread")
+    })
+}
+
 fn count(report: &Value, map: &str, key: &str) -> u64 {
     report[map][key].as_u64().unwrap_or(0)
 }
 
 /// The waypoint's metrics: the sum of the series of `name` whose labels contain `labels`.
 fn waypoint_metric(lab: &Lab, name: &str, labels: &[&str]) -> Result<f64> {
-    let (status, text) = lab.waypoint_get(WAYPOINT, 15020, "/metrics")?;
+    pod_metric(lab, WAYPOINT, name, labels)
+}
+
+/// Like `waypoint_metric`, of the waypoint pod `pod`.
+fn pod_metric(lab: &Lab, pod: &str, name: &str, labels: &[&str]) -> Result<f64> {
+    let (status, text) = lab.waypoint_get(pod, 15020, "/metrics")?;
     if status != 200 {
-        bail!("waypoint /metrics answered {status}");
+        bail!("waypoint {pod} /metrics answered {status}");
     }
     Ok(weft_lab::sum_series(&text, name, labels))
 }
@@ -585,19 +611,7 @@ fn a_killed_backend_costs_the_clients_almost_nothing() -> Result<()> {
     let report = calls(&lab, SERVICE, 30, &[])?;
     assert_eq!(count(&report, "by_status", "OK"), 30, "{report}");
     let victim = servers.remove(1);
-    let report = std::thread::scope(|scope| {
-        let load = scope.spawn(|| {
-            calls(
-                &lab,
-                SERVICE,
-                3000,
-                &["--rate", "1000", "--concurrency", "32"],
-            )
-        });
-        std::thread::sleep(Duration::from_secs(1));
-        victim.kill();
-        load.join().expect("the load thread")
-    })?;
+    let report = under_load(&lab, || victim.kill())?;
     let ok = count(&report, "by_status", "OK");
     eprintln!("with b2 killed: {report}");
     if ok < 2997 || count(&report, "by_status", "Unknown") > 0 {
@@ -708,5 +722,48 @@ fn a_stopping_waypoint_finishes_the_calls_in_flight() -> Result<()> {
         stopped_in >= Duration::from_millis(700) && stopped_in < Duration::from_secs(4),
         "the waypoint exited {stopped_in:?} after SIGTERM"
     );
+    lab.down()
+}
+
+/// A waypoint of two replicas, one on each node; one of them is killed (SIGKILL) under
+/// load: the client's agent moves its connections to the other at once (the dead one's
+/// port refuses), and the calls that were not in flight on the dead one all succeed.
+#[test]
+fn a_killed_waypoint_replica_costs_the_clients_almost_nothing() -> Result<()> {
+    const REPLICA: &str = "wp-2";
+    let mut lab = Lab::up(spec("wl-wp-replica").with_waypoint_replica(REPLICA, WAYPOINT, 2))?;
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
+    lab.start_waypoint(REPLICA, &[])?;
+    let (_servers, _) = backends(&lab, &[])?;
+    let report = calls(&lab, SERVICE, 30, &[])?;
+    assert_eq!(count(&report, "by_status", "OK"), 30, "{report}");
+    // The replica the client's agent chose takes every call; it is the one to kill.
+    let served = |lab: &Lab, pod| pod_metric(lab, pod, "istio_requests_total", &[]);
+    let (first, second) = (served(&lab, WAYPOINT)?, served(&lab, REPLICA)?);
+    let (victim, survivor) = match (first, second) {
+        (f, 0.0) if f >= 30.0 => (WAYPOINT, REPLICA),
+        (0.0, s) if s >= 30.0 => (REPLICA, WAYPOINT),
+        _ => bail!("one replica should serve the client: {WAYPOINT} {first}, {REPLICA} {second}"),
+    };
+    let before = served(&lab, survivor)?;
+    let pid = lab.waypoint_pid(victim).context("the victim runs")?;
+    let report = under_load(&lab, || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL to the waypoint")
+    })?;
+    lab.kill_waypoint(victim);
+    eprintln!("with {victim} killed: {report}");
+    let taken = served(&lab, survivor)? - before;
+    let ok = count(&report, "by_status", "OK");
+    if ok < 2990 || taken < 1500.0 {
+        return Err(fail(
+            &lab,
+            format!("{victim} killed mid-run ({survivor} took {taken}): {report}"),
+        ));
+    }
     lab.down()
 }

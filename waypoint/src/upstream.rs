@@ -16,8 +16,8 @@ use std::{
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        Arc, LazyLock, Mutex,
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -76,30 +76,12 @@ pub struct Connections {
     /// When the last dial failed, and why: calls that queued behind it fail with it rather
     /// than each waiting out a connect timeout of its own.
     failed: Mutex<Option<(Instant, io::ErrorKind, String)>>,
-    reachability: Reachability,
+    reachability: weft_mesh::reachability::Reachability,
 }
 
 /// Passive health of the pod behind a set of connections, whatever the DestinationRule
 /// says (outlier detection keeps its own meaning): a failed connection or a reset takes the
-/// pod out of the balancers' picks for a back-off, 1 s doubling with each failure in a row
-/// up to 8 s, and a new connection that succeeds brings it back at once. The balancer still
-/// picks it when no reachable endpoint is left (`balance`).
-#[derive(Default)]
-struct Reachability {
-    /// Until when the pod is out, in milliseconds after [`EPOCH`] (plus one); 0 when it is in.
-    until: AtomicU64,
-    failures: AtomicU32,
-}
-
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-const BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF_DOUBLINGS: u32 = 3;
-
-fn millis(at: Instant) -> u64 {
-    at.saturating_duration_since(*EPOCH).as_millis() as u64 + 1
-}
-
+/// pod out of the balancers' picks for a back-off (`weft_mesh::reachability`).
 /// A call's hold on a connection's stream slot, released when dropped.
 pub struct Lease(Arc<Connection>);
 
@@ -128,24 +110,17 @@ impl Connection {
 impl Connections {
     /// Whether the pod may be picked at `now`: no failure, or its back-off is over.
     pub fn reachable(&self, now: Instant) -> bool {
-        let until = self.reachability.until.load(Ordering::Relaxed);
-        until == 0 || millis(now) >= until
+        self.reachability.reachable(now)
     }
 
     /// A connection to the pod failed, or a stream on one was reset: it is out for a while.
     pub fn unreachable(&self, now: Instant) {
-        let failures = self.reachability.failures.fetch_add(1, Ordering::Relaxed);
-        let backoff = BACKOFF * 2u32.pow(failures.min(MAX_BACKOFF_DOUBLINGS));
-        self.reachability
-            .until
-            .store(millis(now + backoff), Ordering::Relaxed);
+        self.reachability.failed(now);
     }
 
     /// A new connection succeeded: the pod is back.
     fn reached(&self) {
-        if self.reachability.failures.swap(0, Ordering::Relaxed) > 0 {
-            self.reachability.until.store(0, Ordering::Relaxed);
-        }
+        self.reachability.reached();
     }
 
     /// A connection with a free stream slot, if one is open: the least busy usable one.
@@ -305,7 +280,7 @@ impl Dialer {
             destination: node,
         };
         let tls = self.tls.clone();
-        Ok(self.pool.connect(&key, || tls, pod, self.source_ip).await?)
+        Ok(self.pool.connect(&key, tls, pod, self.source_ip).await?)
     }
 }
 

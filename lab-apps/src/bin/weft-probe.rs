@@ -379,7 +379,7 @@ async fn hbone(
         destination: target.connect,
     };
     let mut stream = pool
-        .connect(&key, || tls, target.authority, target.forwarded_for)
+        .connect(&key, tls, target.authority, target.forwarded_for)
         .await
         .map_err(|e| {
             let (stage, status) = match &e {

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{H2Stream, HboneError, Settings};
+use crate::reachability::Reachability;
 
 /// Which connections a stream may share: same source identity, same destination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -63,7 +64,28 @@ pub struct Pool {
     /// dialled instead of each opening its own.
     dialling: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
     opened: AtomicUsize,
+    /// Destinations whose last dial failed, and when it did.
+    failures: Mutex<HashMap<SocketAddr, (Reachability, Option<Instant>)>>,
 }
+
+/// Why a CONNECT on a connection failed.
+enum Opening {
+    /// The connection is gone (GOAWAY, closed): another may do.
+    Stale(HboneError),
+    /// The peer answered, or reset this stream.
+    Failed(HboneError),
+}
+
+impl From<Opening> for HboneError {
+    fn from(opening: Opening) -> Self {
+        match opening {
+            Opening::Stale(err) | Opening::Failed(err) => err,
+        }
+    }
+}
+
+/// How long a destination's failed dial is remembered.
+const FAILURES_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Pool {
     /// A pool; a background task closes idle connections while the pool lives.
@@ -73,6 +95,7 @@ impl Pool {
             connections: Mutex::new(HashMap::new()),
             dialling: Mutex::new(HashMap::new()),
             opened: AtomicUsize::new(0),
+            failures: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&pool);
         let period = pool
@@ -92,37 +115,80 @@ impl Pool {
     }
 
     /// Opens a tunnelled stream to `authority` through `key.destination`, on behalf of the
-    /// client at `forwarded_for`. `tls` gives the client configuration (with the source's
-    /// certificate) if a new connection must be dialled.
+    /// client at `forwarded_for`. `tls` is the client configuration (with the source's
+    /// certificate) for a connection that must be dialled.
+    ///
+    /// A pooled connection may have been told GOAWAY, or have died, since its last stream:
+    /// then the stream is tried once more on a connection of its own. Nothing of the
+    /// client's has been sent before the CONNECT is answered, so this is always safe.
     pub async fn connect(
         &self,
         key: &PoolKey,
-        tls: impl FnOnce() -> Arc<rustls::ClientConfig>,
+        tls: Arc<rustls::ClientConfig>,
         authority: SocketAddr,
         forwarded_for: IpAddr,
     ) -> Result<H2Stream, HboneError> {
-        let conn = match self.pick(key) {
-            Some(conn) => conn,
-            None => {
-                let lock = self
-                    .dialling
-                    .lock()
-                    .map(|mut d| d.entry(key.clone()).or_default().clone())
-                    .unwrap_or_default();
-                let _dialling = lock.lock().await;
-                // Another stream may have dialled while this one waited.
-                match self.pick(key) {
-                    Some(conn) => conn,
-                    None => self.dial(key, tls()).await?,
-                }
+        let (conn, dialled) = self.take(key, &tls).await?;
+        match self.open(conn, key, authority, forwarded_for).await {
+            Err(Opening::Stale(err)) if !dialled => {
+                tracing::debug!(peer = %key.destination, %err, "a pooled tunnel connection is gone; dialling");
+                let conn = self.dial(key, tls).await?;
+                self.open(conn, key, authority, forwarded_for)
+                    .await
+                    .map_err(HboneError::from)
             }
-        };
+            opened => opened.map_err(HboneError::from),
+        }
+    }
+
+    /// Whether `destination` may be dialled: no dial to it failed, or its back-off is over
+    /// (`reachability`). Those who choose between destinations prefer reachable ones.
+    pub fn reachable(&self, destination: SocketAddr) -> bool {
+        self.failures.lock().map_or(true, |f| {
+            f.get(&destination)
+                .is_none_or(|(r, _)| r.reachable(Instant::now()))
+        })
+    }
+
+    /// A connection for one more stream, counted as taken: a pooled one, or a new one (then
+    /// `true`).
+    async fn take(
+        &self,
+        key: &PoolKey,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<(Arc<Pooled>, bool), HboneError> {
+        if let Some(conn) = self.pick(key) {
+            return Ok((conn, false));
+        }
+        let lock = self
+            .dialling
+            .lock()
+            .map(|mut d| d.entry(key.clone()).or_default().clone())
+            .unwrap_or_default();
+        let _dialling = lock.lock().await;
+        // Another stream may have dialled while this one waited.
+        match self.pick(key) {
+            Some(conn) => Ok((conn, false)),
+            None => Ok((self.dial(key, tls.clone()).await?, true)),
+        }
+    }
+
+    /// Sends the CONNECT on `conn` and waits for its answer.
+    async fn open(
+        &self,
+        conn: Arc<Pooled>,
+        key: &PoolKey,
+        authority: SocketAddr,
+        forwarded_for: IpAddr,
+    ) -> Result<H2Stream, Opening> {
         let peer = key.destination;
         let guard = StreamGuard(conn.clone());
-        let mut send = conn.send.clone().ready().await.map_err(|e| {
+        // The connection, not this stream, failed: it takes no more.
+        let stale = |e: h2::Error| {
             conn.closed.store(true, Ordering::Release);
-            HboneError::H2(peer, e)
-        })?;
+            Opening::Stale(HboneError::H2(peer, e))
+        };
+        let mut send = conn.send.clone().ready().await.map_err(stale)?;
         let forwarded = match forwarded_for {
             IpAddr::V4(ip) => format!("for={ip}"),
             // RFC 7239 §6: an IPv6 node is quoted and bracketed.
@@ -133,13 +199,19 @@ impl Pool {
             .uri(authority.to_string())
             .header(http::header::FORWARDED, forwarded)
             .body(())
-            .map_err(|e| HboneError::Connect(peer, std::io::Error::other(e)))?;
-        let (response, send_stream) = send
-            .send_request(request, false)
-            .map_err(|e| HboneError::H2(peer, e))?;
-        let response = response.await.map_err(|e| HboneError::H2(peer, e))?;
+            .map_err(|e| Opening::Failed(HboneError::Connect(peer, std::io::Error::other(e))))?;
+        let (response, send_stream) = send.send_request(request, false).map_err(stale)?;
+        let response = response.await.map_err(|e| {
+            // GOAWAY before this stream, or the connection broke: the connection is done.
+            // A reset of this stream alone (REFUSED_STREAM, say) leaves it be.
+            if e.is_go_away() || e.is_io() {
+                stale(e)
+            } else {
+                Opening::Failed(HboneError::H2(peer, e))
+            }
+        })?;
         if response.status() != http::StatusCode::OK {
-            return Err(HboneError::Refused {
+            return Err(Opening::Failed(HboneError::Refused {
                 peer,
                 authority,
                 status: response.status().as_u16(),
@@ -148,7 +220,7 @@ impl Pool {
                     .get(super::REFUSAL_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
-            });
+            }));
         }
         Ok(H2Stream::new(
             send_stream,
@@ -206,9 +278,27 @@ impl Pool {
                 .await
                 .map_err(|e| HboneError::H2(peer, e))
         };
-        let (send, connection) = tokio::time::timeout(self.settings.connect_timeout, handshake)
+        let dialled = tokio::time::timeout(self.settings.connect_timeout, handshake)
             .await
-            .map_err(|_| HboneError::Timeout(peer))??;
+            .map_err(|_| HboneError::Timeout(peer))
+            .flatten();
+        let (send, connection) = match dialled {
+            Ok(dialled) => {
+                if let Ok(mut failures) = self.failures.lock() {
+                    failures.remove(&peer);
+                }
+                dialled
+            }
+            Err(err) => {
+                if let Ok(mut failures) = self.failures.lock() {
+                    let now = Instant::now();
+                    let (reachability, last) = failures.entry(peer).or_default();
+                    reachability.failed(now);
+                    *last = Some(now);
+                }
+                return Err(err);
+            }
+        };
         let pooled = Arc::new(Pooled {
             send,
             streams: AtomicUsize::new(1),
@@ -252,6 +342,9 @@ impl Pool {
         // Dial locks of keys nobody is dialling or using any more.
         if let Ok(mut dialling) = self.dialling.lock() {
             dialling.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.retain(|_, (_, last)| last.is_some_and(|t| t.elapsed() < FAILURES_KEPT));
         }
     }
 

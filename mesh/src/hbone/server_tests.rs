@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::*;
+use crate::hbone::{HboneError, Pool, PoolKey};
 use crate::identity::{CertSlot, ServerIdentity, client_config, server_config, testutil};
 
 /// Accepts every stream, counts the dials it would make, and holds each stream open until
@@ -45,6 +46,10 @@ struct Server {
 }
 
 async fn start(settings: Settings) -> Server {
+    start_at(settings, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn start_at(settings: Settings, at: SocketAddr) -> Server {
     let ca = testutil::ca();
     let trust = ca.trust_bundle().unwrap();
     let (server_id, client_id) = (
@@ -55,7 +60,7 @@ async fn start(settings: Settings) -> Server {
         |id| Arc::new(CertSlot::new(testutil::issue(&ca, id, Duration::from_secs(3600))).unwrap());
     let tls = server_config(slot(&server_id), &trust).unwrap();
     let client = client_config(slot(&client_id), &trust, ServerIdentity::Exact(server_id)).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind(at).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let opener = Arc::new(Holding::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -208,4 +213,71 @@ async fn an_idle_connection_is_closed_and_big_headers_are_refused() {
     })
     .await;
     assert!(closed.is_ok(), "an idle connection stayed");
+}
+
+/// The client pool, against servers that go away: a pooled connection told GOAWAY takes no
+/// new stream (the stream goes on a new connection, at once), and a destination that
+/// refused a dial is unreachable until a dial to it succeeds.
+#[tokio::test]
+async fn the_pool_leaves_a_connection_that_went_away_and_marks_a_refusing_peer() {
+    // Streams share a connection from the first, so that the held stream's connection,
+    // told GOAWAY but still open, is the one the pool would pick.
+    let pool = Pool::new(Settings {
+        spread_connections: 1,
+        ..Settings::default()
+    });
+    let first = start(quick()).await;
+    let (addr, key) = (
+        first.addr,
+        PoolKey {
+            source: "a".into(),
+            destination: first.addr,
+        },
+    );
+    let to: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let for_: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+    let held = pool
+        .connect(&key, first.client.clone(), to, for_)
+        .await
+        .unwrap();
+    // The server stops: its connection gets GOAWAY (the held stream runs on) and its port
+    // closes; a dial now is refused, and the destination is out.
+    drop(first._stop);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(pool.reachable(addr));
+    assert_eq!(
+        pool.stats().connections,
+        1,
+        "the held stream keeps its connection"
+    );
+    let client = testutil_client_for_refusal();
+    let refused = pool.connect(&key, client, to, for_).await;
+    assert!(
+        matches!(refused, Err(HboneError::Connect(..))),
+        "{:?}",
+        refused.err()
+    );
+    assert!(
+        !pool.reachable(addr),
+        "a refused dial takes the destination out"
+    );
+    // A new server on the same port: the pool does not use the old connection, and the
+    // destination is back after the new dial.
+    let second = start_at(quick(), addr).await;
+    let stream = pool.connect(&key, second.client.clone(), to, for_).await;
+    assert!(stream.is_ok(), "{:?}", stream.err());
+    assert!(pool.reachable(addr));
+    assert_eq!(pool.stats().connections_opened, 2);
+    assert_eq!(second.opener.opened.load(Ordering::Relaxed), 1);
+    drop(held);
+}
+
+/// A client configuration for a dial that is refused before TLS begins.
+fn testutil_client_for_refusal() -> Arc<rustls::ClientConfig> {
+    let ca = testutil::ca();
+    let trust = ca.trust_bundle().unwrap();
+    let id = testutil::id("app", "a");
+    let slot =
+        Arc::new(CertSlot::new(testutil::issue(&ca, &id, Duration::from_secs(3600))).unwrap());
+    client_config(slot, &trust, ServerIdentity::Exact(id)).unwrap()
 }
