@@ -126,6 +126,10 @@ enum WaypointCommand {
         ca_address: String,
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
+        /// Pods of the waypoint. With two or more, the node agents move a client to another
+        /// when one goes away, and a rolling update keeps them all serving.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+        replicas: u32,
         /// Apply the objects to the cluster (server-side apply) instead of printing them.
         #[arg(long)]
         apply: bool,
@@ -259,6 +263,7 @@ async fn waypoint(command: WaypointCommand) -> anyhow::Result<()> {
         image,
         ca_address,
         trust_domain,
+        replicas,
         apply,
     } = command;
     let manifests = weft_mesh::waypoint_manifests::WaypointManifests {
@@ -268,6 +273,7 @@ async fn waypoint(command: WaypointCommand) -> anyhow::Result<()> {
         image,
         ca_address,
         trust_domain,
+        replicas,
     };
     if apply {
         manifests.apply().await.map_err(anyhow::Error::msg)?;

@@ -1,5 +1,5 @@
-//! `weft-agent waypoint generate`: the ServiceAccount, Deployment and Service of a
-//! waypoint, per namespace (the default) or per service account, as YAML to apply, in the
+//! `weft-agent waypoint generate`: the ServiceAccount, Deployment, Service and
+//! PodDisruptionBudget of a waypoint, per namespace (the default) or per service account, as YAML to apply, in the
 //! spirit of `istioctl waypoint generate`. The same objects are applied by `--apply` with
 //! server-side apply.
 //!
@@ -29,6 +29,9 @@ pub struct WaypointManifests {
     /// The CA, `host:port`.
     pub ca_address: String,
     pub trust_domain: String,
+    /// Pods of the Deployment (two by default): the node agents balance over them and move
+    /// a client off one that goes away.
+    pub replicas: u32,
 }
 
 impl WaypointManifests {
@@ -55,8 +58,12 @@ impl WaypointManifests {
         }
     }
 
-    /// ServiceAccount, Deployment, Service, and the ClusterRoleBinding that lets the
+    /// ServiceAccount, Deployment, Service, the PodDisruptionBudget that keeps all but one
+    /// replica up through voluntary disruptions, and the ClusterRoleBinding that lets the
     /// waypoint read the cluster (to the ClusterRole `weft-waypoint` of deploy/waypoint/).
+    ///
+    /// The replicas spread over nodes where they can, and a rolling update starts a new pod
+    /// before it stops an old one (which drains on SIGTERM).
     pub fn objects(&self) -> Vec<Value> {
         let (name, ns) = (self.name(), self.namespace.as_str());
         let labels = json!({
@@ -81,12 +88,19 @@ impl WaypointManifests {
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": name, "namespace": ns, "labels": labels},
                 "spec": {
-                    "replicas": 1,
+                    "replicas": self.replicas,
                     "selector": {"matchLabels": {"weft.dev/waypoint": name}},
+                    "strategy": {"type": "RollingUpdate",
+                                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
                     "template": {
                         "metadata": {"labels": pod_labels},
                         "spec": {
                             "serviceAccountName": name,
+                            "topologySpreadConstraints": [{
+                                "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                "whenUnsatisfiable": "ScheduleAnyway",
+                                "labelSelector": {"matchLabels": {"weft.dev/waypoint": name}},
+                            }],
                             // Above the waypoint's drain (WEFT_DRAIN_SECONDS) after SIGTERM.
                             "terminationGracePeriodSeconds": 30,
                             "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
@@ -143,6 +157,14 @@ impl WaypointManifests {
                 "spec": {
                     "selector": {"weft.dev/waypoint": name},
                     "ports": [{"name": "hbone", "port": hbone::PORT, "targetPort": hbone::PORT, "protocol": "TCP"}],
+                },
+            }),
+            json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {
+                    "maxUnavailable": 1,
+                    "selector": {"matchLabels": {"weft.dev/waypoint": name}},
                 },
             }),
             json!({
@@ -217,6 +239,7 @@ mod tests {
     use k8s_openapi::api::{
         apps::v1::Deployment,
         core::v1::{Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
         rbac::v1::ClusterRoleBinding,
     };
 
@@ -231,6 +254,7 @@ mod tests {
             image: "weft:test".into(),
             ca_address: "weft-ca.weft-system.svc:15012".into(),
             trust_domain: "cluster.local".into(),
+            replicas: 2,
         }
     }
 
@@ -240,13 +264,19 @@ mod tests {
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .filter(|v: &serde_yaml::Value| !v.is_null())
             .collect();
-        assert_eq!(docs.len(), 4, "{yaml}");
+        assert_eq!(docs.len(), 5, "{yaml}");
         let typed = |kind: &str| {
             docs.iter()
                 .find(|d| d["kind"] == kind)
                 .cloned()
                 .unwrap_or_else(|| panic!("no {kind}"))
         };
+        let budget: PodDisruptionBudget =
+            serde_yaml::from_value(typed("PodDisruptionBudget")).unwrap();
+        assert_eq!(
+            budget.spec.unwrap().max_unavailable,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+        );
         (
             serde_yaml::from_value(typed("Deployment")).unwrap(),
             serde_yaml::from_value(typed("Service")).unwrap(),
@@ -261,7 +291,17 @@ mod tests {
         let yaml = generated.yaml();
         let (deployment, service, account, binding) = parse_all(&yaml);
         assert_eq!(deployment.metadata.name.as_deref(), Some("waypoint"));
-        let pod = deployment.spec.unwrap().template;
+        let deployment = deployment.spec.unwrap();
+        assert_eq!(deployment.replicas, Some(2), "two replicas by default");
+        let rolling = deployment.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(
+            (rolling.max_surge, rolling.max_unavailable),
+            (
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)),
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+            )
+        );
+        let pod = deployment.template;
         let labels = pod.metadata.unwrap().labels.unwrap();
         assert_eq!(labels["weft.dev/dataplane-mode"], "none");
         let pod_spec = pod.spec.unwrap();
@@ -348,6 +388,7 @@ mod tests {
                 "/api/v1/namespaces/shop/serviceaccounts/waypoint",
                 "/apis/apps/v1/namespaces/shop/deployments/waypoint",
                 "/api/v1/namespaces/shop/services/waypoint",
+                "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/waypoint",
                 "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/weft-waypoint-shop-waypoint",
             ]
         );

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
     core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
+    policy::v1::PodDisruptionBudget,
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -79,6 +80,9 @@ fn every_manifest_under_deploy_parses() {
                 ("v1", "Secret") => round_trip::<Secret>(&doc, &what),
                 ("apps/v1", "Deployment") => round_trip::<Deployment>(&doc, &what),
                 ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(&doc, &what),
+                ("policy/v1", "PodDisruptionBudget") => {
+                    round_trip::<PodDisruptionBudget>(&doc, &what)
+                }
                 ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
                     round_trip::<ClusterRole>(&doc, &what)
                 }
