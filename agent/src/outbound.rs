@@ -12,7 +12,11 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
 };
-use weft_mesh::state::State;
+use weft_mesh::{
+    config::AppProtocol,
+    refusal::{Answer, answer_every_stream},
+    state::State,
+};
 
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -24,6 +28,10 @@ use crate::{
     redirect::SharedMaps,
     upstream::Upstream,
 };
+
+/// How long a connection that no upstream takes is answered in HTTP/2 before its GOAWAY (and
+/// again after it, for what the client still sends).
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub struct Outbound<U> {
     pub maps: SharedMaps,
@@ -104,7 +112,15 @@ impl<U: Upstream> Outbound<U> {
                 labels.response_flags = if denied { "UAEX" } else { "UF" };
                 self.metrics.tcp_opened(&labels);
                 self.metrics.tcp_closed(&labels, 0, 0);
-                refuse(client);
+                match self.speaks_http2(orig) {
+                    // Each call gets UNAVAILABLE (503), which every gRPC client reads alike;
+                    // a reset connection reads as UNKNOWN to some.
+                    Some(grpc) if !denied => {
+                        let answer = Answer::unavailable(grpc, &format!("{target}: {err}"));
+                        answer_every_stream(client, &answer, ANSWER_WITHIN).await;
+                    }
+                    _ => refuse(client),
+                }
                 return;
             }
         };
@@ -122,6 +138,19 @@ impl<U: Upstream> Outbound<U> {
         };
         self.metrics.bytes(request, response);
         self.metrics.tcp_closed(&labels, request, response);
+    }
+
+    /// Whether `orig` is a Service port declared gRPC (`Some(true)`) or HTTP/2
+    /// (`Some(false)`).
+    fn speaks_http2(&self, orig: SocketAddrV4) -> Option<bool> {
+        let model = self.model.borrow();
+        let service = model.service_by_ip(IpAddr::V4(*orig.ip()))?;
+        let port = service.ports.iter().find(|p| p.port == orig.port())?;
+        match port.protocol {
+            AppProtocol::Grpc => Some(true),
+            AppProtocol::Http2 => Some(false),
+            AppProtocol::Tcp => None,
+        }
     }
 
     /// The principal of the mesh pod at `ip`, when identities exist.

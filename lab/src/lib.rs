@@ -531,6 +531,18 @@ impl Lab {
         )
     }
 
+    /// Starts a program in a pod that prints a JSON report when it ends (its last line);
+    /// `Background::report` waits for it. Killed if dropped before.
+    pub fn background(&self, pod: &str, program: &str, args: &[&str]) -> Result<Background> {
+        let log = self.log_path(pod, program, args);
+        let _ = std::fs::remove_file(&log);
+        Ok(Background {
+            process: self.spawn(pod, program, args)?,
+            log,
+            what: format!("{program} in pod {pod}"),
+        })
+    }
+
     /// Runs a program in a pod to completion (killed after `timeout`) and returns its output.
     pub fn run(
         &self,
@@ -921,4 +933,33 @@ pub fn seed(file: &str) -> Result<String> {
             path.display()
         )
     })
+}
+
+/// A program running in a pod whose JSON report is the last line of its log
+/// (`Lab::background`).
+pub struct Background {
+    process: Guarded,
+    log: PathBuf,
+    what: String,
+}
+
+impl Background {
+    /// Waits up to `within` for the program to end; its report.
+    pub fn report(mut self, within: Duration) -> Result<serde_json::Value> {
+        let status = self
+            .process
+            .wait_timeout(within)?
+            .with_context(|| format!("{} did not finish in {within:?}", self.what))?;
+        let text = std::fs::read_to_string(&self.log)
+            .with_context(|| format!("reading {}", self.log.display()))?;
+        let report = text.lines().rev().find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(serde_json::Value::is_object)
+        });
+        match report {
+            Some(report) => Ok(report),
+            None => bail!("{} ({status}) printed no report: {text}", self.what),
+        }
+    }
 }

@@ -23,6 +23,9 @@ pub mod policy;
 /// HBONE: HTTP/2 CONNECT over mutual TLS, the tunnel between agents and waypoints.
 pub mod hbone;
 
+/// An HTTP/2 connection that cannot be served, answered stream by stream with a status.
+pub mod refusal;
+
 /// Passive health: a peer whose connection failed is avoided for a back-off.
 pub mod reachability;
 

@@ -100,6 +100,23 @@ fn calls(lab: &Lab, target: &str, calls: u64, extra: &[&str]) -> Result<Value> {
     lab.run_json("client", "uuid-client", &args, Duration::from_secs(120))
 }
 
+/// Starts the backends and makes 30 calls, which must succeed: the waypoint then holds a
+/// connection to each backend.
+fn warm(lab: &Lab) -> Result<Vec<Guarded>> {
+    let (servers, _) = backends(lab, &[])?;
+    let report = calls(lab, SERVICE, 30, &[])?;
+    assert_eq!(count(&report, "by_status", "OK"), 30, "{report}");
+    Ok(servers)
+}
+
+fn sigkill(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL")
+}
+
 /// 3,000 calls at 1,000/s, 32 at most at once, through the waypoint, with `fault` done 1 s
 /// in; the client's report.
 fn under_load(lab: &Lab, fault: impl FnOnce()) -> Result<Value> {
@@ -735,9 +752,7 @@ fn a_killed_waypoint_replica_costs_the_clients_almost_nothing() -> Result<()> {
     lab.start_agents()?;
     lab.start_waypoint(WAYPOINT, &[])?;
     lab.start_waypoint(REPLICA, &[])?;
-    let (_servers, _) = backends(&lab, &[])?;
-    let report = calls(&lab, SERVICE, 30, &[])?;
-    assert_eq!(count(&report, "by_status", "OK"), 30, "{report}");
+    let _servers = warm(&lab)?;
     // The replica the client's agent chose takes every call; it is the one to kill.
     let served = |lab: &Lab, pod| pod_metric(lab, pod, "istio_requests_total", &[]);
     let (first, second) = (served(&lab, WAYPOINT)?, served(&lab, REPLICA)?);
@@ -748,13 +763,7 @@ fn a_killed_waypoint_replica_costs_the_clients_almost_nothing() -> Result<()> {
     };
     let before = served(&lab, survivor)?;
     let pid = lab.waypoint_pid(victim).context("the victim runs")?;
-    let report = under_load(&lab, || {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("SIGKILL to the waypoint")
-    })?;
+    let report = under_load(&lab, || sigkill(pid))?;
     lab.kill_waypoint(victim);
     eprintln!("with {victim} killed: {report}");
     let taken = served(&lab, survivor)? - before;
@@ -764,6 +773,87 @@ fn a_killed_waypoint_replica_costs_the_clients_almost_nothing() -> Result<()> {
             &lab,
             format!("{victim} killed mid-run ({survivor} took {taken}): {report}"),
         ));
+    }
+    lab.down()
+}
+
+/// The only waypoint is killed (SIGKILL) under load: the calls in flight on it are lost
+/// (tonic reads a connection that breaks as UNKNOWN or CANCELLED, at most one per call in
+/// flight), and every call while it is down gets UNAVAILABLE from the client's agent,
+/// which answers in HTTP/2 when no waypoint pod takes the connection, instead of a
+/// connection that closes (UNKNOWN to tonic). Started again, it serves at once.
+#[test]
+fn calls_get_unavailable_while_the_waypoint_is_down() -> Result<()> {
+    let mut lab = lab("wl-wp-down")?;
+    let _servers = warm(&lab)?;
+    let pid = lab.waypoint_pid(WAYPOINT).context("the waypoint runs")?;
+    let report = under_load(&lab, || sigkill(pid))?;
+    lab.kill_waypoint(WAYPOINT);
+    eprintln!("with the waypoint killed 1 s in: {report}");
+    let (ok, unavailable) = (
+        count(&report, "by_status", "OK"),
+        count(&report, "by_status", "Unavailable"),
+    );
+    let lost = 3000 - ok - unavailable;
+    if !(500..=1500).contains(&ok) || unavailable < 1000 || lost > 32 {
+        return Err(fail(&lab, format!("the waypoint killed: {report}")));
+    }
+    lab.start_waypoint(WAYPOINT, &[])?;
+    let report = calls(&lab, SERVICE, 30, &[])?;
+    assert_eq!(
+        count(&report, "by_status", "OK"),
+        30,
+        "started again: {report}"
+    );
+    lab.down()
+}
+
+/// Node 2's agent is killed (SIGKILL) 1 s into 3,000 calls at 1,000/s and started again
+/// 1 s later: the waypoint's connections to b2 and b3 (on node 2) fail fast while it is
+/// down (its HBONE port refuses), their calls are retried on b1, and the calls succeed;
+/// when it is back, node 2's backends serve again once their back-off ends.
+#[test]
+fn a_restarting_node_agent_costs_the_clients_almost_nothing() -> Result<()> {
+    let mut lab = lab("wl-wp-agent-restart")?;
+    let _servers = warm(&lab)?;
+    let load = lab.background(
+        "client",
+        "uuid-client",
+        &[
+            "--connect",
+            &format!("http://{SERVICE}"),
+            "--calls",
+            "3000",
+            "--rate",
+            "1000",
+            "--concurrency",
+            "32",
+            "--allow-errors",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    lab.kill_agent(2)?;
+    std::thread::sleep(Duration::from_secs(1));
+    lab.start_agent(2)?;
+    let report = load.report(Duration::from_secs(60))?;
+    eprintln!("with node 2's agent restarted: {report}");
+    if count(&report, "by_status", "OK") < 2970 {
+        return Err(fail(&lab, format!("node 2's agent restarted: {report}")));
+    }
+    // Back within the passive-health back-off (at most 8 s) at the latest.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let report = calls(&lab, SERVICE, 60, &[])?;
+        if ["b2", "b3"].iter().all(|p| count(&report, "by_pod", p) > 0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(fail(
+                &lab,
+                format!("node 2's backends are not back: {report}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     lab.down()
 }

@@ -96,22 +96,9 @@ pub fn trailers_only<B>(code: Code, message: &str, body: B) -> Response<B> {
 /// Adds `grpc-status` and a percent-encoded `grpc-message` to a header block.
 pub fn insert_status(headers: &mut HeaderMap, code: Code, message: &str) {
     headers.insert(STATUS, HeaderValue::from(code as u16));
-    if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
+    if let Ok(value) = HeaderValue::from_str(&weft_mesh::refusal::percent_encode(message)) {
         headers.insert(MESSAGE, value);
     }
-}
-
-/// `grpc-message` is percent-encoded UTF-8: everything outside printable ASCII, and `%`.
-fn percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for b in message.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The HTTP status an error of the waypoint's own is answered with, for plain HTTP/2.

@@ -14,6 +14,7 @@ use weft_lab::{Lab, LabSpec};
 
 use crate::{setup, workspace};
 
+mod faults;
 mod waypoint;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -24,6 +25,8 @@ pub enum Scenario {
     Tunnel,
     /// Unary gRPC direct, through L4 only, and through the waypoint.
     Waypoint,
+    /// Calls through the waypoint while a backend, an agent or a waypoint fails (issue 15).
+    Faults,
     /// The compiled configuration at 10,000 pods (no root, no lab).
     Scale,
 }
@@ -51,6 +54,7 @@ pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
         Scenario::Capture => capture()?,
         Scenario::Tunnel => tunnel()?,
         Scenario::Waypoint => waypoint::run()?,
+        Scenario::Faults => faults::run()?,
         Scenario::Scale => scale()?,
     };
     write(figures, json)
