@@ -119,8 +119,9 @@ impl Pool {
     /// certificate) for a connection that must be dialled.
     ///
     /// A pooled connection may have been told GOAWAY, or have died, since its last stream:
-    /// then the stream is tried once more on a connection of its own. Nothing of the
-    /// client's has been sent before the CONNECT is answered, so this is always safe.
+    /// then the stream is tried once more on another (a new one, or one that another
+    /// stream dialled meanwhile). Nothing of the client's has been sent before the CONNECT
+    /// is answered, so this is always safe.
     pub async fn connect(
         &self,
         key: &PoolKey,
@@ -132,7 +133,9 @@ impl Pool {
         match self.open(conn, key, authority, forwarded_for).await {
             Err(Opening::Stale(err)) if !dialled => {
                 tracing::debug!(peer = %key.destination, %err, "a pooled tunnel connection is gone; dialling");
-                let conn = self.dial(key, tls).await?;
+                // Through the dial lock: the streams that found the same connection gone
+                // share one new connection instead of each dialling its own.
+                let (conn, _) = self.take(key, &tls).await?;
                 self.open(conn, key, authority, forwarded_for)
                     .await
                     .map_err(HboneError::from)
