@@ -49,11 +49,6 @@ impl Reachability {
             self.until.store(0, Ordering::Relaxed);
         }
     }
-
-    /// Whether the peer has failed since it was last reached.
-    pub fn failing(&self) -> bool {
-        self.failures.load(Ordering::Relaxed) > 0
-    }
 }
 
 #[cfg(test)]
@@ -79,6 +74,9 @@ mod tests {
             "capped at 8 s"
         );
         r.reached();
-        assert!(r.reachable(now) && !r.failing());
+        assert!(r.reachable(now));
+        // The doubling starts over.
+        r.failed(now);
+        assert!(r.reachable(now + Duration::from_millis(1100)));
     }
 }
