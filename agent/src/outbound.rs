@@ -31,7 +31,7 @@ use crate::{
 
 /// How long a connection that no upstream takes is answered in HTTP/2 before its GOAWAY (and
 /// again after it, for what the client still sends).
-const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+pub const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub struct Outbound<U> {
     pub maps: SharedMaps,
@@ -97,6 +97,7 @@ impl<U: Upstream> Outbound<U> {
             refuse(client);
             return;
         };
+        let http2 = self.speaks_http2(orig);
         let (upstream, security) = match self.upstream.connect(peer, SocketAddr::V4(target)).await {
             Ok(connected) => connected,
             Err(err) => {
@@ -112,7 +113,7 @@ impl<U: Upstream> Outbound<U> {
                 labels.response_flags = if denied { "UAEX" } else { "UF" };
                 self.metrics.tcp_opened(&labels);
                 self.metrics.tcp_closed(&labels, 0, 0);
-                match self.speaks_http2(orig) {
+                match http2 {
                     // Each call gets UNAVAILABLE (503), which every gRPC client reads alike;
                     // a reset connection reads as UNKNOWN to some.
                     Some(grpc) if !denied => {
@@ -129,7 +130,11 @@ impl<U: Upstream> Outbound<U> {
         self.metrics.tcp_opened(&labels);
         let _ = client.set_nodelay(true);
         let mut client = client;
-        let (request, response) = match upstream.join(&mut client).await {
+        // Calls open when the tunnel breaks are answered (by their agent, not their server).
+        let broke = http2.map(|grpc| {
+            Answer::unavailable(grpc, &format!("the mesh connection to {target} broke"))
+        });
+        let (request, response) = match upstream.join(&mut client, broke.as_ref()).await {
             Ok(counts) => counts,
             Err(err) => {
                 tracing::debug!(%peer, %target, %err, "connection ended with an error");

@@ -12,7 +12,11 @@ use std::{
 };
 
 use tokio::net::{TcpSocket, TcpStream};
-use weft_mesh::hbone::{H2Stream, splice};
+use weft_mesh::{
+    hbone::{H2Stream, splice},
+    refusal::Answer,
+    relayed::splice_answering,
+};
 
 /// Copy buffer per direction of a TCP-to-TCP connection, at most: large enough that bulk
 /// transfers cost few system calls. A direction starts at `FIRST_BUFFER` when bytes arrive,
@@ -51,19 +55,30 @@ pub enum Opened {
 
 impl Opened {
     /// Joins `client` to it both ways, half-close included, until both sides finish.
-    /// Returns the bytes (from the client, to the client).
-    pub async fn join(self, client: &mut TcpStream) -> io::Result<(u64, u64)> {
+    /// Returns the bytes (from the client, to the client). With `answer` (a port declared
+    /// gRPC or HTTP/2), a tunnel that breaks leaves the client's open calls answered with
+    /// it, not cut (`weft_mesh::relayed`).
+    pub async fn join(
+        self,
+        client: &mut TcpStream,
+        answer: Option<&Answer>,
+    ) -> io::Result<(u64, u64)> {
         match self {
             Opened::Tcp(upstream) => {
                 let (client, upstream) = (&*client, &upstream);
                 tokio::try_join!(pump(client, upstream), pump(upstream, client))
             }
-            Opened::Tunnel(mut tunnel) => splice(&mut tunnel, client)
-                .await
-                .map(|(to_client, from_client)| (from_client, to_client)),
+            Opened::Tunnel(mut tunnel) => match answer {
+                Some(answer) => {
+                    let within = crate::outbound::ANSWER_WITHIN;
+                    splice_answering(&mut tunnel, client, answer, within).await
+                }
+                None => splice(&mut tunnel, client).await,
+            }
+            .map(|(to_client, from_client)| (from_client, to_client)),
             Opened::Revocable(inner, mut tracked) => {
                 tokio::select! {
-                    joined = Box::pin(inner.join(client)) => joined,
+                    joined = Box::pin(inner.join(client, answer)) => joined,
                     reason = tracked.revoked() => {
                         Err(io::Error::new(io::ErrorKind::PermissionDenied, reason))
                     }

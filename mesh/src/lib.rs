@@ -26,6 +26,9 @@ pub mod hbone;
 /// An HTTP/2 connection that cannot be served, answered stream by stream with a status.
 pub mod refusal;
 
+/// A relayed HTTP/2 connection whose tunnel breaks: its open calls answered with a status.
+pub mod relayed;
+
 /// Passive health: a peer whose connection failed is avoided for a back-off.
 pub mod reachability;
 

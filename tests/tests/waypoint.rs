@@ -618,8 +618,11 @@ fn python_grpcio_client_spreads_through_the_waypoint() -> Result<()> {
 
 /// Issue 15's first fault: 3,000 calls at 1,000/s through the waypoint, no DestinationRule,
 /// and one of the three backends killed (SIGKILL) a second in. The calls that found it gone
-/// are retried on the others and the next calls leave it out, so the client sees at most
-/// 3 failures, and never UNKNOWN (the status of a proxy that did not say what happened).
+/// are retried on the others and the next calls leave it out. Only the calls in flight on
+/// it fail, with UNAVAILABLE (flag UR: Istio's default retry policy does not retry a
+/// request the backend may have acted on); how many were in flight depends on the
+/// machine's pace, at most the client's 32. Never UNKNOWN, the status of a proxy that did
+/// not say what happened.
 #[test]
 fn a_killed_backend_costs_the_clients_almost_nothing() -> Result<()> {
     let lab = lab("wl-wp-kill")?;
@@ -629,10 +632,21 @@ fn a_killed_backend_costs_the_clients_almost_nothing() -> Result<()> {
     assert_eq!(count(&report, "by_status", "OK"), 30, "{report}");
     let victim = servers.remove(1);
     let report = under_load(&lab, || victim.kill())?;
-    let ok = count(&report, "by_status", "OK");
+    let (ok, unavailable) = (
+        count(&report, "by_status", "OK"),
+        count(&report, "by_status", "Unavailable"),
+    );
     eprintln!("with b2 killed: {report}");
-    if ok < 2997 || count(&report, "by_status", "Unknown") > 0 {
-        return Err(fail(&lab, format!("with b2 killed mid-run: {report}")));
+    let failed = |labels: &[&str]| waypoint_metric(&lab, "weft_waypoint_requests_total", labels);
+    let in_flight = failed(&["grpc_response_status=\"14\"", "response_flags=\"UR\""])?;
+    let all_failed = failed(&["grpc_response_status=\"14\""])?;
+    if ok + unavailable != 3000 || unavailable > 32 || in_flight != all_failed {
+        return Err(fail(
+            &lab,
+            format!(
+                "with b2 killed mid-run ({in_flight} of {all_failed} failures in flight): {report}"
+            ),
+        ));
     }
     lab.down()
 }
@@ -777,11 +791,13 @@ fn a_killed_waypoint_replica_costs_the_clients_almost_nothing() -> Result<()> {
     lab.down()
 }
 
-/// The only waypoint is killed (SIGKILL) under load: the calls in flight on it are lost
-/// (tonic reads a connection that breaks as UNKNOWN or CANCELLED, at most one per call in
-/// flight), and every call while it is down gets UNAVAILABLE from the client's agent,
-/// which answers in HTTP/2 when no waypoint pod takes the connection, instead of a
-/// connection that closes (UNKNOWN to tonic). Started again, it serves at once.
+/// The only waypoint is killed (SIGKILL) under load: the calls in flight on it get
+/// UNAVAILABLE from the client's agent, which follows the HTTP/2 it relays and ends each
+/// open stream with a status when the tunnel breaks (`weft_mesh::relayed`), and so does
+/// every call while it is down: the agent answers in HTTP/2 when no waypoint pod takes
+/// the connection. Never UNKNOWN, which is how tonic reads a connection that just closes;
+/// a few CANCELLED may remain, for calls the client had queued when the GOAWAY came.
+/// Started again, it serves at once.
 #[test]
 fn calls_get_unavailable_while_the_waypoint_is_down() -> Result<()> {
     let mut lab = lab("wl-wp-down")?;
@@ -795,7 +811,11 @@ fn calls_get_unavailable_while_the_waypoint_is_down() -> Result<()> {
         count(&report, "by_status", "Unavailable"),
     );
     let lost = 3000 - ok - unavailable;
-    if !(500..=1500).contains(&ok) || unavailable < 1000 || lost > 32 {
+    if !(500..=1500).contains(&ok)
+        || unavailable < 1000
+        || lost > 8
+        || count(&report, "by_status", "Unknown") > 0
+    {
         return Err(fail(&lab, format!("the waypoint killed: {report}")));
     }
     lab.start_waypoint(WAYPOINT, &[])?;

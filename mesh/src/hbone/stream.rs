@@ -141,6 +141,55 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     tunnel: &mut H2Stream,
     other: &mut S,
 ) -> io::Result<(u64, u64)> {
+    splice_watched(tunnel, other, &Unwatched)
+        .await
+        .map_err(Broken::into_io)
+}
+
+/// What a splice shows of the bytes it carries to whoever follows the protocol inside
+/// them (`crate::relayed`); the plain [`splice`] shows nothing to nobody.
+pub trait Watch: Sync {
+    /// Bytes read from the socket, before they go into the tunnel.
+    fn socket_sent(&self, _bytes: &[u8]) {}
+    /// Bytes from the tunnel: returns what may go to the socket now; the rest is held
+    /// until more comes.
+    fn tunnel_sent(&self, data: Bytes) -> Bytes {
+        data
+    }
+    /// Whether the tunnel may end here without leaving the socket's peer waiting for an
+    /// answer; if not, its end is a break ([`Broken::Tunnel`]).
+    fn may_end(&self) -> bool {
+        true
+    }
+}
+
+struct Unwatched;
+impl Watch for Unwatched {}
+
+/// Which side of a splice failed.
+#[derive(Debug)]
+pub enum Broken {
+    /// The tunnel: its stream or connection failed, or it ended while [`Watch::may_end`]
+    /// said no. The socket is still there to be told.
+    Tunnel(io::Error),
+    /// The socket.
+    Socket(io::Error),
+}
+
+impl Broken {
+    pub fn into_io(self) -> io::Error {
+        match self {
+            Broken::Tunnel(e) | Broken::Socket(e) => e,
+        }
+    }
+}
+
+/// [`splice`], showing `watch` what passes.
+pub async fn splice_watched<S: AsyncRead + AsyncWrite + Unpin>(
+    tunnel: &mut H2Stream,
+    other: &mut S,
+    watch: &impl Watch,
+) -> Result<(u64, u64), Broken> {
     let (mut from, mut to) = tokio::io::split(other);
     let H2Stream {
         send,
@@ -149,8 +198,8 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
         ..
     } = tunnel;
     tokio::try_join!(
-        tunnel_to(recv, pending, &mut to),
-        to_tunnel(&mut from, send)
+        tunnel_to(recv, pending, &mut to, watch),
+        to_tunnel(&mut from, send, watch)
     )
 }
 
@@ -160,23 +209,31 @@ async fn tunnel_to(
     recv: &mut RecvStream,
     pending: &mut Bytes,
     to: &mut (impl AsyncWrite + Unpin),
-) -> io::Result<u64> {
-    let mut total = pending.len() as u64;
-    to.write_all(pending).await?;
-    pending.clear();
+    watch: &impl Watch,
+) -> Result<u64, Broken> {
+    let first = watch.tunnel_sent(std::mem::take(pending));
+    let mut total = first.len() as u64;
+    to.write_all(&first).await.map_err(Broken::Socket)?;
     loop {
         match poll_fn(|cx| recv.poll_data(cx)).await {
             None => break,
             Some(Ok(data)) => {
-                to.write_all(&data).await?;
+                let (len, data) = (data.len(), watch.tunnel_sent(data));
+                to.write_all(&data).await.map_err(Broken::Socket)?;
                 total += data.len() as u64;
-                let _ = recv.flow_control().release_capacity(data.len());
+                let _ = recv.flow_control().release_capacity(len);
             }
             Some(Err(err)) if err.reason() == Some(h2::Reason::NO_ERROR) => break,
-            Some(Err(err)) => return Err(h2_to_io(err)),
+            Some(Err(err)) => return Err(Broken::Tunnel(h2_to_io(err))),
         }
     }
-    to.shutdown().await?;
+    if !watch.may_end() {
+        return Err(Broken::Tunnel(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the tunnel ended with calls unanswered",
+        )));
+    }
+    to.shutdown().await.map_err(Broken::Socket)?;
     Ok(total)
 }
 
@@ -184,7 +241,14 @@ async fn tunnel_to(
 async fn to_tunnel(
     from: &mut (impl AsyncRead + Unpin),
     send: &mut SendStream<Bytes>,
-) -> io::Result<u64> {
+    watch: &impl Watch,
+) -> Result<u64, Broken> {
+    let closed = || {
+        Broken::Tunnel(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "tunnel stream closed",
+        ))
+    };
     let mut buf = BytesMut::new();
     let mut want = MIN_READ;
     let mut total = 0u64;
@@ -192,12 +256,14 @@ async fn to_tunnel(
         if buf.capacity() < want {
             buf.reserve(want);
         }
-        let n = from.read_buf(&mut buf).await?;
+        let n = from.read_buf(&mut buf).await.map_err(Broken::Socket)?;
         if n == 0 {
             send.reserve_capacity(0);
-            send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+            send.send_data(Bytes::new(), true)
+                .map_err(|e| Broken::Tunnel(h2_to_io(e)))?;
             return Ok(total);
         }
+        watch.socket_sent(&buf);
         total += n as u64;
         want = if n >= want {
             (want * 2).min(MAX_READ)
@@ -214,17 +280,13 @@ async fn to_tunnel(
                 }
                 match poll_fn(|cx| send.poll_capacity(cx)).await {
                     Some(Ok(_)) => continue,
-                    Some(Err(err)) => return Err(h2_to_io(err)),
-                    None => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            "tunnel stream closed",
-                        ));
-                    }
+                    Some(Err(err)) => return Err(Broken::Tunnel(h2_to_io(err))),
+                    None => return Err(closed()),
                 }
             };
             let part = chunk.split_to(granted.min(chunk.len()));
-            send.send_data(part, false).map_err(h2_to_io)?;
+            send.send_data(part, false)
+                .map_err(|e| Broken::Tunnel(h2_to_io(e)))?;
         }
     }
 }
