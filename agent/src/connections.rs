@@ -167,6 +167,11 @@ impl Connections {
         Err(reason)
     }
 
+    /// How many connections are tracked now: a stopping agent drains until none is.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|inner| inner.len()).unwrap_or(0)
+    }
+
     pub fn track(&self, admitted: Admitted) -> Tracked {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();

@@ -8,6 +8,7 @@ mod admin;
 mod ca;
 mod connections;
 mod dialaddr;
+mod handover;
 mod inbound;
 mod metrics;
 mod outbound;
@@ -338,6 +339,10 @@ async fn await_pod(agent: SocketAddr, pod_ip: std::net::Ipv4Addr, timeout: Durat
 
 async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     preflight::check(&settings.cgroup_root, &settings.bpffs_dir)?;
+    // A next agent's listeners take over this one's queued connections, and the reverse.
+    if let Err(err) = handover::migrate_requests() {
+        tracing::warn!(%err, "cannot set net.ipv4.tcp_migrate_req: connections queued on an agent that stops are reset instead of moving to the next one");
+    }
     dialaddr::ensure(settings.dial_ip).with_context(|| {
         format!(
             "adding the dial address {}/32 to the node's loopback",
@@ -426,24 +431,27 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
         plaintext.serve(listener, pod_ip)
     }));
     let maps = datapath.shared();
+    let outbound_live = handover::Live::default();
     match tunnel {
         Some(upstream) => {
             let trust_domain = Some(settings.tunnel.trust_domain.clone());
-            let outbound = Outbound::new(
+            let mut outbound = Outbound::new(
                 maps.clone(),
                 upstream,
                 model.clone(),
                 metrics.clone(),
                 trust_domain,
             );
+            outbound.live = outbound_live.clone();
             tokio::spawn(Arc::new(outbound).serve(outbound_listener, stop_rx.clone()));
         }
         None => {
             tracing::warn!(
                 "no --ca-address: captured connections are forwarded in PLAINTEXT, without identities"
             );
-            let outbound =
+            let mut outbound =
                 Outbound::new(maps.clone(), direct, model.clone(), metrics.clone(), None);
+            outbound.live = outbound_live.clone();
             tokio::spawn(Arc::new(outbound).serve(outbound_listener, stop_rx.clone()));
         }
     }
@@ -516,6 +524,12 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     } else {
         datapath.shutdown();
     }
+    // The listeners are closed (a next agent's, bound beside them, takes the new
+    // connections); what this agent carries runs on for the drain period.
+    handover::drain(Duration::from_secs(settings.drain_seconds), || {
+        outbound_live.count() + connections.len()
+    })
+    .await;
     result
 }
 
@@ -590,11 +604,9 @@ async fn reconcile_until_signal(
 /// the queue instead of overflowing it. An overflowed handshake completes on the client's
 /// side only, and a client that closes before the agent's side completes loses its
 /// original-destination record (`agent-ebpf/src/capture.rs`).
+/// Bound beside a previous agent's, which hands it over (`handover`).
 fn bind_outbound(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+    handover::listen_shared(addr, 4096)
 }
 
 async fn bind_http(port: u16) -> anyhow::Result<TcpListener> {
@@ -603,9 +615,7 @@ async fn bind_http(port: u16) -> anyhow::Result<TcpListener> {
 
 async fn bind_http_on(ip: Ipv4Addr, port: u16) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::from((ip, port));
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))
+    handover::listen_shared(addr, 1024).with_context(|| format!("binding {addr}"))
 }
 
 fn serve_http(

@@ -40,6 +40,8 @@ pub struct Outbound<U> {
     pub metrics: Metrics,
     /// Set when identities exist (a CA is configured): principals appear in the metrics.
     pub trust_domain: Option<String>,
+    /// The connections this side carries, which a stopping agent drains.
+    pub live: crate::handover::Live,
     next: AtomicUsize,
 }
 
@@ -57,6 +59,7 @@ impl<U: Upstream> Outbound<U> {
             model,
             metrics,
             trust_domain,
+            live: crate::handover::Live::default(),
             next: AtomicUsize::new(0),
         }
     }
@@ -78,7 +81,11 @@ impl<U: Upstream> Outbound<U> {
                 },
             };
             let this = self.clone();
-            tokio::spawn(async move { this.handle(client, peer).await });
+            let live = self.live.enter();
+            tokio::spawn(async move {
+                this.handle(client, peer).await;
+                drop(live);
+            });
         }
     }
 

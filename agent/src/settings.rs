@@ -57,6 +57,12 @@ pub struct AgentSettings {
     #[arg(long, env = "WEFT_KEEP_DATAPATH_ON_EXIT")]
     pub keep_datapath_on_exit: bool,
 
+    /// After SIGTERM, how long the connections this agent carries may run on (a next agent
+    /// serves the new ones meanwhile) before it exits and they end with it. The pod's
+    /// `terminationGracePeriodSeconds` must be longer.
+    #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 90)]
+    pub drain_seconds: u64,
+
     /// Readiness port: `/healthz/ready`, and `grpc.health.v1.Health` for gRPC probes.
     #[arg(long, default_value_t = 15021)]
     pub ready_port: u16,

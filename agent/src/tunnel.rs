@@ -356,8 +356,7 @@ pub async fn start(
         .await?;
     let server_tls =
         weft_mesh::identity::server_config(slot, &trust).context("building the tunnel's TLS")?;
-    let listener = tokio::net::TcpListener::bind(t.hbone_address)
-        .await
+    let listener = crate::handover::listen_shared(t.hbone_address, 1024)
         .with_context(|| format!("binding the tunnel listener {}", t.hbone_address))?;
     let inbound = Arc::new(crate::inbound::Inbound {
         model: model.clone(),

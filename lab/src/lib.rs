@@ -43,6 +43,9 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
         .context("no cgroup v2 mount on this machine (the lab needs one: mount -t cgroup2 none /sys/fs/cgroup/unified)")
 }
 
+/// What an agent logs once it serves (agent/src/main.rs).
+const AGENT_RUNNING: &str = "weft-agent running";
+
 /// A running lab. Dropping it tears it down.
 pub struct Lab {
     pub spec: LabSpec,
@@ -50,6 +53,8 @@ pub struct Lab {
     cgroup: PathBuf,
     pub pods: BTreeMap<String, Pod>,
     agents: Vec<Option<Guarded>>,
+    /// Agents told to stop by an upgrade, draining their connections.
+    draining: Vec<Option<Guarded>>,
     agent_args: Vec<Vec<String>>,
     ca: Option<Guarded>,
     waypoints: BTreeMap<String, Guarded>,
@@ -86,6 +91,7 @@ impl Lab {
         let cgroup = cgroup2_mount()?.join(CGROUP_BASE).join(&spec.name);
         let mut lab = Lab {
             agents: (0..spec.nodes).map(|_| None).collect(),
+            draining: (0..spec.nodes).map(|_| None).collect(),
             agent_args: vec![Vec::new(); spec.nodes],
             ca: None,
             waypoints: BTreeMap::new(),
@@ -367,6 +373,54 @@ impl Lab {
             bail!("the agent of node {node} is running already");
         }
         self.start_ca()?;
+        let agent = self.spawn_agent(node, |lab| {
+            matches!(lab.agent_get(node, 15000, "/healthz"), Ok((200, _)))
+        })?;
+        self.agents[node - 1] = Some(agent);
+        Ok(())
+    }
+
+    /// Upgrades the agent of `node` as the DaemonSet of `deploy/` does (a rolling update
+    /// with `maxSurge: 1`): a new agent, with the node's current flags, starts beside the
+    /// running one; once it is ready the old one gets SIGTERM and drains in the background
+    /// (`wait_drained`). Both write to the node's one log.
+    pub fn upgrade_agent(&mut self, node: usize) -> Result<()> {
+        if self.draining[node - 1].is_some() {
+            bail!("the previous agent of node {node} is still draining");
+        }
+        self.start_ca()?;
+        let old = self.agents[node - 1]
+            .take()
+            .with_context(|| format!("no agent runs on node {node}"))?;
+        let started = |lab: &Lab| lab.agent_log(node).matches(AGENT_RUNNING).count();
+        let before = started(self);
+        let new = match self.spawn_agent(node, |lab| started(lab) > before) {
+            Ok(new) => new,
+            Err(err) => {
+                self.agents[node - 1] = Some(old);
+                return Err(err);
+            }
+        };
+        old.signal_terminate();
+        self.draining[node - 1] = Some(old);
+        self.agents[node - 1] = Some(new);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the agent an upgrade of `node` told to stop; returns how it
+    /// exited (it is killed when `timeout` passes).
+    pub fn wait_drained(
+        &mut self,
+        node: usize,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let old = self.draining[node - 1]
+            .take()
+            .with_context(|| format!("no agent of node {node} is draining"))?;
+        old.terminate(timeout)
+    }
+
+    fn spawn_agent(&self, node: usize, ready: impl Fn(&Lab) -> bool) -> Result<Guarded> {
         let ca = self.ca_dir();
         let log = self.dir.join("logs").join(format!("agent-n{node}.log"));
         let mut args = vec![
@@ -392,7 +446,13 @@ impl Lab {
             "--hbone-address".into(),
             format!("{}:15008", spec::node_ip(node)),
         ];
-        args.extend(self.agent_args[node - 1].iter().cloned());
+        let extra = &self.agent_args[node - 1];
+        // A short drain, so that a lab's stop is not held by connections its test left
+        // open; the tests and benches of the drain set their own.
+        if !extra.iter().any(|a| a == "--drain-seconds") {
+            args.extend(["--drain-seconds".to_string(), "5".into()]);
+        }
+        args.extend(extra.iter().cloned());
         let mut agent = process::spawn(
             &bin_dir()?.join("weft-agent"),
             &args,
@@ -406,10 +466,9 @@ impl Lab {
             &format!("the agent of node {node}"),
             &log,
             Duration::from_secs(20),
-            || matches!(self.agent_get(node, 15000, "/healthz"), Ok((200, _))),
+            || ready(self),
         )?;
-        self.agents[node - 1] = Some(agent);
-        Ok(())
+        Ok(agent)
     }
 
     /// Stops the agent of `node` with SIGTERM and waits for it; returns its exit status.
@@ -723,6 +782,9 @@ impl Lab {
             waypoint.kill();
         }
         for node in 1..=self.spec.nodes {
+            if let Some(old) = self.draining[node - 1].take() {
+                old.kill();
+            }
             if self.agents[node - 1].is_some()
                 && let Err(err) = self.stop_agent(node)
             {

@@ -46,6 +46,13 @@ impl Guarded {
         }
     }
 
+    /// SIGTERM, without waiting.
+    pub fn signal_terminate(&self) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; returns how it exited.
     pub fn terminate(mut self, grace: Duration) -> Result<ExitStatus> {
         let mut child = self.child.take().context("already reaped")?;

@@ -137,3 +137,39 @@ fn every_manifest_under_deploy_parses() {
         );
     }
 }
+
+/// The agent's rolling update is the hand-over the faults bench exercises: the new agent
+/// surges beside the old one (which a declared hostPort would prevent), and the pod's grace
+/// period outlasts the agent's drain.
+#[test]
+fn the_agent_daemonset_surges_and_outlasts_its_drain() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent/20-daemonset.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let ds: DaemonSet = serde_yaml::from_str(&text).unwrap();
+    let spec = ds.spec.unwrap();
+    let rolling = spec.update_strategy.unwrap().rolling_update.unwrap();
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    let pod = spec.template.spec.unwrap();
+    let agent = &pod.containers[0];
+    assert!(
+        agent.ports.as_ref().is_none_or(Vec::is_empty),
+        "a hostNetwork container's ports are hostPorts, which keep the surging agent off the node"
+    );
+    let env = |name: &str| {
+        agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(env("WEFT_KEEP_DATAPATH_ON_EXIT").as_deref(), Some("true"));
+    let drain: i64 = env("WEFT_DRAIN_SECONDS").unwrap().parse().unwrap();
+    let grace = pod.termination_grace_period_seconds.unwrap();
+    assert!(
+        grace > drain,
+        "terminationGracePeriodSeconds {grace} <= the drain {drain}"
+    );
+}

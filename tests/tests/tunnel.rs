@@ -532,3 +532,105 @@ fn a_new_deny_closes_established_connections() -> Result<()> {
     assert_eq!(closed(2)?, 2.0, "a -> c and far -> c, on node 2");
     lab.down()
 }
+
+/// A node agent upgraded as the DaemonSet of `deploy/` does it (`maxSurge: 1`): the new
+/// agent binds its listeners beside the old one's and adopts the pinned datapath, then the
+/// old one gets SIGTERM and drains. No new connection of the node's pods is refused while
+/// it happens, and a connection the old agent tunnels lives on until it ends; then the old
+/// agent exits by itself, well before its drain period is over.
+#[test]
+fn an_agent_upgrade_refuses_no_connection_and_drains_the_established_ones() -> Result<()> {
+    let spec = LabSpec::new("wl-t-upgrade", 2)
+        .with_namespace("app", true)
+        .with_pod("echo", "app", 1, &[])
+        .with_pod("holder", "app", 2, &[]);
+    let mut lab = Lab::up(spec)?;
+    lab.set_agent_args(2, &["--keep-datapath-on-exit", "--drain-seconds", "40"]);
+    lab.start_agents()?;
+    let _echo = lab.serve("echo", "labtool", &["echo", "--listen", "0.0.0.0:5202"])?;
+    let echo = format!("{}:5202", lab.pod("echo").ip);
+    let held = lab.background(
+        "holder",
+        "labtool",
+        &["hold", "--connect", &echo, "--seconds", "10"],
+    )?;
+    let churn = lab.background(
+        "holder",
+        "labtool",
+        &[
+            "conns",
+            "--connect",
+            &echo,
+            "--seconds",
+            "6",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let upgraded = Instant::now();
+    lab.upgrade_agent(2)?;
+
+    let churned = churn.report(Duration::from_secs(30))?;
+    let (conns, errors) = (
+        churned["conns"].as_u64().unwrap_or(0),
+        churned["errors"].as_u64().unwrap_or(u64::MAX),
+    );
+    assert!(
+        conns > 50,
+        "too few connections to mean anything: {churned}"
+    );
+    assert_eq!(
+        errors, 0,
+        "new connections failed over the upgrade: {churned}"
+    );
+
+    let held = held.report(Duration::from_secs(30))?;
+    assert_eq!(
+        held["ended"], "timeout",
+        "the held connection was cut: {held}"
+    );
+    assert!(held["held_ms"].as_u64() >= Some(9_500), "{held}");
+
+    // The old agent left once its last connection (the held one) ended, not at the end of
+    // its 40 s drain.
+    let status = lab.wait_drained(2, Duration::from_secs(45))?;
+    let took = upgraded.elapsed();
+    let log = lab.agent_log(2);
+    assert!(
+        status.success(),
+        "the old agent exited with {status}: {}",
+        tail(&log)
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the old agent left after {took:?}"
+    );
+    assert!(log.contains("draining"), "{}", tail(&log));
+    assert!(
+        log.contains("drained: no connection left"),
+        "{}",
+        tail(&log)
+    );
+    assert!(log.contains("adopting the pinned state"), "{}", tail(&log));
+
+    // The new agent serves alone now, through the same pinned datapath.
+    lab.wait_enrolled(2, 1, Duration::from_secs(10))?;
+    let after = lab.background(
+        "holder",
+        "labtool",
+        &[
+            "conns",
+            "--connect",
+            &echo,
+            "--seconds",
+            "1",
+            "--concurrency",
+            "2",
+        ],
+    )?;
+    let after = after.report(Duration::from_secs(20))?;
+    assert_eq!(after["errors"], 0, "{after}");
+    assert!(after["conns"].as_u64() > Some(0), "{after}");
+    lab.down()
+}

@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     fs::File,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr},
     os::fd::AsRawFd,
     path::PathBuf,
 };
@@ -423,7 +423,7 @@ impl Datapath {
             .ok_or("no plaintext inbound server in this agent")?;
         let netns = netns::pod_netns(cgroup)?;
         self.namespaces.insert(ip, cgroup, netns.try_clone().ok());
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, PLAINTEXT_PORT));
+        let addr = std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, PLAINTEXT_PORT);
         let listener = netns::listen_in(&netns, addr)
             .map_err(|e| format!("listening on {addr} in the pod's namespace: {e}"))?;
         let key = u32::from_ne_bytes(ip.octets());

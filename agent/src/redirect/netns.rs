@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     fs::File,
     io,
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, TcpListener},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -147,11 +147,22 @@ pub fn tcp_socket_in(netns: &File) -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// A non-blocking listener bound to `addr` inside `netns`.
-pub fn listen_in(netns: &File, addr: SocketAddr) -> io::Result<TcpListener> {
+/// Bound with `SO_REUSEPORT`, beside a previous agent's listener that it takes over from
+/// (`crate::handover`); the pod's namespace gets `tcp_migrate_req` for the same reason.
+pub fn listen_in(netns: &File, addr: std::net::SocketAddrV4) -> io::Result<TcpListener> {
     in_netns(netns, || {
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        Ok(listener)
+        if let Err(err) = crate::handover::migrate_requests() {
+            tracing::debug!(%err, "cannot set tcp_migrate_req in the pod's namespace");
+        }
+        let socket = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            nix::sys::socket::SockProtocol::Tcp,
+        )?;
+        Ok(TcpListener::from(crate::handover::listen_shared_fd(
+            socket, addr,
+        )?))
     })
 }
 

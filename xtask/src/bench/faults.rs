@@ -9,14 +9,16 @@
 //! - `waypoint_replica_killed`: of a waypoint of two replicas (node 1 and node 2), the one
 //!   that serves the client gets SIGKILL;
 //! - `agent_upgrade`: node 2's agent is upgraded the way the DaemonSet of `deploy/` does it
-//!   (the old process, with `--keep-datapath-on-exit`, gets SIGTERM and leaves the eBPF
-//!   datapath pinned; then the new one starts and adopts it), while a pod on node 2 holds one TCP
-//!   connection across nodes for 60 s and opens new ones, 4 at a time.
+//!   (`maxSurge: 1`: the new agent starts beside the old one, binds its listeners beside
+//!   the old one's and adopts the pinned datapath; then the old one gets SIGTERM, leaves
+//!   the datapath pinned and drains), while a pod on node 2 holds one TCP connection across
+//!   nodes for 60 s and opens new ones, 4 at a time.
 //!
 //! Each scenario reports `<scenario>_ok_share` (calls OK of 8,000) and the count of every
 //! other status the client saw, `<scenario>_<status>` (`unknown`, `unavailable`, ...); the
 //! upgrade also `agent_upgrade_refused_connections` (new connections that failed) and
-//! `agent_upgrade_stream_survived` (1 when the 60 s connection lived to its end).
+//! `agent_upgrade_stream_survived` (1 when the 60 s connection lived to its end), and
+//! `agent_upgrade_old_agent_drained` (1 when the old agent then exited by itself).
 
 use std::time::{Duration, Instant};
 
@@ -165,6 +167,11 @@ pub fn run() -> Result<Map<String, Value>> {
     record(&mut figures, "waypoint_restarted", &report);
     drop(servers);
 
+    // The running agent of node 2 takes the DaemonSet's flags first.
+    lab.set_agent_args(2, &["--keep-datapath-on-exit", "--drain-seconds", "90"]);
+    lab.stop_agent(2)?;
+    lab.start_agent(2)?;
+    lab.wait_enrolled(2, lab.expected_enrolled(2), Duration::from_secs(20))?;
     let servers = serve_backends(&lab)?;
     let _echo = lab.serve("echo", "labtool", &["echo", "--listen", "0.0.0.0:5202"])?;
     let echo = format!("{}:5202", lab.pod("echo").ip);
@@ -187,13 +194,11 @@ pub fn run() -> Result<Map<String, Value>> {
             "4",
         ],
     )?;
-    // As the DaemonSet does it (deploy/README.md): the old agent leaves the datapath
-    // pinned on SIGTERM (WEFT_KEEP_DATAPATH_ON_EXIT), the new one adopts it.
-    lab.set_agent_args(2, &["--keep-datapath-on-exit"]);
-    let report = under_fault(&mut lab, |lab| {
-        lab.stop_agent(2)?;
-        lab.start_agent(2)
-    })?;
+    // As the DaemonSet does it (deploy/agent/20-daemonset.yaml, maxSurge: 1): the new agent
+    // starts beside the old one and adopts the pinned datapath; then the old one gets
+    // SIGTERM, leaves the datapath pinned (WEFT_KEEP_DATAPATH_ON_EXIT) and drains for up
+    // to WEFT_DRAIN_SECONDS (90).
+    let report = under_fault(&mut lab, |lab| lab.upgrade_agent(2))?;
     record(&mut figures, "agent_upgrade", &report);
     let conns = new_connections.report(Duration::from_secs(30))?;
     eprintln!("new connections over the upgrade: {conns}");
@@ -215,6 +220,22 @@ pub fn run() -> Result<Map<String, Value>> {
         "agent_upgrade_stream_survived".into(),
         u64::from(survived).into(),
     );
+    // The old agent leaves by itself when its last connection has ended or its drain is
+    // over (the waypoint's pooled connections to b2 and b3 keep it to the end: nothing
+    // tells the waypoint to move them yet); it says how many it cut.
+    let drained = lab.wait_drained(2, Duration::from_secs(60))?;
+    figures.insert(
+        "agent_upgrade_old_agent_drained".into(),
+        u64::from(drained.success()).into(),
+    );
+    let cut = lab
+        .agent_log(2)
+        .lines()
+        .filter(|l| l.contains("drain period over"))
+        .filter_map(|l| l.split("connections=").nth(1))
+        .filter_map(|n| n.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>();
+    figures.insert("agent_upgrade_cut_at_drain_end".into(), cut.into());
     drop(servers);
     lab.down()?;
 
