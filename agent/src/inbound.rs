@@ -11,8 +11,9 @@ use weft_mesh::state::State;
 use rustls_pki_types::CertificateDer;
 use tokio::{net::TcpStream, sync::watch};
 use weft_mesh::{
-    hbone::{ConnectRequest, H2Stream, Opener, Refusal, splice},
+    hbone::{ConnectRequest, H2Stream, Opener, Refusal},
     identity::{SpiffeId, peer_identity},
+    relayed::splice_inward,
 };
 
 use crate::metrics::{Metrics, TcpLabels, destination_labels};
@@ -26,6 +27,9 @@ pub struct Inbound {
     pub metrics: Metrics,
     pub policy: crate::policy::L4Policy,
     pub connections: crate::connections::Connections,
+    /// Turns true when the agent stops: an HTTP/2 client beyond the tunnel (a waypoint) is
+    /// then told to take its next calls to the pod through the next agent.
+    pub draining: watch::Receiver<bool>,
 }
 
 fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
@@ -156,7 +160,7 @@ impl Opener for Inbound {
         (mut pod, labels, mut tracked): (TcpStream, TcpLabels, crate::connections::Tracked),
     ) {
         let carried = tokio::select! {
-            carried = splice(&mut tunnel, &mut pod) => carried,
+            carried = splice_inward(&mut tunnel, &mut pod, self.draining.clone()) => carried,
             reason = tracked.revoked() => Err(io::Error::new(io::ErrorKind::PermissionDenied, reason)),
         };
         let (request, response) = carried.unwrap_or_else(|err| {

@@ -443,6 +443,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
                 trust_domain,
             );
             outbound.live = outbound_live.clone();
+            outbound.draining = Some(stop_rx.clone());
             tokio::spawn(Arc::new(outbound).serve(outbound_listener, stop_rx.clone()));
         }
         None => {
@@ -452,6 +453,7 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
             let mut outbound =
                 Outbound::new(maps.clone(), direct, model.clone(), metrics.clone(), None);
             outbound.live = outbound_live.clone();
+            outbound.draining = Some(stop_rx.clone());
             tokio::spawn(Arc::new(outbound).serve(outbound_listener, stop_rx.clone()));
         }
     }

@@ -42,6 +42,8 @@ pub struct Outbound<U> {
     pub trust_domain: Option<String>,
     /// The connections this side carries, which a stopping agent drains.
     pub live: crate::handover::Live,
+    /// Turns true when the agent stops: relayed HTTP/2 clients are then told to go.
+    pub draining: Option<watch::Receiver<bool>>,
     next: AtomicUsize,
 }
 
@@ -60,6 +62,7 @@ impl<U: Upstream> Outbound<U> {
             metrics,
             trust_domain,
             live: crate::handover::Live::default(),
+            draining: None,
             next: AtomicUsize::new(0),
         }
     }
@@ -141,7 +144,10 @@ impl<U: Upstream> Outbound<U> {
         let broke = http2.map(|grpc| {
             Answer::unavailable(grpc, &format!("the mesh connection to {target} broke"))
         });
-        let (request, response) = match upstream.join(&mut client, broke.as_ref()).await {
+        let (request, response) = match upstream
+            .join(&mut client, broke.as_ref(), self.draining.as_ref())
+            .await
+        {
             Ok(counts) => counts,
             Err(err) => {
                 tracing::debug!(%peer, %target, %err, "connection ended with an error");

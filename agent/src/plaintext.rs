@@ -123,7 +123,7 @@ impl PlaintextInbound {
         let _ = client.set_nodelay(true);
         self.metrics.tcp_opened(&labels);
         let upstream = crate::upstream::Opened::Revocable(Box::new(upstream), tracked);
-        let (request, response) = upstream.join(&mut client, None).await.unwrap_or_else(|err| {
+        let (request, response) = upstream.join(&mut client, None, None).await.unwrap_or_else(|err| {
             tracing::debug!(%peer, %destination, %err, "plaintext connection ended with an error");
             (0, 0)
         });

@@ -368,6 +368,7 @@ pub async fn start(
             root_namespace: t.root_namespace.clone(),
         },
         connections: connections.clone(),
+        draining: stop.clone(),
     });
     tokio::spawn(hbone::serve(
         listener,

@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    sync::watch,
+};
 use weft_mesh::{
     hbone::{H2Stream, splice},
     refusal::Answer,
@@ -57,11 +60,13 @@ impl Opened {
     /// Joins `client` to it both ways, half-close included, until both sides finish.
     /// Returns the bytes (from the client, to the client). With `answer` (a port declared
     /// gRPC or HTTP/2), a tunnel that breaks leaves the client's open calls answered with
-    /// it, not cut (`weft_mesh::relayed`).
+    /// it, not cut (`weft_mesh::relayed`), and `drain` turning true (the agent stops) tells
+    /// the client to take its next calls elsewhere (GOAWAY).
     pub async fn join(
         self,
         client: &mut TcpStream,
         answer: Option<&Answer>,
+        drain: Option<&watch::Receiver<bool>>,
     ) -> io::Result<(u64, u64)> {
         match self {
             Opened::Tcp(upstream) => {
@@ -71,14 +76,14 @@ impl Opened {
             Opened::Tunnel(mut tunnel) => match answer {
                 Some(answer) => {
                     let within = crate::outbound::ANSWER_WITHIN;
-                    splice_answering(&mut tunnel, client, answer, within).await
+                    splice_answering(&mut tunnel, client, answer, within, drain.cloned()).await
                 }
                 None => splice(&mut tunnel, client).await,
             }
             .map(|(to_client, from_client)| (from_client, to_client)),
             Opened::Revocable(inner, mut tracked) => {
                 tokio::select! {
-                    joined = Box::pin(inner.join(client, answer)) => joined,
+                    joined = Box::pin(inner.join(client, answer, drain)) => joined,
                     reason = tracked.revoked() => {
                         Err(io::Error::new(io::ErrorKind::PermissionDenied, reason))
                     }

@@ -203,15 +203,31 @@ impl ServiceSpec {
     /// The lab's gRPC Service: port 50051 named `grpc-api`, selecting `app=whoami`, with
     /// `labels` on the Service itself (`weft.dev/use-waypoint`, say).
     pub fn whoami(name: &str, namespace: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> Self {
+        Self::one_port(name, namespace, ip, "whoami", ("grpc-api", 50051), labels)
+    }
+
+    /// A TCP Service: port 7100 named `tcp-echo` (carried at L4), selecting `app=echo`.
+    pub fn tcp_echo(name: &str, namespace: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> Self {
+        Self::one_port(name, namespace, ip, "echo", ("tcp-echo", 7100), labels)
+    }
+
+    fn one_port(
+        name: &str,
+        namespace: &str,
+        ip: [u8; 4],
+        app: &str,
+        (port_name, port): (&str, u16),
+        labels: &[(&str, &str)],
+    ) -> Self {
         ServiceSpec {
             name: name.into(),
             namespace: namespace.into(),
             cluster_ip: ip.into(),
-            selector: vec![("app".into(), "whoami".into())],
+            selector: vec![("app".into(), app.into())],
             ports: vec![ServicePort {
-                name: "grpc-api".into(),
-                port: 50051,
-                target_port: 50051,
+                name: port_name.into(),
+                port,
+                target_port: port,
                 app_protocol: None,
             }],
             labels: labels

@@ -21,6 +21,15 @@
 //! connection, to another waypoint pod if there is one. Answering them here instead, as
 //! `refusal` does, would fail them all while a healthy pod is a reconnect away.
 //!
+//! When the agent stops (it drains, and a next agent serves the new connections), the
+//! client is told so: a GOAWAY with last stream 2^31-1 and NO_ERROR, which takes none of its
+//! calls away but lets it open no new one here (RFC 9113 §6.8), goes between two frames of
+//! what it is sent. Its next calls take a new connection, through the next agent, and this
+//! one closes once its calls are done, well before the drain period is over. The same goes
+//! inward ([`splice_inward`]): a waypoint's connection to a pod of the node, where the
+//! client is beyond the tunnel and the pod's frames are followed as they stream by, and the
+//! notice goes where one of them ends.
+//!
 //! Not followed: a connection that does not start with the client preface (HTTP/1.1, say),
 //! or whose upstream does not start with SETTINGS; it passes as it is, and a break closes
 //! it. A break in the middle of a header block (HEADERS, then CONTINUATION) cannot be
@@ -31,11 +40,12 @@ use std::{collections::BTreeMap, io, sync::Mutex, time::Duration};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::watch,
     time::Instant,
 };
 
 use crate::{
-    hbone::{Broken, H2Stream, Watch, splice_watched},
+    hbone::{Broken, H2Stream, Toward, Watch, splice_watched},
     refusal::{Answer, percent_encode},
 };
 
@@ -47,6 +57,7 @@ const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
+const PUSH_PROMISE: u8 = 0x5;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 
@@ -58,19 +69,24 @@ const INTERNAL_ERROR: u32 = 0x2;
 
 /// Joins `tunnel` and `client` as [`crate::hbone::splice`] does, following the HTTP/2
 /// inside; when the tunnel breaks, the client's open streams get `answer`, then GOAWAY,
-/// and `within` for the client to go.
+/// and `within` for the client to go. When `drain` turns true, the client is told to go
+/// (see [`notice`]).
 pub async fn splice_answering<S: AsyncRead + AsyncWrite + Unpin>(
     tunnel: &mut H2Stream,
     client: &mut S,
     answer: &Answer,
     within: Duration,
+    drain: Option<watch::Receiver<bool>>,
 ) -> io::Result<(u64, u64)> {
-    let frames = Frames::default();
+    let frames = Frames {
+        relay: Mutex::default(),
+        drain,
+    };
     match splice_watched(tunnel, client, &frames).await {
         Ok(counts) => Ok(counts),
         Err(Broken::Socket(err)) => Err(err),
         Err(Broken::Tunnel(err)) => {
-            let relay = frames.0.into_inner().unwrap_or_else(|e| e.into_inner());
+            let relay = frames.relay.into_inner().unwrap_or_else(|e| e.into_inner());
             if relay.answerable() {
                 let streams = relay.streams.open.len();
                 tracing::info!(%err, streams, "the tunnel broke; answering the open calls");
@@ -83,8 +99,10 @@ pub async fn splice_answering<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The relay's view, shared by its two directions.
-#[derive(Default)]
-struct Frames(Mutex<Relay>);
+struct Frames {
+    relay: Mutex<Relay>,
+    drain: Option<watch::Receiver<bool>>,
+}
 
 #[derive(Default)]
 struct Relay {
@@ -96,36 +114,195 @@ struct Relay {
     /// The upstream's first frame was seen (it must be SETTINGS).
     upstream_started: bool,
     streams: Streams,
+    /// The drain's GOAWAY went to the client.
+    noticed: bool,
 }
 
 impl Watch for Frames {
-    fn socket_sent(&self, bytes: &[u8]) {
-        let Ok(mut relay) = self.0.lock() else { return };
+    fn socket_sent(&self, bytes: &[u8], _wanted: bool) -> Option<(usize, Bytes)> {
+        let Ok(mut relay) = self.relay.lock() else {
+            return None;
+        };
         if relay.off {
-            return;
+            return None;
         }
         let Relay {
             requests, streams, ..
         } = &mut *relay;
-        if requests.feed(bytes, |head, payload| {
+        if requests.feed(bytes, |head, payload, _| {
             streams.client_sent(head, payload);
         }) == Feed::NotHttp2
         {
             relay.off = true;
         }
+        None
     }
 
     fn tunnel_sent(&self, data: Bytes) -> Bytes {
-        let Ok(mut relay) = self.0.lock() else {
+        let Ok(mut relay) = self.relay.lock() else {
             return data;
         };
         relay.pass(data)
     }
 
     fn may_end(&self) -> bool {
-        self.0
+        self.relay
             .lock()
             .map_or(true, |relay| relay.off || relay.streams.open.is_empty())
+    }
+
+    fn drain(&self) -> Option<(Toward, watch::Receiver<bool>)> {
+        self.drain.clone().map(|rx| (Toward::Socket, rx))
+    }
+
+    /// The upstream's bytes reach the client in whole frames: between two writes it is
+    /// always at a frame boundary, unless inside a header block.
+    fn notice(&self) -> Option<Bytes> {
+        let mut relay = self.relay.lock().ok()?;
+        let ready = relay.answerable() && relay.requests.preface == PREFACE.len();
+        if !ready || relay.noticed {
+            return None;
+        }
+        relay.noticed = true;
+        tracing::debug!("draining: GOAWAY to the relayed client");
+        Some(notice())
+    }
+}
+
+/// The GOAWAY that tells an HTTP/2 client to open no new stream here, and takes none of
+/// the ones it opened away: last stream 2^31-1, NO_ERROR, as a server that shuts down
+/// gracefully sends first (RFC 9113 §6.8). The client finishes its calls, opens a new
+/// connection for the next ones (through the next agent), and closes this one once it is
+/// idle; the upstream, which sent no GOAWAY, goes on serving what comes.
+fn notice() -> Bytes {
+    let mut out = BytesMut::with_capacity(HEAD + 8);
+    let mut payload = [0u8; 8];
+    payload[..4].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    frame(&mut out, GOAWAY, 0, 0, &payload);
+    out.freeze()
+}
+
+/// Joins a tunnel to `pod` as [`crate::hbone::splice`] does, with the tunnel's side the
+/// HTTP/2 client (a waypoint's connection to the pod, say) when it speaks HTTP/2: when
+/// `drain` turns true, that client is told to go ([`notice`]), between two of the pod's
+/// frames, so that its next calls take a new connection (through the next agent) instead
+/// of being cut when this agent's drain is over. Anything else passes as it is.
+pub async fn splice_inward<S: AsyncRead + AsyncWrite + Unpin>(
+    tunnel: &mut H2Stream,
+    pod: &mut S,
+    drain: watch::Receiver<bool>,
+) -> io::Result<(u64, u64)> {
+    let inward = Inward {
+        state: Mutex::new(InwardState {
+            server: Requests {
+                preface: PREFACE.len(),
+                ..Requests::default()
+            },
+            ..InwardState::default()
+        }),
+        drain,
+    };
+    splice_watched(tunnel, pod, &inward)
+        .await
+        .map_err(Broken::into_io)
+}
+
+/// The inward relay's view: frame heads of both directions, nothing else.
+struct Inward {
+    state: Mutex<InwardState>,
+    drain: watch::Receiver<bool>,
+}
+
+#[derive(Default)]
+struct InwardState {
+    off: bool,
+    /// From the tunnel: the client preface, then frames.
+    client: Requests,
+    /// From the pod: frames, the first of them SETTINGS.
+    server: Requests,
+    server_started: bool,
+    server_in_block: bool,
+    noticed: bool,
+}
+
+impl InwardState {
+    fn followed(&self) -> bool {
+        !self.off && !self.noticed && self.client.preface == PREFACE.len()
+    }
+
+    /// Follows the pod's frames; with `wanted`, returns the first offset in `bytes` where a
+    /// frame ends outside a header block.
+    fn server_sent(&mut self, bytes: &[u8], wanted: bool) -> Option<usize> {
+        let InwardState {
+            server,
+            server_started,
+            server_in_block,
+            off,
+            ..
+        } = self;
+        let mut at = None;
+        server.feed(bytes, |head, _, end| {
+            if !*server_started {
+                *server_started = true;
+                *off |= head.kind != SETTINGS || head.stream != 0;
+            }
+            match head.kind {
+                HEADERS | PUSH_PROMISE | CONTINUATION => {
+                    *server_in_block = !head.has(END_HEADERS);
+                }
+                _ => {}
+            }
+            if wanted && at.is_none() && !*server_in_block {
+                at = Some(end);
+            }
+        });
+        at.filter(|_| !self.off)
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.server_started
+            && !self.server_in_block
+            && self.server.frame.is_none()
+            && self.server.have == 0
+    }
+}
+
+impl Watch for Inward {
+    fn tunnel_sent(&self, data: Bytes) -> Bytes {
+        if let Ok(mut state) = self.state.lock()
+            && !state.off
+            && state.client.preface < PREFACE.len()
+            && state.client.feed(&data, |_, _, _| {}) == Feed::NotHttp2
+        {
+            state.off = true;
+        }
+        data
+    }
+
+    fn socket_sent(&self, bytes: &[u8], wanted: bool) -> Option<(usize, Bytes)> {
+        let mut state = self.state.lock().ok()?;
+        if state.off || state.noticed {
+            return None;
+        }
+        let wanted = wanted && state.followed();
+        let at = state.server_sent(bytes, wanted)?;
+        state.noticed = true;
+        tracing::debug!("draining: GOAWAY to the tunnel's HTTP/2 client");
+        Some((at, notice()))
+    }
+
+    fn drain(&self) -> Option<(Toward, watch::Receiver<bool>)> {
+        Some((Toward::Tunnel, self.drain.clone()))
+    }
+
+    fn notice(&self) -> Option<Bytes> {
+        let mut state = self.state.lock().ok()?;
+        if !state.followed() || !state.at_boundary() {
+            return None;
+        }
+        state.noticed = true;
+        tracing::debug!("draining: GOAWAY to the tunnel's HTTP/2 client");
+        Some(notice())
     }
 }
 
@@ -200,7 +377,7 @@ impl Relay {
             let Relay {
                 requests, streams, ..
             } = &mut self;
-            let fed = requests.feed(&buf, |head, payload| {
+            let fed = requests.feed(&buf, |head, payload, _| {
                 match streams.client_sent(head, payload) {
                     // Above `last` the client knows the stream was not taken.
                     Some(Event::Opened(id)) if id <= last && streams.open.remove(&id).is_some() => {
@@ -276,8 +453,10 @@ impl Default for Requests {
 }
 
 impl Requests {
-    /// Reads `bytes`, calling `on` with each frame that ends in them.
-    fn feed(&mut self, mut bytes: &[u8], mut on: impl FnMut(&Head, &[u8])) -> Feed {
+    /// Reads `bytes`, calling `on` with each frame that ends in them, and the offset in
+    /// `bytes` just after it.
+    fn feed(&mut self, mut bytes: &[u8], mut on: impl FnMut(&Head, &[u8], usize)) -> Feed {
+        let whole = bytes.len();
         if self.preface < PREFACE.len() {
             let n = bytes.len().min(PREFACE.len() - self.preface);
             if bytes[..n] != PREFACE[self.preface..self.preface + n] {
@@ -311,7 +490,7 @@ impl Requests {
             }
             if let Some((head, 0)) = self.frame {
                 self.frame = None;
-                on(&head, &self.ping);
+                on(&head, &self.ping, whole - bytes.len());
             }
         }
         Feed::Ok

@@ -95,6 +95,7 @@ async fn open_calls_get_unavailable_when_the_tunnel_breaks() {
             &mut relay_end,
             &answer,
             Duration::from_millis(300),
+            None,
         )
         .await
     });
@@ -178,7 +179,7 @@ fn the_relay_passes_whole_frames_and_follows_the_streams() {
         let Relay {
             requests, streams, ..
         } = &mut relay;
-        let fed = requests.feed(std::slice::from_ref(b), |head, payload| {
+        let fed = requests.feed(std::slice::from_ref(b), |head, payload, _| {
             events.extend(streams.client_sent(head, payload))
         });
         assert_eq!(fed, Feed::Ok);
@@ -223,8 +224,11 @@ fn the_relay_passes_whole_frames_and_follows_the_streams() {
 /// A connection that is not HTTP/2 passes as it is, and may end at any time.
 #[test]
 fn a_connection_that_is_not_http2_passes_as_it_is() {
-    let frames_ = Frames::default();
-    frames_.socket_sent(b"GET / HTTP/1.1\r\nHost: whoami\r\n\r\n");
+    let frames_ = Frames {
+        relay: Mutex::default(),
+        drain: None,
+    };
+    frames_.socket_sent(b"GET / HTTP/1.1\r\nHost: whoami\r\n\r\n", false);
     let answer = Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
     assert_eq!(frames_.tunnel_sent(answer.clone()), answer);
     assert!(frames_.may_end());
@@ -264,4 +268,162 @@ fn hpack_integers_follow_the_rfc_examples() {
     out.clear();
     integer(&mut out, 0, 8, 42);
     assert_eq!(out, [0x2a]);
+}
+
+/// An HTTP/2 server that holds its first call's response until `release` fires, then
+/// answers it with `grpc-status: 0`; it serves on until its peer goes.
+async fn held_server<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: S,
+    accepted: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut conn = h2::server::handshake(io).await.unwrap();
+    let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
+    let _ = accepted.send(());
+    let answered = tokio::spawn(async move {
+        let _ = release.await;
+        let mut body = respond
+            .send_response(grpc_headers(Response::new(())), false)
+            .unwrap();
+        body.send_data(Bytes::from_static(b"answer"), false)
+            .unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        body.send_trailers(trailers).unwrap();
+    });
+    while let Some(Ok(_)) = conn.accept().await {}
+    let _ = answered.await;
+}
+
+/// The client of a draining relay gets GOAWAY: its next call is refused by its own HTTP/2
+/// (so it takes a new connection), the call in flight finishes intact, and the connection
+/// then closes; the relay ends without a break.
+async fn client_told_to_go(
+    app: tokio::io::DuplexStream,
+    drain: tokio::sync::watch::Sender<bool>,
+    accepted: tokio::sync::oneshot::Receiver<()>,
+    release: tokio::sync::oneshot::Sender<()>,
+    relay: tokio::task::JoinHandle<io::Result<(u64, u64)>>,
+) {
+    let (mut client, conn) = h2::client::handshake(app).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let (response, _send) = client.send_request(call("/a"), true).unwrap();
+    accepted.await.unwrap();
+    drain.send(true).unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let next = client
+                .clone()
+                .ready()
+                .await
+                .and_then(|mut c| c.send_request(call("/b"), true).map(|_| ()));
+            if next.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "no GOAWAY reached the client");
+    release.send(()).unwrap();
+    let response = response.await.unwrap();
+    let mut body = response.into_body();
+    assert_eq!(body.data().await.unwrap().unwrap(), "answer");
+    assert_eq!(body.trailers().await.unwrap().unwrap()["grpc-status"], "0");
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(3), driver)
+        .await
+        .expect("the client's connection closed once idle")
+        .unwrap()
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(3), relay)
+        .await
+        .expect("the relay ended with the connection")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+}
+
+/// Outbound: the client is on the socket side, the upstream beyond the tunnel.
+#[tokio::test]
+async fn a_draining_relay_tells_its_client_to_go_and_lets_the_calls_finish() {
+    let (mut near, far, _held) = tunnel().await;
+    let ((accepted_tx, accepted_rx), (release_tx, release_rx)) = (
+        tokio::sync::oneshot::channel(),
+        tokio::sync::oneshot::channel(),
+    );
+    tokio::spawn(held_server(far, accepted_tx, release_rx));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let (app, relay_end) = tokio::io::duplex(1 << 16);
+    let relay = tokio::spawn(async move {
+        let mut relay_end = relay_end;
+        let answer = Answer::unavailable(true, "gone");
+        splice_answering(
+            &mut near,
+            &mut relay_end,
+            &answer,
+            Duration::from_millis(300),
+            Some(drain_rx),
+        )
+        .await
+    });
+    client_told_to_go(app, drain_tx, accepted_rx, release_tx, relay).await;
+}
+
+/// Inbound: the client is beyond the tunnel (a waypoint), the server on the socket side
+/// (the pod).
+#[tokio::test]
+async fn a_draining_inward_relay_tells_the_tunnels_client_to_go() {
+    let (near, mut far, _held) = tunnel().await;
+    let ((accepted_tx, accepted_rx), (release_tx, release_rx)) = (
+        tokio::sync::oneshot::channel(),
+        tokio::sync::oneshot::channel(),
+    );
+    let (pod, relay_end) = tokio::io::duplex(1 << 16);
+    tokio::spawn(held_server(pod, accepted_tx, release_rx));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(async move {
+        let mut relay_end = relay_end;
+        splice_inward(&mut far, &mut relay_end, drain_rx).await
+    });
+    // The client's bytes cross the tunnel: a byte stream over `near`.
+    let (app, mut app_end) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        let mut near = near;
+        let _ = tokio::io::copy_bidirectional(&mut near, &mut app_end).await;
+    });
+    client_told_to_go(app, drain_tx, accepted_rx, release_tx, relay).await;
+}
+
+/// The pod's frames are followed across reads: a notice wanted in the middle of a frame
+/// goes where that frame ends, never inside it or inside a header block; and a pod that
+/// does not speak HTTP/2 never gets one.
+#[test]
+fn an_inward_notice_goes_between_frames_only() {
+    let mut state = InwardState {
+        server: Requests {
+            preface: PREFACE.len(),
+            ..Requests::default()
+        },
+        ..InwardState::default()
+    };
+    state.client.feed(PREFACE, |_, _, _| {});
+    let settings = frames(&[(SETTINGS, 0, 0, &[])]);
+    assert_eq!(state.server_sent(&settings, false), None);
+    assert!(state.at_boundary());
+    // A header block split over two frames, then a DATA frame split over two reads.
+    let block = frames(&[(HEADERS, 0, 1, b"h"), (CONTINUATION, END_HEADERS, 1, b"h")]);
+    let data = frames(&[(DATA, 0, 1, b"0123456789")]);
+    let first_half = [&block[..HEAD + 1], &block[HEAD + 1..], &data[..HEAD + 4]].concat();
+    // Wanted here: the HEADERS frame ends inside the block, the CONTINUATION ends it.
+    assert_eq!(state.server_sent(&first_half, true), Some(block.len()));
+    assert!(!state.at_boundary(), "mid-DATA");
+    let rest = &data[HEAD + 4..];
+    assert_eq!(state.server_sent(rest, true), Some(rest.len()));
+    assert!(state.at_boundary());
+
+    let mut plain = InwardState::default();
+    assert_eq!(
+        plain.client.feed(b"GET / HTTP/1.1\r\n", |_, _, _| {}),
+        Feed::NotHttp2
+    );
 }

@@ -5,29 +5,14 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use weft_lab::{Lab, LabSpec, ServicePort, ServiceSpec, sum_series};
+use weft_lab::{Lab, LabSpec, ServiceSpec, sum_series};
 
 const NS: &str = "app";
 const WAYPOINT: &str = "wp";
 
 /// A Service of `app=echo` pods on TCP port 7100 (named `tcp-echo`: carried at L4).
 fn tcp_service(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> ServiceSpec {
-    ServiceSpec {
-        name: name.into(),
-        namespace: NS.into(),
-        cluster_ip: ip.into(),
-        selector: vec![("app".into(), "echo".into())],
-        ports: vec![ServicePort {
-            name: "tcp-echo".into(),
-            port: 7100,
-            target_port: 7100,
-            app_protocol: None,
-        }],
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    ServiceSpec::tcp_echo(name, NS, ip, labels)
 }
 
 /// The last ten lines of a log.

@@ -877,3 +877,127 @@ fn a_restarting_node_agent_costs_the_clients_almost_nothing() -> Result<()> {
     }
     lab.down()
 }
+
+/// Issue 15's upgrade: node 2's agent upgraded under load as the DaemonSet does it
+/// (`maxSurge: 1`). The waypoint's connections to b2 and b3 run through it; the old agent
+/// tells the waypoint to move them (a GOAWAY between two of the pod's frames, inside the
+/// tunnel), so that the next calls go to them through the new agent. Every call succeeds,
+/// b2 and b3 keep being called, and the old agent exits by itself once the calls it
+/// carried are done, long before its drain period is over.
+#[test]
+fn an_agent_upgrade_under_load_loses_no_call() -> Result<()> {
+    let mut lab = Lab::up(spec("wl-wp-upgrade"))?;
+    lab.set_agent_args(2, &["--keep-datapath-on-exit", "--drain-seconds", "60"]);
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
+    let (_servers, uuids) = backends(&lab, &[])?;
+    let report = calls(&lab, SERVICE, 30, &[])?;
+    assert_eq!(count(&report, "by_status", "OK"), 30, "{report}");
+    let url = format!("http://{SERVICE}");
+    let load = lab.background(
+        "client",
+        "uuid-client",
+        &[
+            "--connect",
+            &url,
+            "--calls",
+            "3000",
+            "--rate",
+            "1000",
+            "--concurrency",
+            "32",
+            "--allow-errors",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    let upgraded = Instant::now();
+    lab.upgrade_agent(2)?;
+    let report = load.report(Duration::from_secs(60))?;
+    eprintln!("with node 2's agent upgraded 1 s in: {report}");
+    let ok = count(&report, "by_status", "OK");
+    // b2 and b3 took calls after the upgrade too: not all 2,000 of the last 2 s went to b1.
+    let on_node_2 =
+        count(&report, "by_uuid", &uuids["b2"]) + count(&report, "by_uuid", &uuids["b3"]);
+    if ok != 3000 || on_node_2 < 1200 {
+        return Err(fail(&lab, format!("node 2's agent upgraded: {report}")));
+    }
+    let status = lab.wait_drained(2, Duration::from_secs(70))?;
+    let took = upgraded.elapsed();
+    let log = lab.agent_log(2);
+    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+    assert!(
+        status.success(),
+        "the old agent exited with {status}: {tail:?}"
+    );
+    assert!(
+        took < Duration::from_secs(20) && log.contains("drained: no connection left"),
+        "the old agent left {took:?} after the upgrade: {tail:?}"
+    );
+    lab.down()
+}
+
+/// A waypoint told to stop drains the TCP connections it carries at L4 as it does calls: a
+/// connection to a TCP port of a Service bound to it, held for 6 s, lives to its end
+/// though the waypoint got SIGTERM 2 s in; the waypoint exits once it has ended, not at
+/// the end of its 20 s drain period.
+#[test]
+fn a_stopping_waypoint_drains_its_l4_connections() -> Result<()> {
+    let spec = LabSpec::new("wl-wp-l4drain", 2)
+        .with_namespace(NS, true)
+        .with_waypoint(WAYPOINT, NS, 1)
+        .with_pod("client", NS, 1, &[])
+        .with_pod("b1", NS, 2, &[("app", "echo")])
+        .with_service(ServiceSpec::tcp_echo(
+            "echo",
+            NS,
+            [10, 96, 0, 21],
+            &[("istio.io/use-waypoint", WAYPOINT)],
+        ));
+    let mut lab = Lab::up(spec)?;
+    lab.start_agents()?;
+    lab.start_waypoint(WAYPOINT, &[])?;
+    let _b1 = lab.serve("b1", "labtool", &["echo", "--listen", "0.0.0.0:7100"])?;
+    let held = lab.background(
+        "client",
+        "labtool",
+        &["hold", "--connect", "10.96.0.21:7100", "--seconds", "6"],
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = lab.waypoint_pid(WAYPOINT).context("the waypoint's pid")?;
+    let signalled = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .context("SIGTERM to the waypoint")?;
+    let held = held.report(Duration::from_secs(30))?;
+    if held["ended"] != "timeout" || held["round_trips"].as_u64() < Some(40) {
+        return Err(fail(&lab, format!("the L4 connection was cut: {held}")));
+    }
+    // The log without its colours' escape sequences.
+    let log = |lab: &Lab| {
+        let text = lab.waypoint_log(WAYPOINT);
+        let mut plain = String::with_capacity(text.len());
+        let mut escaped = false;
+        for c in text.chars() {
+            match (escaped, c) {
+                (_, '\u{1b}') => escaped = true,
+                (true, 'm') => escaped = false,
+                (true, _) => {}
+                (false, c) => plain.push(c),
+            }
+        }
+        plain
+    };
+    while !log(&lab).contains("drain over") && signalled.elapsed() < Duration::from_secs(25) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped_in = signalled.elapsed();
+    if stopped_in > Duration::from_secs(8) || !log(&lab).contains("left=0") {
+        return Err(fail(
+            &lab,
+            format!("the waypoint's drain ended {stopped_in:?} after SIGTERM"),
+        ));
+    }
+    lab.down()
+}

@@ -45,7 +45,8 @@ pub struct Accept {
     /// Turns true when the waypoint stops: each client connection then gets GOAWAY and
     /// ends when its calls have.
     pub draining: watch::Receiver<bool>,
-    /// Client connections served at HTTP/2 now, which the waypoint waits for when it stops.
+    /// Client connections served now (HTTP/2, and L4 ones carried as bytes), which the
+    /// waypoint waits for when it stops.
     pub serving: Arc<AtomicUsize>,
 }
 
@@ -325,6 +326,8 @@ impl Accept {
         node: SocketAddr,
         admission: &L4Admission,
     ) {
+        // A stopping waypoint lets it run on for its drain period, as it does calls.
+        let _serving = Serving::enter(&self.serving);
         let mut upstream = match self.dialer.stream(pod, node).await {
             Ok(upstream) => upstream,
             Err(err) => return tracing::info!(%pod, %err, "L4 upstream unreachable"),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use client::{Pool, PoolKey, PoolStats};
 pub use server::{ConnectRequest, Opener, Refusal, forwarded_for, serve};
-pub use stream::{Broken, H2Stream, Watch, splice, splice_watched};
+pub use stream::{Broken, H2Stream, Toward, Watch, splice, splice_watched};
 
 /// The HBONE port.
 pub const PORT: u16 = 15008;

@@ -149,8 +149,12 @@ pub async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
 /// What a splice shows of the bytes it carries to whoever follows the protocol inside
 /// them (`crate::relayed`); the plain [`splice`] shows nothing to nobody.
 pub trait Watch: Sync {
-    /// Bytes read from the socket, before they go into the tunnel.
-    fn socket_sent(&self, _bytes: &[u8]) {}
+    /// Bytes read from the socket, before they go into the tunnel. With `wanted` (a notice
+    /// is due, see [`Watch::notice`]), the first offset in them where one may go, and the
+    /// notice.
+    fn socket_sent(&self, _bytes: &[u8], _wanted: bool) -> Option<(usize, Bytes)> {
+        None
+    }
     /// Bytes from the tunnel: returns what may go to the socket now; the rest is held
     /// until more comes.
     fn tunnel_sent(&self, data: Bytes) -> Bytes {
@@ -161,6 +165,41 @@ pub trait Watch: Sync {
     fn may_end(&self) -> bool {
         true
     }
+    /// When the peer on one side is to be told to go (the agent drains): that side, and
+    /// the signal, which turns true.
+    fn drain(&self) -> Option<(Toward, tokio::sync::watch::Receiver<bool>)> {
+        None
+    }
+    /// The notice for that side (an HTTP/2 GOAWAY) when it may go now, between two frames
+    /// of what that side is sent; `None` while it may not, and after it went.
+    fn notice(&self) -> Option<Bytes> {
+        None
+    }
+}
+
+/// A side of a splice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toward {
+    Socket,
+    Tunnel,
+}
+
+/// Waits until `drain` turns true; never, once it is gone (and then it is dropped).
+async fn drained(drain: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match drain {
+        Some(rx) => {
+            let turned = rx.wait_for(|d| *d).await.is_ok();
+            *drain = None;
+            if !turned {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn drain_toward(watch: &impl Watch, side: Toward) -> Option<tokio::sync::watch::Receiver<bool>> {
+    watch.drain().filter(|(t, _)| *t == side).map(|(_, rx)| rx)
 }
 
 struct Unwatched;
@@ -214,17 +253,32 @@ async fn tunnel_to(
     let first = watch.tunnel_sent(std::mem::take(pending));
     let mut total = first.len() as u64;
     to.write_all(&first).await.map_err(Broken::Socket)?;
+    let mut drain = drain_toward(watch, Toward::Socket);
+    let mut wanted = false;
     loop {
-        match poll_fn(|cx| recv.poll_data(cx)).await {
-            None => break,
-            Some(Ok(data)) => {
+        let next = tokio::select! {
+            next = poll_fn(|cx| recv.poll_data(cx)) => Some(next),
+            () = drained(&mut drain) => {
+                wanted = true;
+                None
+            }
+        };
+        match next {
+            None => {}
+            Some(None) => break,
+            Some(Some(Ok(data))) => {
                 let (len, data) = (data.len(), watch.tunnel_sent(data));
                 to.write_all(&data).await.map_err(Broken::Socket)?;
                 total += data.len() as u64;
                 let _ = recv.flow_control().release_capacity(len);
             }
-            Some(Err(err)) if err.reason() == Some(h2::Reason::NO_ERROR) => break,
-            Some(Err(err)) => return Err(Broken::Tunnel(h2_to_io(err))),
+            Some(Some(Err(err))) if err.reason() == Some(h2::Reason::NO_ERROR) => break,
+            Some(Some(Err(err))) => return Err(Broken::Tunnel(h2_to_io(err))),
+        }
+        // What went to the socket ends with a whole frame: the notice may go after it.
+        if wanted && let Some(notice) = watch.notice() {
+            to.write_all(&notice).await.map_err(Broken::Socket)?;
+            wanted = false;
         }
     }
     if !watch.may_end() {
@@ -243,27 +297,37 @@ async fn to_tunnel(
     send: &mut SendStream<Bytes>,
     watch: &impl Watch,
 ) -> Result<u64, Broken> {
-    let closed = || {
-        Broken::Tunnel(io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            "tunnel stream closed",
-        ))
-    };
     let mut buf = BytesMut::new();
     let mut want = MIN_READ;
     let mut total = 0u64;
+    let mut drain = drain_toward(watch, Toward::Tunnel);
+    let mut wanted = false;
     loop {
         if buf.capacity() < want {
             buf.reserve(want);
         }
-        let n = from.read_buf(&mut buf).await.map_err(Broken::Socket)?;
+        let read = tokio::select! {
+            read = from.read_buf(&mut buf) => Some(read.map_err(Broken::Socket)?),
+            () = drained(&mut drain) => {
+                wanted = true;
+                None
+            }
+        };
+        let Some(n) = read else {
+            // Everything read so far went into the tunnel.
+            if let Some(notice) = watch.notice() {
+                send_all(send, notice).await?;
+                wanted = false;
+            }
+            continue;
+        };
         if n == 0 {
             send.reserve_capacity(0);
             send.send_data(Bytes::new(), true)
                 .map_err(|e| Broken::Tunnel(h2_to_io(e)))?;
             return Ok(total);
         }
-        watch.socket_sent(&buf);
+        let split = watch.socket_sent(&buf, wanted);
         total += n as u64;
         want = if n >= want {
             (want * 2).min(MAX_READ)
@@ -271,24 +335,40 @@ async fn to_tunnel(
             (want / 2).max(MIN_READ)
         };
         let mut chunk = buf.split().freeze();
-        while !chunk.is_empty() {
-            send.reserve_capacity(chunk.len());
-            let granted = loop {
-                let granted = send.capacity();
-                if granted > 0 {
-                    break granted;
-                }
-                match poll_fn(|cx| send.poll_capacity(cx)).await {
-                    Some(Ok(_)) => continue,
-                    Some(Err(err)) => return Err(Broken::Tunnel(h2_to_io(err))),
-                    None => return Err(closed()),
-                }
-            };
-            let part = chunk.split_to(granted.min(chunk.len()));
-            send.send_data(part, false)
-                .map_err(|e| Broken::Tunnel(h2_to_io(e)))?;
+        if let Some((at, notice)) = split {
+            send_all(send, chunk.split_to(at)).await?;
+            send_all(send, notice).await?;
+            wanted = false;
         }
+        send_all(send, chunk).await?;
     }
+}
+
+/// `chunk` into DATA frames as the flow-control window lets it.
+async fn send_all(send: &mut SendStream<Bytes>, mut chunk: Bytes) -> Result<(), Broken> {
+    while !chunk.is_empty() {
+        send.reserve_capacity(chunk.len());
+        let granted = loop {
+            let granted = send.capacity();
+            if granted > 0 {
+                break granted;
+            }
+            match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return Err(Broken::Tunnel(h2_to_io(err))),
+                None => {
+                    return Err(Broken::Tunnel(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "tunnel stream closed",
+                    )));
+                }
+            }
+        };
+        let part = chunk.split_to(granted.min(chunk.len()));
+        send.send_data(part, false)
+            .map_err(|e| Broken::Tunnel(h2_to_io(e)))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
