@@ -15,10 +15,13 @@
 //!   nodes for 60 s and opens new ones, 4 at a time.
 //!
 //! Each scenario reports `<scenario>_ok_share` (calls OK of 8,000) and the count of every
-//! other status the client saw, `<scenario>_<status>` (`unknown`, `unavailable`, ...); the
+//! other status the client saw, `<scenario>_<status>` (`unavailable`, ...; `unknown` always,
+//! 0 when there was none); the
 //! upgrade also `agent_upgrade_refused_connections` (new connections that failed) and
-//! `agent_upgrade_stream_survived` (1 when the 60 s connection lived to its end), and
-//! `agent_upgrade_old_agent_drained` (1 when the old agent then exited by itself).
+//! `agent_upgrade_stream_survived` (1 when the 60 s connection lived to its end),
+//! `agent_upgrade_old_agent_drained` (1 when the old agent then exited by itself) and
+//! `agent_upgrade_cut_at_drain_end` (the connections it still carried when its drain period
+//! was over, which ended with it).
 
 use std::time::{Duration, Instant};
 
@@ -88,7 +91,7 @@ fn serve_backends(lab: &Lab) -> Result<Vec<Guarded>> {
 }
 
 /// `<scenario>_ok_share` (to four decimals: 0.9995 is 4 calls lost) and
-/// `<scenario>_<status>` for each other status seen.
+/// `<scenario>_<status>` for each other status seen, and `<scenario>_unknown` always.
 fn record(figures: &mut Map<String, Value>, scenario: &str, report: &Value) {
     eprintln!("{scenario}: {report}");
     let ok = report["ok"].as_u64().unwrap_or(0);
@@ -96,6 +99,8 @@ fn record(figures: &mut Map<String, Value>, scenario: &str, report: &Value) {
         format!("{scenario}_ok_share"),
         ((ok as f64 / CALLS as f64 * 1e4).round() / 1e4).into(),
     );
+    // Written when there was none too: the target is a count of 0.
+    figures.insert(format!("{scenario}_unknown"), 0.into());
     for (status, n) in report["by_status"].as_object().into_iter().flatten() {
         if status != "OK" {
             let key = format!("{scenario}_{}", snake(status));
