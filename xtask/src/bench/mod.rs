@@ -160,21 +160,7 @@ fn capture() -> Result<Map<String, Value>> {
             ("direct", "plain-a", "plain-b"),
             ("mesh", "mesh-a", "mesh-b"),
         ] {
-            let target = format!("{}:5202", lab.pod(server).ip);
-            let out = lab.run_json(
-                client,
-                "labtool",
-                &[
-                    "rr",
-                    "--connect",
-                    &target,
-                    "--count",
-                    "20000",
-                    "--warmup",
-                    "2000",
-                ],
-                Duration::from_secs(60),
-            )?;
+            let out = rr(&lab, client, server)?;
             for pct in ["p50", "p99"] {
                 let key: &'static str = match (prefix, pct) {
                     ("direct", "p50") => "direct_rr_p50_us",
@@ -273,6 +259,87 @@ fn hwm_mb(pid: u32) -> Option<f64> {
     status_mb(pid, "VmHWM:")
 }
 
+/// `labtool tput` from `client` to `server`'s discard port: Gbit/s.
+fn tput(lab: &Lab, client: &str, server: &str, streams: &str) -> Result<f64> {
+    let target = format!("{}:5201", lab.pod(server).ip);
+    let out = lab.run_json(
+        client,
+        "labtool",
+        &[
+            "tput",
+            "--connect",
+            &target,
+            "--seconds",
+            SECONDS,
+            "--streams",
+            streams,
+        ],
+        Duration::from_secs(60),
+    )?;
+    out["gbps"].as_f64().context("tput printed no gbps")
+}
+
+/// `labtool rr` (one-byte request/response) against `server`'s echo port.
+fn rr(lab: &Lab, client: &str, server: &str) -> Result<Value> {
+    let target = format!("{}:5202", lab.pod(server).ip);
+    lab.run_json(
+        client,
+        "labtool",
+        &[
+            "rr",
+            "--connect",
+            &target,
+            "--count",
+            "20000",
+            "--warmup",
+            "2000",
+        ],
+        Duration::from_secs(60),
+    )
+}
+
+/// `labtool conns` (new connections, 32 at a time) against `server`'s echo port.
+fn churn(lab: &Lab, client: &str, server: &str) -> Result<Value> {
+    let target = format!("{}:5202", lab.pod(server).ip);
+    lab.run_json(
+        client,
+        "labtool",
+        &[
+            "conns",
+            "--connect",
+            &target,
+            "--seconds",
+            SECONDS,
+            "--concurrency",
+            "32",
+        ],
+        Duration::from_secs(60),
+    )
+}
+
+/// The agents' memory after bulk traffic, without a restart (issue 16): one more pass of
+/// every mesh workload (1 and 4 streams, request/response, connection churn) on the
+/// agents as they are, then the larger of the two agents' resident memory at once and
+/// after 30 s idle, in MB.
+fn memory_after_bulk(lab: &Lab) -> Result<(f64, f64)> {
+    for streams in ["1", "4"] {
+        tput(lab, "mesh-a", "mesh-c", streams)?;
+    }
+    rr(lab, "mesh-a", "mesh-c")?;
+    churn(lab, "mesh-a", "mesh-c")?;
+    let rss = || {
+        (1..=2)
+            .filter_map(|n| lab.agent_pid(n))
+            .filter_map(rss_mb)
+            .fold(0.0f64, f64::max)
+    };
+    let after = rss();
+    std::thread::sleep(Duration::from_secs(30));
+    let idle = rss();
+    eprintln!("    agent_rss_after_bulk_mb: {after:.1}, after 30 s idle: {idle:.1}");
+    Ok((after, idle))
+}
+
 fn tunnel() -> Result<Map<String, Value>> {
     let mut lab = Lab::up(tunnel_spec())?;
     lab.start_agents()?;
@@ -291,22 +358,7 @@ fn tunnel() -> Result<Map<String, Value>> {
             ("direct_cross_node_4s_gbps", "plain-a", "plain-c", "4"),
             ("mesh_cross_node_4s_gbps", "mesh-a", "mesh-c", "4"),
         ] {
-            let target = format!("{}:5201", lab.pod(server).ip);
-            let out = lab.run_json(
-                client,
-                "labtool",
-                &[
-                    "tput",
-                    "--connect",
-                    &target,
-                    "--seconds",
-                    SECONDS,
-                    "--streams",
-                    streams,
-                ],
-                Duration::from_secs(60),
-            )?;
-            let gbps = out["gbps"].as_f64().context("tput printed no gbps")?;
+            let gbps = tput(&lab, client, server, streams)?;
             eprintln!("    {key}: {gbps:.2}");
             samples.entry(key.to_string()).or_default().push(gbps);
         }
@@ -314,21 +366,7 @@ fn tunnel() -> Result<Map<String, Value>> {
             ("direct", "plain-a", "plain-c"),
             ("mesh", "mesh-a", "mesh-c"),
         ] {
-            let target = format!("{}:5202", lab.pod(server).ip);
-            let out = lab.run_json(
-                client,
-                "labtool",
-                &[
-                    "rr",
-                    "--connect",
-                    &target,
-                    "--count",
-                    "20000",
-                    "--warmup",
-                    "2000",
-                ],
-                Duration::from_secs(60),
-            )?;
+            let out = rr(&lab, client, server)?;
             for (pct, key) in [
                 ("p50", format!("{prefix}_rr_p50_us")),
                 ("p99", format!("{prefix}_rr_p99_us")),
@@ -344,7 +382,6 @@ fn tunnel() -> Result<Map<String, Value>> {
             ("direct_new_conns_per_s", "plain-a", "plain-c"),
             ("mesh_new_conns_per_s", "mesh-a", "mesh-c"),
         ] {
-            let target = format!("{}:5202", lab.pod(server).ip);
             // Memory under this load, not what the bulk rounds left behind: fresh agents.
             let agents: Vec<u32> = if key.starts_with("mesh") {
                 for node in 1..=2 {
@@ -359,22 +396,7 @@ fn tunnel() -> Result<Map<String, Value>> {
             };
             // Sample the agents' memory while the connections churn.
             let out = std::thread::scope(|scope| {
-                let run = scope.spawn(|| {
-                    lab.run_json(
-                        client,
-                        "labtool",
-                        &[
-                            "conns",
-                            "--connect",
-                            &target,
-                            "--seconds",
-                            SECONDS,
-                            "--concurrency",
-                            "32",
-                        ],
-                        Duration::from_secs(60),
-                    )
-                });
+                let run = scope.spawn(|| churn(&lab, client, server));
                 while !run.is_finished() {
                     for pid in &agents {
                         peak_rss = peak_rss.max(rss_mb(*pid).unwrap_or(0.0));
@@ -390,6 +412,7 @@ fn tunnel() -> Result<Map<String, Value>> {
         }
     }
     let pool = lab.agent_get(1, 15020, "/metrics")?.1;
+    let (after_bulk, idle_after_bulk) = memory_after_bulk(&lab)?;
     // The highest resident memory of either agent over its life (the last, fresh pair).
     let peak_hwm = (1..=2)
         .filter_map(|n| lab.agent_pid(n))
@@ -404,6 +427,14 @@ fn tunnel() -> Result<Map<String, Value>> {
     }
     figures.insert("agent_rss_mb".into(), Value::from(round3(peak_rss)));
     figures.insert("agent_peak_rss_mb".into(), Value::from(round3(peak_hwm)));
+    figures.insert(
+        "agent_rss_after_bulk_mb".into(),
+        Value::from(round3(after_bulk)),
+    );
+    figures.insert(
+        "agent_rss_idle_after_bulk_mb".into(),
+        Value::from(round3(idle_after_bulk)),
+    );
     let ratio = |a: &str, b: &str| -> Option<f64> {
         Some(round3(
             figures.get(a)?.as_f64()? / figures.get(b)?.as_f64()?,
