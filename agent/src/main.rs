@@ -4,6 +4,8 @@
 //! pods' connections; `outbound` accepts them and hands them to an `upstream`. `admin` and
 //! `metrics` show what it is doing. `settings` is its configuration, `preflight` its checks.
 
+weft_mesh::global_allocator!();
+
 mod admin;
 mod ca;
 mod connections;
@@ -413,6 +415,8 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
     .await?;
 
     let mut datapath = Datapath::load(&settings)?;
+    // Parsing and loading the eBPF object is the agent's largest burst of memory.
+    release_freed_memory();
     datapath.set_pod_namespaces(namespaces);
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(forward_ebpf_logs(logger));

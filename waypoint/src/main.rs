@@ -6,16 +6,7 @@
 //! (`budget`, `replay`), and answered as it streams back (`response`). Its upstream
 //! connections are HTTP/2 through HBONE to the backends' node agents (`upstream`).
 
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's options: a background thread returns freed pages to the system a second
-/// after they were last used, and two arenas, one per worker thread on these machines
-/// (jemalloc's default is four per core).
-#[cfg(feature = "jemalloc")]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &[u8; 53] = b"background_thread:true,dirty_decay_ms:1000,narenas:2\0";
+weft_mesh::global_allocator!();
 
 mod accept;
 mod authorize;

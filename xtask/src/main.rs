@@ -43,6 +43,13 @@ enum Command {
         scenario: bench::Scenario,
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// Build with these cargo features too (`weft-agent/mimalloc,weft-waypoint/mimalloc`,
+        /// `weft-mesh/aws-lc`): the same benchmark of an alternative.
+        #[arg(long)]
+        features: Option<String>,
+        /// Build without the default features (the system allocator instead of jemalloc).
+        #[arg(long)]
+        no_default_features: bool,
     },
     /// Run every fuzz target (`fuzz/`) for `--runs` executions, at most `--seconds` each.
     Fuzz {
@@ -77,7 +84,21 @@ fn main() -> Result<()> {
         }
         Command::Test { filter } => test::run(filter.as_deref()),
         Command::Demo => demo::run(),
-        Command::Bench { scenario, json } => bench::run(scenario, json.as_deref()),
+        Command::Bench {
+            scenario,
+            json,
+            features,
+            no_default_features,
+        } => {
+            let mut build = Vec::new();
+            if no_default_features {
+                build.push("--no-default-features".to_string());
+            }
+            if let Some(features) = features {
+                build.extend(["--features".to_string(), features]);
+            }
+            bench::run(scenario, json.as_deref(), &build)
+        }
         Command::Fuzz {
             seconds,
             runs,

@@ -33,7 +33,14 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 
 /// Builds every binary in release: the agent (with its eBPF object) and the lab programs.
 pub fn build() -> Result<()> {
-    cargo(&["build", "--release", "--workspace", "--bins"])?;
+    build_with(&[])
+}
+
+/// [`build`], with `extra` arguments for cargo (features).
+pub fn build_with(extra: &[String]) -> Result<()> {
+    let mut args = vec!["build", "--release", "--workspace", "--bins"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)?;
     // The lab finds the binaries here.
     // SAFETY: single-threaded at this point; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("WEFT_BIN_DIR", bin_dir()) };

@@ -77,6 +77,11 @@ pub enum IdentityError {
 
 /// The one crypto provider every Weft TLS configuration uses, named explicitly so that no
 /// process-wide default provider is needed (or can change behaviour).
+/// ring unless the `aws-lc` feature is on.
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    #[cfg(feature = "aws-lc")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "aws-lc"))]
+    let provider = rustls::crypto::ring::default_provider();
+    std::sync::Arc::new(provider)
 }

@@ -41,7 +41,8 @@ pub(crate) fn rounds() -> usize {
 }
 const SECONDS: &str = "3";
 
-pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
+/// `build`: extra arguments for the build of the binaries (features to compare).
+pub fn run(scenario: Scenario, json: Option<&Path>, build: &[String]) -> Result<()> {
     if let Scenario::Scale = scenario {
         return write(scale()?, json);
     }
@@ -49,7 +50,7 @@ pub fn run(scenario: Scenario, json: Option<&Path>) -> Result<()> {
         bail!("benchmarks run in the lab and need root");
     }
     setup::run()?;
-    workspace::build()?;
+    workspace::build_with(build)?;
     let figures = match scenario {
         Scenario::Capture => capture()?,
         Scenario::Tunnel => tunnel()?,
@@ -320,8 +321,9 @@ fn churn(lab: &Lab, client: &str, server: &str) -> Result<Value> {
 /// The agents' memory after bulk traffic, without a restart (issue 16): one more pass of
 /// every mesh workload (1 and 4 streams, request/response, connection churn) on the
 /// agents as they are, then the larger of the two agents' resident memory at once and
-/// after 30 s idle, in MB.
-fn memory_after_bulk(lab: &Lab) -> Result<(f64, f64)> {
+/// after 30 s idle, in MB; and of that, after the idle, the anonymous part (the heap; the
+/// rest is the binary's code and data, mapped from its file).
+fn memory_after_bulk(lab: &Lab) -> Result<(f64, f64, f64)> {
     for streams in ["1", "4"] {
         tput(lab, "mesh-a", "mesh-c", streams)?;
     }
@@ -336,8 +338,14 @@ fn memory_after_bulk(lab: &Lab) -> Result<(f64, f64)> {
     let after = rss();
     std::thread::sleep(Duration::from_secs(30));
     let idle = rss();
-    eprintln!("    agent_rss_after_bulk_mb: {after:.1}, after 30 s idle: {idle:.1}");
-    Ok((after, idle))
+    let anon = (1..=2)
+        .filter_map(|n| lab.agent_pid(n))
+        .filter_map(|pid| status_mb(pid, "RssAnon:"))
+        .fold(0.0f64, f64::max);
+    eprintln!(
+        "    agent_rss_after_bulk_mb: {after:.1}, after 30 s idle: {idle:.1} (anonymous {anon:.1})"
+    );
+    Ok((after, idle, anon))
 }
 
 fn tunnel() -> Result<Map<String, Value>> {
@@ -412,7 +420,7 @@ fn tunnel() -> Result<Map<String, Value>> {
         }
     }
     let pool = lab.agent_get(1, 15020, "/metrics")?.1;
-    let (after_bulk, idle_after_bulk) = memory_after_bulk(&lab)?;
+    let (after_bulk, idle_after_bulk, anon_idle) = memory_after_bulk(&lab)?;
     // The highest resident memory of either agent over its life (the last, fresh pair).
     let peak_hwm = (1..=2)
         .filter_map(|n| lab.agent_pid(n))
@@ -434,6 +442,10 @@ fn tunnel() -> Result<Map<String, Value>> {
     figures.insert(
         "agent_rss_idle_after_bulk_mb".into(),
         Value::from(round3(idle_after_bulk)),
+    );
+    figures.insert(
+        "agent_rss_anon_idle_after_bulk_mb".into(),
+        Value::from(round3(anon_idle)),
     );
     let ratio = |a: &str, b: &str| -> Option<f64> {
         Some(round3(
