@@ -286,7 +286,8 @@ impl Proxy {
                         .grpc
                         .then(|| grpc::status(response.headers()))
                         .flatten();
-                    judge_answer(on, response.status().as_u16(), code)
+                    let (retriable, outcome) = judge_answer(on, response.status().as_u16(), code);
+                    (retriable, Some(outcome))
                 }
                 Err(failure) => {
                     record.flags.set(failure.flag());
@@ -296,7 +297,9 @@ impl Proxy {
             let in_time = !deadline.passed(Instant::now());
             match tries.after(retriable, replay.replayable(), in_time, &cluster.breaker) {
                 Next::Retry => {
-                    cluster.report(&endpoint, outcome);
+                    if let Some(outcome) = outcome {
+                        cluster.report(&endpoint, outcome);
+                    }
                     drop((answer, in_flight));
                     self.count_retry(&cluster, &self.metrics.retries);
                     tries.backoff(deadline.at).await;
@@ -313,7 +316,9 @@ impl Proxy {
             let (response, lease) = match answer {
                 Ok(answered) => answered,
                 Err(failure) => {
-                    cluster.report(&endpoint, outcome);
+                    if let Some(outcome) = outcome {
+                        cluster.report(&endpoint, outcome);
+                    }
                     let (code, message) = failure.answer();
                     return local(record, code, Flags::default(), &message);
                 }
@@ -328,7 +333,9 @@ impl Proxy {
             let (head, inner) = response.into_parts();
             if inner.is_end_stream() {
                 // Trailers-only (or an empty answer): done already.
-                cluster.report(&endpoint, outcome);
+                if let Some(outcome) = outcome {
+                    cluster.report(&endpoint, outcome);
+                }
                 let status = grpc::status(&head.headers);
                 record.finish(head.status.as_u16(), status, Flags::default());
                 return Response::from_parts(head, ResponseBody::Empty);

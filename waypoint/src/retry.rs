@@ -26,9 +26,13 @@ pub enum Failure {
     /// The destination's node agent refused the tunnel by policy (HBONE 401/403): a
     /// decision, not a fault, so never retried and not held against the endpoint's health.
     Denied(String),
-    /// The stream was refused before the backend saw it (REFUSED_STREAM, or a connection
-    /// that was closing): safe to send again anywhere.
+    /// The stream was refused before the backend saw it (REFUSED_STREAM): safe to send
+    /// again anywhere.
     Refused(String),
+    /// The connection was going away (its GOAWAY had come, as when the pod's node agent
+    /// drains) before the request went out on it: safe to send again anywhere, and no sign
+    /// of the endpoint's health.
+    Closing(String),
     Reset(String),
     Timeout,
 }
@@ -37,7 +41,7 @@ impl Failure {
     /// From the error of a stream that got no response.
     pub fn of_stream(err: &hyper::Error) -> Failure {
         if err.is_canceled() {
-            return Failure::Refused(err.to_string());
+            return Failure::Closing(err.to_string());
         }
         let mut source = std::error::Error::source(err);
         while let Some(e) = source {
@@ -59,14 +63,15 @@ impl Failure {
         }
     }
 
-    /// What it tells about the endpoint's health.
-    pub fn outcome(&self) -> Outcome {
-        match self {
+    /// What it tells about the endpoint's health, if anything.
+    pub fn outcome(&self) -> Option<Outcome> {
+        Some(match self {
             Failure::Connect(_) => Outcome::ConnectFailure,
             Failure::Denied(_) => Outcome::Status(403),
             Failure::Refused(_) | Failure::Reset(_) => Outcome::Reset,
+            Failure::Closing(_) => return None,
             Failure::Timeout => Outcome::Timeout,
-        }
+        })
     }
 
     /// The response flag the call gets for it.
@@ -75,7 +80,7 @@ impl Failure {
             Failure::Connect(_) => Flags::UF,
             Failure::Denied(_) => Flags::default(),
             Failure::Timeout => Flags::UT,
-            Failure::Refused(_) | Failure::Reset(_) => Flags::UR,
+            Failure::Refused(_) | Failure::Closing(_) | Failure::Reset(_) => Flags::UR,
         }
     }
 
@@ -88,7 +93,7 @@ impl Failure {
                 Code::PermissionDenied,
                 format!("RBAC: access denied by the destination's node agent: {m}"),
             ),
-            Failure::Refused(m) | Failure::Reset(m) => {
+            Failure::Refused(m) | Failure::Closing(m) | Failure::Reset(m) => {
                 (Code::Unavailable, format!("upstream reset: {m}"))
             }
         }
@@ -99,7 +104,9 @@ impl Failure {
         match self {
             Failure::Connect(_) => on.connect_failure || on.http_5xx || on.gateway_error,
             Failure::Denied(_) => false,
-            Failure::Refused(_) => on.refused_stream || on.reset || on.http_5xx,
+            Failure::Refused(_) | Failure::Closing(_) => {
+                on.refused_stream || on.reset || on.http_5xx
+            }
             Failure::Reset(_) => on.reset || on.http_5xx,
             // Envoy retries a per-try timeout on 5xx and gateway-error.
             Failure::Timeout => on.http_5xx || on.gateway_error || on.grpc_deadline_exceeded,
@@ -301,6 +308,13 @@ mod tests {
         assert!(!reset.retriable(&only(|o| o.refused_stream = true)));
         let refused = Failure::Refused(String::new());
         assert!(refused.retriable(&only(|o| o.refused_stream = true)));
+        assert_eq!(refused.outcome(), Some(Outcome::Reset));
+        // A connection that was going away: retried as a refusal, and the endpoint's
+        // health is not touched (its node agent drained; the pod is fine).
+        let closing = Failure::Closing(String::new());
+        assert!(closing.retriable(&only(|o| o.refused_stream = true)));
+        assert!(closing.retriable(&RetryOn::default_conditions()));
+        assert_eq!(closing.outcome(), None);
         assert!(Failure::Timeout.retriable(&only(|o| o.grpc_deadline_exceeded = true)));
         assert!(!Failure::Denied(String::new()).retriable(&only(|o| {
             *o = RetryOn::default_conditions();
