@@ -148,6 +148,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log file (the lab's, a node's journal) stays plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -447,7 +449,6 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
                 trust_domain,
             );
             outbound.live = outbound_live.clone();
-            outbound.draining = Some(stop_rx.clone());
             tokio::spawn(Arc::new(outbound).serve(outbound_listener, stop_rx.clone()));
         }
         None => {
@@ -457,7 +458,6 @@ async fn run(settings: AgentSettings) -> anyhow::Result<()> {
             let mut outbound =
                 Outbound::new(maps.clone(), direct, model.clone(), metrics.clone(), None);
             outbound.live = outbound_live.clone();
-            outbound.draining = Some(stop_rx.clone());
             tokio::spawn(Arc::new(outbound).serve(outbound_listener, stop_rx.clone()));
         }
     }

@@ -42,8 +42,6 @@ pub struct Outbound<U> {
     pub trust_domain: Option<String>,
     /// The connections this side carries, which a stopping agent drains.
     pub live: crate::handover::Live,
-    /// Turns true when the agent stops: relayed HTTP/2 clients are then told to go.
-    pub draining: Option<watch::Receiver<bool>>,
     next: AtomicUsize,
 }
 
@@ -62,11 +60,12 @@ impl<U: Upstream> Outbound<U> {
             metrics,
             trust_domain,
             live: crate::handover::Live::default(),
-            draining: None,
             next: AtomicUsize::new(0),
         }
     }
 
+    /// Accepts until `shutdown` turns true, which also tells the relayed HTTP/2 clients
+    /// of the connections still open to go (the agent drains them).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
@@ -83,16 +82,16 @@ impl<U: Upstream> Outbound<U> {
                     }
                 },
             };
-            let this = self.clone();
+            let (this, draining) = (self.clone(), shutdown.clone());
             let live = self.live.enter();
             tokio::spawn(async move {
-                this.handle(client, peer).await;
+                this.handle(client, peer, &draining).await;
                 drop(live);
             });
         }
     }
 
-    async fn handle(&self, client: TcpStream, peer: SocketAddr) {
+    async fn handle(&self, client: TcpStream, peer: SocketAddr, draining: &watch::Receiver<bool>) {
         let Some(orig) = client_v4(peer).and_then(|p| self.maps.take_orig_dst(p)) else {
             // No record: not captured by our programs (someone dialled :15001 directly), or
             // its client had already closed before this end was established, and sockops
@@ -145,7 +144,7 @@ impl<U: Upstream> Outbound<U> {
             Answer::unavailable(grpc, &format!("the mesh connection to {target} broke"))
         });
         let (request, response) = match upstream
-            .join(&mut client, broke.as_ref(), self.draining.as_ref())
+            .join(&mut client, broke.as_ref(), Some(draining))
             .await
         {
             Ok(counts) => counts,

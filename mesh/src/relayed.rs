@@ -176,10 +176,15 @@ impl Watch for Frames {
 /// idle; the upstream, which sent no GOAWAY, goes on serving what comes.
 fn notice() -> Bytes {
     let mut out = BytesMut::with_capacity(HEAD + 8);
-    let mut payload = [0u8; 8];
-    payload[..4].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
-    frame(&mut out, GOAWAY, 0, 0, &payload);
+    goaway(&mut out, 0x7fff_ffff);
     out.freeze()
+}
+
+/// Appends a GOAWAY with `last` as its last stream, and NO_ERROR.
+fn goaway(out: &mut BytesMut, last: u32) {
+    let mut payload = [0u8; 8];
+    payload[..4].copy_from_slice(&last.to_be_bytes());
+    frame(out, GOAWAY, 0, 0, &payload);
 }
 
 /// Joins a tunnel to `pod` as [`crate::hbone::splice`] does, with the tunnel's side the
@@ -360,10 +365,7 @@ impl Relay {
             write_answer(&mut out, id, open.answered, answer);
         }
         let last = self.streams.highest;
-        // The last stream, and NO_ERROR.
-        let mut payload = [0u8; 8];
-        payload[..4].copy_from_slice(&last.to_be_bytes());
-        frame(&mut out, GOAWAY, 0, 0, &payload);
+        goaway(&mut out, last);
         client.write_all(&out).await?;
         let until = Instant::now() + within;
         let mut buf = BytesMut::with_capacity(16 * 1024);

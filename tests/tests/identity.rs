@@ -153,24 +153,11 @@ fn ca_log(lab: &Lab) -> String {
     std::fs::read_to_string(lab.dir.join("logs/ca.log")).unwrap_or_default()
 }
 
-/// The CA's log lines about signing `identity`, without colours.
+/// The CA's log lines about signing `identity`.
 fn signing_lines(lab: &Lab, identity: &str) -> String {
     ca_log(lab)
         .lines()
         .filter(|line| line.contains("CA signed a certificate") && line.contains(identity))
-        .map(|line| {
-            let mut plain = String::new();
-            let mut chars = line.chars();
-            while let Some(c) = chars.next() {
-                if c == '\u{1b}' {
-                    // An SGR sequence, ESC [ ... m.
-                    chars.by_ref().find(|&c| c == 'm');
-                } else {
-                    plain.push(c);
-                }
-            }
-            plain
-        })
         .collect::<Vec<_>>()
         .join("\n")
 }

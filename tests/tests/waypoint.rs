@@ -974,21 +974,7 @@ fn a_stopping_waypoint_drains_its_l4_connections() -> Result<()> {
     if held["ended"] != "timeout" || held["round_trips"].as_u64() < Some(40) {
         return Err(fail(&lab, format!("the L4 connection was cut: {held}")));
     }
-    // The log without its colours' escape sequences.
-    let log = |lab: &Lab| {
-        let text = lab.waypoint_log(WAYPOINT);
-        let mut plain = String::with_capacity(text.len());
-        let mut escaped = false;
-        for c in text.chars() {
-            match (escaped, c) {
-                (_, '\u{1b}') => escaped = true,
-                (true, 'm') => escaped = false,
-                (true, _) => {}
-                (false, c) => plain.push(c),
-            }
-        }
-        plain
-    };
+    let log = |lab: &Lab| lab.waypoint_log(WAYPOINT);
     while !log(&lab).contains("drain over") && signalled.elapsed() < Duration::from_secs(25) {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -134,16 +134,19 @@ pub fn in_netns<T: Send>(netns: &File, f: impl FnOnce() -> io::Result<T> + Send)
 /// namespace (routes, addresses, and the CNI's rules for the pod apply to it), and belongs
 /// to the agent's cgroup, so the pod's capture hooks never see it.
 pub fn tcp_socket_in(netns: &File) -> io::Result<std::os::fd::OwnedFd> {
+    in_netns(netns, new_tcp_socket)
+}
+
+/// A new, unconnected, non-blocking IPv4 TCP socket in the calling thread's namespace.
+fn new_tcp_socket() -> io::Result<std::os::fd::OwnedFd> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
-    in_netns(netns, || {
-        socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            SockProtocol::Tcp,
-        )
-        .map_err(io::Error::from)
-    })
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Tcp,
+    )
+    .map_err(io::Error::from)
 }
 
 /// A non-blocking listener bound to `addr` inside `netns`.
@@ -154,12 +157,7 @@ pub fn listen_in(netns: &File, addr: std::net::SocketAddrV4) -> io::Result<TcpLi
         if let Err(err) = crate::handover::migrate_requests() {
             tracing::debug!(%err, "cannot set tcp_migrate_req in the pod's namespace");
         }
-        let socket = nix::sys::socket::socket(
-            nix::sys::socket::AddressFamily::Inet,
-            nix::sys::socket::SockType::Stream,
-            nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            nix::sys::socket::SockProtocol::Tcp,
-        )?;
+        let socket = new_tcp_socket()?;
         Ok(TcpListener::from(crate::handover::listen_shared_fd(
             socket, addr,
         )?))

@@ -138,22 +138,7 @@ fn capture() -> Result<Map<String, Value>> {
     for round in 1..=rounds() {
         eprintln!("==> round {round} of {}", rounds());
         for (key, client, server, write_size) in tput_cases {
-            let target = format!("{}:5201", lab.pod(server).ip);
-            let out = lab.run_json(
-                client,
-                "labtool",
-                &[
-                    "tput",
-                    "--connect",
-                    &target,
-                    "--seconds",
-                    SECONDS,
-                    "--write-size",
-                    write_size,
-                ],
-                Duration::from_secs(60),
-            )?;
-            let gbps = out["gbps"].as_f64().context("tput printed no gbps")?;
+            let gbps = tput(&lab, client, server, ["--write-size", write_size])?;
             eprintln!("    {key}: {gbps:.2}");
             samples.entry(key).or_default().push(gbps);
         }
@@ -260,8 +245,9 @@ fn hwm_mb(pid: u32) -> Option<f64> {
     status_mb(pid, "VmHWM:")
 }
 
-/// `labtool tput` from `client` to `server`'s discard port: Gbit/s.
-fn tput(lab: &Lab, client: &str, server: &str, streams: &str) -> Result<f64> {
+/// `labtool tput` from `client` to `server`'s discard port, with `option` (its flag and
+/// value): Gbit/s.
+fn tput(lab: &Lab, client: &str, server: &str, option: [&str; 2]) -> Result<f64> {
     let target = format!("{}:5201", lab.pod(server).ip);
     let out = lab.run_json(
         client,
@@ -272,8 +258,8 @@ fn tput(lab: &Lab, client: &str, server: &str, streams: &str) -> Result<f64> {
             &target,
             "--seconds",
             SECONDS,
-            "--streams",
-            streams,
+            option[0],
+            option[1],
         ],
         Duration::from_secs(60),
     )?;
@@ -325,7 +311,7 @@ fn churn(lab: &Lab, client: &str, server: &str) -> Result<Value> {
 /// rest is the binary's code and data, mapped from its file).
 fn memory_after_bulk(lab: &Lab) -> Result<(f64, f64, f64)> {
     for streams in ["1", "4"] {
-        tput(lab, "mesh-a", "mesh-c", streams)?;
+        tput(lab, "mesh-a", "mesh-c", ["--streams", streams])?;
     }
     rr(lab, "mesh-a", "mesh-c")?;
     churn(lab, "mesh-a", "mesh-c")?;
@@ -366,7 +352,7 @@ fn tunnel() -> Result<Map<String, Value>> {
             ("direct_cross_node_4s_gbps", "plain-a", "plain-c", "4"),
             ("mesh_cross_node_4s_gbps", "mesh-a", "mesh-c", "4"),
         ] {
-            let gbps = tput(&lab, client, server, streams)?;
+            let gbps = tput(&lab, client, server, ["--streams", streams])?;
             eprintln!("    {key}: {gbps:.2}");
             samples.entry(key.to_string()).or_default().push(gbps);
         }
